@@ -1,0 +1,28 @@
+# Two entry points: `make demo` (the main job on its embedded default, offline) and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo clean bench
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
+
+demo: $(STAMP)
+	JAX_PLATFORMS=cpu bash launch/local/demo.sh
+
+bench: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m benchmarks.step_time
+
+clean:
+	rm -rf $(VENV) artifacts build dist *.egg-info

@@ -1,0 +1,228 @@
+"""T5 1.1 building blocks with Flaxformer's parameter names, logical axes and numerics (T5X_COMPAT §2.3)."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+NEG_INF = -1e10  # additive attention bias for masked positions, as Flaxformer.
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
+          axes: tuple[str, ...]) -> Array:
+  """A float32 parameter annotated with logical axis names."""
+  return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), jnp.float32)
+
+
+def constrain(x: Array, axes: tuple[str, ...]) -> Array:
+  """Annotate an activation with logical axes (a no-op outside a mesh)."""
+  return nn.with_logical_constraint(x, axes)
+
+
+class RMSNorm(nn.Module):
+  """T5LayerNorm: scale-only RMS normalisation, statistics in float32, eps 1e-6."""
+
+  dtype: Any = jnp.float32
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return y.astype(self.dtype) * scale.astype(self.dtype)
+
+
+class Embed(nn.Module):
+  """The shared token embedder `token_embedder/embedding` [vocab, embed]."""
+
+  num_embeddings: int
+  features: int
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = param(self, "embedding", nn.initializers.normal(stddev=1.0),
+                           (self.num_embeddings, self.features), ("vocab", "embed"))
+
+  def __call__(self, ids: Array) -> Array:
+    return jnp.take(self.embedding.astype(self.dtype), ids.astype(jnp.int32), axis=0)
+
+  def attend(self, x: Array) -> Array:
+    """Logits against the embedding table (tied head, T5 1.0), in float32."""
+    return jnp.einsum("...d,vd->...v", x.astype(jnp.float32), self.embedding)
+
+
+class Projection(nn.Module):
+  """A bias-free projection whose kernel is stored 2-D, as Flaxformer's `DenseGeneral(reshape_kernel=True)`."""
+
+  features: int
+  axes: tuple[str, str]
+  kernel_init: Initializer = default_kernel_init
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = param(self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.axes)
+    return jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class MlpBlock(nn.Module):
+  """Gated MLP: gelu(x·wi_0) * (x·wi_1), dropout broadcast over length, then ·wo."""
+
+  mlp_dim: int
+  activations: tuple[str, ...] = ("gelu", "linear")
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    acts = {"gelu": functools.partial(nn.gelu, approximate=True), "relu": nn.relu, "linear": lambda y: y,
+            "silu": nn.silu}
+    h = None
+    names = ["wi"] if len(self.activations) == 1 else [f"wi_{i}" for i in range(len(self.activations))]
+    for name, act in zip(names, self.activations):
+      if act not in acts:
+        raise ValueError(f"Unknown MLP activation {act!r}; choose from {sorted(acts)}.")
+      y = acts[act](Projection(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name=name)(x))
+      h = y if h is None else h * y
+    h = constrain(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+    return Projection(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="wo")(h)
+
+
+@functools.lru_cache(maxsize=64)
+def relative_position_buckets(q_len: int, k_len: int, bidirectional: bool, num_buckets: int,
+                              max_distance: int) -> np.ndarray:
+  """[q_len, k_len] bucket ids of `memory_pos - query_pos`, computed at trace time as Flaxformer does."""
+  rel = np.arange(k_len, dtype=np.int32)[None, :] - np.arange(q_len, dtype=np.int32)[:, None]
+  n = -rel
+  ret = np.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(np.int32) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  val_if_large = max_exact + (
+      np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps) /
+      np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
+  val_if_large = np.minimum(val_if_large, num_buckets - 1)
+  return ret + np.where(is_small, n, val_if_large)
+
+
+class RelativePositionBias(nn.Module):
+  """One table `relpos_bias/rel_embedding` [heads, buckets] shared by every layer of a stack."""
+
+  num_heads: int
+  num_buckets: int
+  max_distance: int
+  bidirectional: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, q_len: int, k_len: int, query_offset: Array | None = None) -> Array:
+    """Bias [1, heads, q_len, k_len]; with `query_offset` (decoding) the rows start at that position."""
+    table = param(self, "rel_embedding", nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                  (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
+    if query_offset is None:
+      buckets = jnp.asarray(relative_position_buckets(q_len, k_len, self.bidirectional, self.num_buckets,
+                                                      self.max_distance))
+    else:
+      full = jnp.asarray(relative_position_buckets(k_len, k_len, self.bidirectional, self.num_buckets,
+                                                   self.max_distance))
+      buckets = jax.lax.dynamic_slice_in_dim(full, query_offset, q_len, axis=0)
+    bias = jnp.take(table.astype(self.dtype), buckets, axis=1)  # [H, q, k]
+    return bias[None]
+
+
+def attention_mask(query_valid: Array, key_valid: Array) -> Array:
+  """[B, 1, q, k] boolean mask from per-position validity."""
+  return query_valid[:, None, :, None] & key_valid[:, None, None, :]
+
+
+def causal_mask(length: int) -> Array:
+  return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+
+
+class MultiHeadAttention(nn.Module):
+  """Dot-product attention without 1/sqrt(d) scaling (folded into the query init), with a KV cache.
+
+  Kernels are 2-D: query/key/value [embed, heads*head_dim] and out [heads*head_dim, embed].
+  """
+
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  fused: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None, bias: Array | None = None,
+               *, deterministic: bool = True, decode: bool = False) -> Array:
+    hk = self.num_heads * self.head_dim
+    base_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+    query_init = lambda key, shape, dtype: base_init(key, shape, dtype) / np.sqrt(self.head_dim)
+    proj = functools.partial(Projection, hk, ("embed", "joined_kv"), dtype=self.dtype)
+    split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
+    q = split(proj(kernel_init=query_init, name="query")(inputs_q))
+    k = split(proj(kernel_init=base_init, name="key")(inputs_kv))
+    v = split(proj(kernel_init=base_init, name="value")(inputs_kv))
+    q = constrain(q, ("batch", "length", "heads", "kv"))
+    k = constrain(k, ("batch", "length", "heads", "kv"))
+    v = constrain(v, ("batch", "length", "heads", "kv"))
+
+    if decode:
+      k, v, mask, bias = self._update_cache(k, v, mask, bias)
+
+    attn_bias = None
+    if mask is not None:
+      attn_bias = jnp.where(mask, 0.0, NEG_INF).astype(self.dtype)
+    if bias is not None:
+      attn_bias = bias.astype(self.dtype) if attn_bias is None else attn_bias + bias.astype(self.dtype)
+
+    if self.fused and (deterministic or self.dropout_rate == 0.0):
+      out = jax.nn.dot_product_attention(q, k, v, bias=attn_bias, scale=1.0)
+    else:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+      if attn_bias is not None:
+        logits = logits + attn_bias
+      weights = jax.nn.softmax(logits).astype(self.dtype)
+      if not deterministic and self.dropout_rate > 0.0:
+        keep = 1.0 - self.dropout_rate
+        drop_rng = self.make_rng("dropout")
+        keep_mask = jax.random.bernoulli(drop_rng, keep, weights.shape[:-2] + (1, weights.shape[-1]))
+        weights = weights * (keep_mask / keep).astype(self.dtype)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = out.reshape(out.shape[:-2] + (hk,))
+    return Projection(inputs_q.shape[-1], ("joined_kv", "embed"), kernel_init=base_init, dtype=self.dtype,
+                      name="out")(out)
+
+  def _update_cache(self, k: Array, v: Array, mask: Array | None, bias: Array | None):
+    """Write one step's key/value at `cache_index`; the first call (init) only allocates the cache."""
+    is_initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+    if not is_initialized:
+      return k, v, mask, bias
+    batch, max_len = cached_key.value.shape[:2]
+    if k.shape[1] != 1:
+      raise ValueError(f"Decoding feeds one token per step; got a query of length {k.shape[1]}.")
+    idx = cache_index.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, (0, idx, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, (0, idx, 0, 0))
+    cache_index.value = idx + 1
+    step_mask = (jnp.arange(max_len) <= idx)[None, None, None, :]
+    step_mask = jnp.broadcast_to(step_mask, (batch, 1, 1, max_len))
+    mask = step_mask if mask is None else mask & step_mask
+    return cached_key.value, cached_value.value, mask, bias

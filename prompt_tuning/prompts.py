@@ -1,0 +1,232 @@
+"""Soft prompts: the `[P, d]` parameter, its initialisers, and how it joins the embedded input.
+
+The parameter lives at `encoder/prompt/prompt/prompt` (as the reference) with logical axes
+`("prompt", "prompt_embed")`, so it stays replicated and exports as one array.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Protocol, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+ArrayOrLoader = Any  # an array, or a zero-argument callable returning one (loaded lazily at init)
+PROMPT_AXES = ("prompt", "prompt_embed")
+
+
+class Vocabulary(Protocol):
+  def encode(self, s: str) -> Sequence[int]:
+    ...
+
+
+def _materialise(x: ArrayOrLoader) -> np.ndarray:
+  return np.asarray(x() if callable(x) else x)
+
+
+def _check_width(name: str, table: np.ndarray, shape: Sequence[int]) -> None:
+  if table.ndim != 2 or table.shape[-1] != shape[-1]:
+    raise ValueError(f"{name}: embedding table of shape {table.shape} does not match the prompt shape "
+                     f"{tuple(shape)}; its last dimension must be the model width {shape[-1]}.")
+
+
+# ----------------------------------------------------------------------------------------------- initialisers
+@gin.configurable
+def random_uniform(scale: float = 0.5, symmetric: bool = True) -> Initializer:
+  """U[-scale, scale) as in the paper; `symmetric=False` gives the reference code's U[0, scale)."""
+
+  def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    low = -scale if symmetric else 0.0
+    return jax.random.uniform(key, shape, dtype, minval=low, maxval=scale)
+
+  return init
+
+
+@gin.configurable
+def from_sampled_vocab(embeddings: ArrayOrLoader, population_size: int | None = 5000) -> Initializer:
+  """Each prompt row is a vocabulary embedding drawn from the first `population_size` rows.
+
+  Drawn without replacement unless the prompt is longer than the population (then with replacement).
+  """
+
+  def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    table = _materialise(embeddings)
+    _check_width("from_sampled_vocab", table, shape)
+    population = table.shape[0] if population_size is None else population_size
+    if population <= 0:
+      raise ValueError(f"population_size={population_size} must be positive (or None for the whole vocabulary).")
+    if population > table.shape[0]:
+      logging.warning("population_size=%d exceeds the vocabulary (%d rows); using all rows.", population,
+                      table.shape[0])
+      population = table.shape[0]
+    replace = shape[0] > population
+    if replace:
+      logging.warning("Prompt length %d > population %d: sampling with replacement.", shape[0], population)
+    idx = jax.random.choice(key, population, (shape[0],), replace=replace)
+    return jnp.asarray(table)[idx].astype(dtype)
+
+  return init
+
+
+@gin.configurable
+def from_class_labels(embeddings: ArrayOrLoader, vocab: Vocabulary, class_labels: Sequence[str],
+                      initializer: Initializer | None = None) -> Initializer:
+  """Row i is the mean embedding of label i's sub-tokens; the remaining rows come from `initializer`."""
+
+  def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    table = _materialise(embeddings)
+    _check_width("from_class_labels", table, shape)
+    fallback = initializer or from_sampled_vocab(table)
+    prompt = np.array(fallback(key, shape, jnp.float32))
+    if len(class_labels) > shape[0]:
+      logging.warning("%d class labels but the prompt has %d rows; labels past row %d are skipped.",
+                      len(class_labels), shape[0], shape[0])
+    for i, label in enumerate(list(class_labels)[:shape[0]]):
+      ids = list(vocab.encode(label))
+      if not ids:
+        raise ValueError(f"Class label {label!r} encodes to no tokens; give a non-empty label.")
+      prompt[i] = table[ids].mean(axis=0)
+    return jnp.asarray(prompt, dtype)
+
+  return init
+
+
+@gin.configurable
+def from_string(embeddings: ArrayOrLoader, vocab: Vocabulary, text: str,
+                initializer: Initializer | None = None) -> Initializer:
+  """The first rows are the embeddings of `text`'s tokens (truncated to P); the rest from `initializer`."""
+
+  def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    table = _materialise(embeddings)
+    _check_width("from_string", table, shape)
+    ids = list(vocab.encode(text))[:shape[0]]
+    fallback = initializer or from_sampled_vocab(table)
+    prompt = np.array(fallback(key, shape, jnp.float32))
+    prompt[:len(ids)] = table[ids]
+    return jnp.asarray(prompt, dtype)
+
+  return init
+
+
+@gin.configurable
+def from_array(prompt: ArrayOrLoader) -> Initializer:
+  """A fixed prompt (e.g. a released `.npy`); its shape must equal the prompt's."""
+
+  def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    del key
+    value = _materialise(prompt)
+    if tuple(value.shape) != tuple(shape):
+      raise ValueError(f"Prompt array of shape {value.shape} does not fit a prompt of shape {tuple(shape)} "
+                       f"(PROMPT_LENGTH={shape[0]}, model width {shape[-1]}); set PROMPT_LENGTH={value.shape[0]} "
+                       "or use a model of matching width.")
+    return jnp.asarray(value, dtype)
+
+  return init
+
+
+@gin.configurable
+def np_load(path: str) -> Callable[[], np.ndarray]:
+  """Lazily load an array from a `.npy` file (local or gs://), e.g. a prompt file without suffix."""
+
+  def load() -> np.ndarray:
+    from etils import epath  # local import keeps prompts.py importable without etils in minimal uses
+    p = epath.Path(path)
+    if not p.exists():
+      raise FileNotFoundError(f"Prompt/embedding file {path!r} does not exist; check PROMPT_FILE/EMBEDDING_FILE.")
+    with p.open("rb") as f:
+      return np.load(f)
+
+  return load
+
+
+@gin.configurable
+def t5x_load(checkpoint_path: str, variable_path: str = "token_embedder/embedding") -> Callable[[], np.ndarray]:
+  """Lazily read one variable (default the token embedding) from a T5X checkpoint."""
+
+  def load() -> np.ndarray:
+    from prompt_tuning.runtime.checkpoints import load_variable
+    return load_variable(checkpoint_path, variable_path)
+
+  return load
+
+
+# ----------------------------------------------------------------------------------------------- combination
+def _prefix(prompt: Array, x: Array, tokens: Array) -> Array:
+  del tokens
+  return jnp.concatenate([prompt, x], axis=1)
+
+
+def _prefix_after_bos(prompt: Array, x: Array, tokens: Array) -> Array:
+  del tokens
+  return jnp.concatenate([x[:, :1], prompt, x[:, 1:]], axis=1)
+
+
+def _suffix_before_eos(prompt: Array, x: Array, tokens: Array) -> Array:
+  """Insert the prompt after each example's last real token, before its EOS; padding moves to the end."""
+  p, t = prompt.shape[1], x.shape[1]
+  insert_at = jnp.maximum(jnp.sum(tokens != 0, axis=1) - 1, 0)[:, None]  # [B, 1]
+  j = jnp.arange(t + p)[None, :]
+  in_prompt = (j >= insert_at) & (j < insert_at + p)
+  src_x = jnp.where(j < insert_at, j, jnp.clip(j - p, 0, t - 1))
+  src_p = jnp.clip(j - insert_at, 0, p - 1)
+  take = lambda arr, idx: jnp.take_along_axis(arr, idx.reshape(idx.shape + (1,) * (arr.ndim - 2)), axis=1)
+  mask = in_prompt.reshape(in_prompt.shape + (1,) * (x.ndim - 2))
+  return jnp.where(mask, take(prompt, src_p), take(x, src_x))
+
+
+COMBINATIONS: dict[str, Callable[[Array, Array, Array], Array]] = {
+    "prefix": _prefix,
+    "prefix_after_bos": _prefix_after_bos,
+    "suffix_before_eos": _suffix_before_eos,
+}
+
+
+@gin.configurable
+class Prompt(nn.Module):
+  """The trainable prompt: returns an unbatched `[length, d]` array."""
+
+  length: int = 100
+  initializer: Initializer = random_uniform()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: Array, embedded: Array) -> Array:
+    del tokens
+    if self.length <= 0:
+      raise ValueError(f"Prompt length must be positive, got {self.length}.")
+    value = self.param("prompt", nn.with_logical_partitioning(self.initializer, PROMPT_AXES),
+                       (self.length, embedded.shape[-1]), jnp.float32)
+    return value.astype(self.dtype)
+
+
+@gin.configurable
+class PromptedInputs(nn.Module):
+  """Joins a prompt module's output with the embedded inputs (`encoder/prompt`), as `combination` says."""
+
+  prompt: nn.Module
+  combination: str = "prefix"
+
+  def __post_init__(self):
+    if self.combination not in COMBINATIONS:
+      raise ValueError(f"Unknown prompt combination {self.combination!r}; choose one of {sorted(COMBINATIONS)}.")
+    super().__post_init__()
+
+  @property
+  def length(self) -> int:
+    return self.prompt.length
+
+  def __call__(self, tokens: Array, embedded: Array) -> Array:
+    prompt = self.prompt(tokens, embedded).astype(embedded.dtype)
+    if prompt.ndim == 2:
+      prompt = jnp.broadcast_to(prompt[None], (embedded.shape[0],) + prompt.shape)
+    return COMBINATIONS[self.combination](prompt, embedded, tokens)
+
+  def combine_tokens(self, tokens: Array) -> Array:
+    """Token ids laid out like the combined embeddings, with 1 at prompt positions (for masks)."""
+    fake = jnp.ones((tokens.shape[0], self.length), tokens.dtype)
+    return COMBINATIONS[self.combination](fake, tokens, tokens)

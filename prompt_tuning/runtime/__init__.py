@@ -1,0 +1,1 @@
+"""T5X-like runtime: model wrapper, decoding, partitioning, optimisation, checkpoints and trainer."""

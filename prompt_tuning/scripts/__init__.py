@@ -1,0 +1,1 @@
+"""Command-line tools (`python -m prompt_tuning.scripts.<name>`)."""

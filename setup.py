@@ -1,0 +1,50 @@
+"""Packaging for prompt_tuning: soft prompts on frozen T5-family models in JAX/Flax."""
+import pathlib
+
+import setuptools
+
+HERE = pathlib.Path(__file__).parent
+
+INSTALL_REQUIRES = [
+    "absl-py>=1.4",
+    "numpy>=1.26",
+    "jax>=0.4.35",
+    "flax>=0.10.0",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.10.0",
+    "chex>=0.1.87",
+    "gin-config>=0.5.0",
+    "seqio>=0.0.19",
+    "tensorflow>=2.16",
+    "tensorflow-datasets>=4.9.4",
+    "sentencepiece>=0.2.0",
+    "clu>=0.0.12",
+    "msgpack>=1.0.7",
+    "zstandard>=0.22",
+    "ml_dtypes>=0.4",
+    "etils[epath]>=1.7",
+    "matplotlib>=3.8",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+    # PyTorch only for parity with Hugging Face T5 and the PEFT baseline; the CPU build is pinned on purpose.
+    "hf": ["torch==2.13.0", "transformers>=4.44", "safetensors>=0.4.3", "peft>=0.12"],
+    "tpu": ["jax[tpu]>=0.4.35", "tensorstore>=0.1.65"],
+    "gpu": ["jax[cuda12]>=0.4.35", "tensorstore>=0.1.65"],
+}
+
+setuptools.setup(
+    name="prompt_tuning",
+    version="0.1.0",
+    description="Prompt tuning (Lester et al. 2021) on frozen T5 1.1 / LM-adapted T5 / mT5 in JAX, T5X-compatible.",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"]),
+    package_data={"prompt_tuning": ["gin_configs/**/*.gin", "gin_configs/*/*.gin", "gin_configs/*/*/*.gin"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

@@ -1,0 +1,36 @@
+"""Shared pytest fixtures: the read-only reference artifacts in ../shared/data (skipped when absent)."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def _require(path: pathlib.Path) -> pathlib.Path:
+  if not path.exists():
+    pytest.skip(f"reference artifact {path} is absent (it lives in ../shared/data beside the repo)")
+  return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  """The ../shared/data folder; skips the test when it is not there."""
+  return _require(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5x_checkpoint(shared_data: pathlib.Path) -> pathlib.Path:
+  """The real T5X native checkpoint of the tiny T5 1.1 (d 4, 2 heads of 2, MLP 8, 2+2 layers)."""
+  return _require(shared_data / "t5x_tiny_checkpoint" / "checkpoint_3")
+
+
+@pytest.fixture(scope="session")
+def t5_vocab_path(shared_data: pathlib.Path) -> pathlib.Path:
+  """The real T5 SentencePiece model (32,000 pieces; add 100 extra ids for the T5 vocabulary)."""
+  return _require(shared_data / "t5_vocab" / "sentencepiece.model")
