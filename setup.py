@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.4",
     "sentencepiece>=0.2.0",
     "clu>=0.0.12",
+    "tensorboard>=2.16",
     "msgpack>=1.0.7",
     "zstandard>=0.22",
     "ml_dtypes>=0.4",

@@ -5,11 +5,11 @@ The parameter lives at `encoder/prompt/prompt/prompt` (as the reference) with lo
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable, Protocol, Sequence
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +29,11 @@ def _materialise(x: ArrayOrLoader) -> np.ndarray:
   return np.asarray(x() if callable(x) else x)
 
 
+def _cached(load: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+  """Read once: initialisers run more than once (shape inference, then the sharded init)."""
+  return functools.lru_cache(maxsize=1)(load)
+
+
 def _check_width(name: str, table: np.ndarray, shape: Sequence[int]) -> None:
   if table.ndim != 2 or table.shape[-1] != shape[-1]:
     raise ValueError(f"{name}: embedding table of shape {table.shape} does not match the prompt shape "
@@ -36,7 +41,6 @@ def _check_width(name: str, table: np.ndarray, shape: Sequence[int]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- initialisers
-@gin.configurable
 def random_uniform(scale: float = 0.5, symmetric: bool = True) -> Initializer:
   """U[-scale, scale) as in the paper; `symmetric=False` gives the reference code's U[0, scale)."""
 
@@ -47,7 +51,6 @@ def random_uniform(scale: float = 0.5, symmetric: bool = True) -> Initializer:
   return init
 
 
-@gin.configurable
 def from_sampled_vocab(embeddings: ArrayOrLoader, population_size: int | None = 5000) -> Initializer:
   """Each prompt row is a vocabulary embedding drawn from the first `population_size` rows.
 
@@ -73,7 +76,6 @@ def from_sampled_vocab(embeddings: ArrayOrLoader, population_size: int | None = 
   return init
 
 
-@gin.configurable
 def from_class_labels(embeddings: ArrayOrLoader, vocab: Vocabulary, class_labels: Sequence[str],
                       initializer: Initializer | None = None) -> Initializer:
   """Row i is the mean embedding of label i's sub-tokens; the remaining rows come from `initializer`."""
@@ -82,21 +84,23 @@ def from_class_labels(embeddings: ArrayOrLoader, vocab: Vocabulary, class_labels
     table = _materialise(embeddings)
     _check_width("from_class_labels", table, shape)
     fallback = initializer or from_sampled_vocab(table)
-    prompt = np.array(fallback(key, shape, jnp.float32))
     if len(class_labels) > shape[0]:
       logging.warning("%d class labels but the prompt has %d rows; labels past row %d are skipped.",
                       len(class_labels), shape[0], shape[0])
-    for i, label in enumerate(list(class_labels)[:shape[0]]):
+    rows = []
+    for label in list(class_labels)[:shape[0]]:
       ids = list(vocab.encode(label))
       if not ids:
         raise ValueError(f"Class label {label!r} encodes to no tokens; give a non-empty label.")
-      prompt[i] = table[ids].mean(axis=0)
-    return jnp.asarray(prompt, dtype)
+      rows.append(table[ids].mean(axis=0))
+    prompt = fallback(key, shape, jnp.float32)
+    if rows:
+      prompt = prompt.at[:len(rows)].set(jnp.asarray(np.stack(rows), jnp.float32))
+    return prompt.astype(dtype)
 
   return init
 
 
-@gin.configurable
 def from_string(embeddings: ArrayOrLoader, vocab: Vocabulary, text: str,
                 initializer: Initializer | None = None) -> Initializer:
   """The first rows are the embeddings of `text`'s tokens (truncated to P); the rest from `initializer`."""
@@ -106,14 +110,14 @@ def from_string(embeddings: ArrayOrLoader, vocab: Vocabulary, text: str,
     _check_width("from_string", table, shape)
     ids = list(vocab.encode(text))[:shape[0]]
     fallback = initializer or from_sampled_vocab(table)
-    prompt = np.array(fallback(key, shape, jnp.float32))
-    prompt[:len(ids)] = table[ids]
-    return jnp.asarray(prompt, dtype)
+    prompt = fallback(key, shape, jnp.float32)
+    if ids:
+      prompt = prompt.at[:len(ids)].set(jnp.asarray(table[ids], jnp.float32))
+    return prompt.astype(dtype)
 
   return init
 
 
-@gin.configurable
 def from_array(prompt: ArrayOrLoader) -> Initializer:
   """A fixed prompt (e.g. a released `.npy`); its shape must equal the prompt's."""
 
@@ -129,10 +133,10 @@ def from_array(prompt: ArrayOrLoader) -> Initializer:
   return init
 
 
-@gin.configurable
 def np_load(path: str) -> Callable[[], np.ndarray]:
   """Lazily load an array from a `.npy` file (local or gs://), e.g. a prompt file without suffix."""
 
+  @_cached
   def load() -> np.ndarray:
     from etils import epath  # local import keeps prompts.py importable without etils in minimal uses
     p = epath.Path(path)
@@ -144,13 +148,19 @@ def np_load(path: str) -> Callable[[], np.ndarray]:
   return load
 
 
-@gin.configurable
 def t5x_load(checkpoint_path: str, variable_path: str = "token_embedder/embedding") -> Callable[[], np.ndarray]:
-  """Lazily read one variable (default the token embedding) from a T5X checkpoint."""
+  """Lazily read one variable (default the token embedding) from a checkpoint (T5X, our Orbax runs or HF)."""
 
+  @_cached
   def load() -> np.ndarray:
-    from prompt_tuning.runtime.checkpoints import load_variable
-    return load_variable(checkpoint_path, variable_path)
+    from prompt_tuning.runtime.checkpoints import detect_checkpoint_format, load_variable
+    from prompt_tuning.runtime.checkpoints.restore import load_params
+    if detect_checkpoint_format(checkpoint_path) == "t5x":
+      return load_variable(checkpoint_path, variable_path)  # reads just this array
+    value = load_params(checkpoint_path)[0]
+    for key in variable_path.removeprefix("target/").split("/"):
+      value = value[key]
+    return np.asarray(value)
 
   return load
 
@@ -186,7 +196,6 @@ COMBINATIONS: dict[str, Callable[[Array, Array, Array], Array]] = {
 }
 
 
-@gin.configurable
 class Prompt(nn.Module):
   """The trainable prompt: returns an unbatched `[length, d]` array."""
 
@@ -204,7 +213,6 @@ class Prompt(nn.Module):
     return value.astype(self.dtype)
 
 
-@gin.configurable
 class PromptedInputs(nn.Module):
   """Joins a prompt module's output with the embedded inputs (`encoder/prompt`), as `combination` says."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import gin
 import jax.numpy as jnp
 
 T5_VOCAB_SIZE = 32128  # cc_all.32000 + 100 extra ids, rounded up to a multiple of 128.
@@ -12,7 +11,6 @@ MT5_VOCAB_SIZE = 250112  # mc4.250000 + 100 extra ids, rounded up.
 REMAT_POLICIES = ("none", "minimal", "full")
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Shape and numerics of a T5 1.1 encoder-decoder (defaults: T5 1.1 Small)."""
@@ -63,7 +61,6 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
-@gin.configurable
 def get_config(size: str = "small", vocab: str = "t5", **overrides: Any) -> T5Config:
   """A T5 1.1 config by size name ("tiny", "small", ..., "xxl"); `vocab="mt5"` gives the mT5 table."""
   key = size.lower().replace("t5_1_1_", "")

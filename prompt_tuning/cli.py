@@ -1,0 +1,82 @@
+"""What the train / eval / infer CLIs share: T5X's flags, gin parsing, multi-host start-up, readable errors."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Callable, Sequence
+
+import gin
+import jax
+from absl import app, flags
+
+from prompt_tuning import gin_utils
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order (later ones override).")
+flags.DEFINE_multi_string("gin_bindings", [], "Individual gin bindings; `--gin.NAME=VALUE` is shorthand.")
+flags.DEFINE_list("gin_search_paths", ["."], "Where to look for gin files (the shipped gin_configs/ is appended).")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data dir override (seqio.set_tfds_data_dir_override).")
+flags.DEFINE_boolean("multiprocess", False, "Initialise jax.distributed (multi-host GPU/CPU; automatic on TPU).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for jax.distributed.")
+flags.DEFINE_integer("process_count", None, "Number of processes, for jax.distributed.")
+flags.DEFINE_integer("process_index", None, "This process's index, for jax.distributed.")
+
+
+def write_config(model_dir: str) -> None:
+  if jax.process_index() == 0:
+    gin_utils.write_operative_config(model_dir)
+
+
+def initialize_distributed() -> None:
+  """Start jax.distributed from the flags (or the environment / SLURM when flags are unset)."""
+  if not (FLAGS.multiprocess or FLAGS.coordinator_address):
+    return
+  kwargs = {k: v for k, v in dict(coordinator_address=FLAGS.coordinator_address,
+                                  num_processes=FLAGS.process_count,
+                                  process_id=FLAGS.process_index).items() if v is not None}
+  jax.distributed.initialize(**kwargs)
+  logging.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(), jax.process_count(),
+               jax.device_count())
+
+
+def run_gin_main(argv: Sequence[str], fn: Callable[[], Any]) -> Any:
+  """Parse gin from the flags, then call the gin-configured `fn()`; config mistakes exit with one clear line."""
+  del argv
+  if FLAGS.tfds_data_dir:
+    import seqio
+    seqio.set_tfds_data_dir_override(FLAGS.tfds_data_dir)
+  initialize_distributed()
+  try:
+    gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+    return gin.get_configurable(fn)()  # the run gin files bind it as `__main__.<fn>`, like T5X
+  except (gin_utils.ConfigError, ValueError, FileNotFoundError, TypeError) as e:
+    friendly = gin_utils.explain_missing(e) if isinstance(e, (ValueError, TypeError)) else None
+    if friendly is None and not isinstance(e, gin_utils.ConfigError) and not _is_user_error(e):
+      raise
+    logging.error("%s", friendly or e)
+    sys.exit(f"error: {friendly or e}")
+
+
+def _is_user_error(e: Exception) -> bool:
+  from prompt_tuning.runtime.checkpoints.formats import CheckpointNotFoundError, UnknownCheckpointFormatError
+  from prompt_tuning.runtime.checkpoints.restore import ParamTreeMismatchError
+  from prompt_tuning.runtime.input_pipeline import UnknownTaskError
+  return isinstance(e, (CheckpointNotFoundError, UnknownCheckpointFormatError, ParamTreeMismatchError,
+                        UnknownTaskError))
+
+
+class _QuietLibraries(logging.Filter):
+  """Drop INFO chatter from Orbax and SeqIO internals so progress lines stay readable."""
+
+  NOISY = ("/orbax/", "/seqio/dataset_providers.py", "/seqio/vocabularies.py")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(n in record.pathname for n in self.NOISY)
+
+
+def start(main: Callable[[Sequence[str]], None]) -> None:
+  """absl entry point with `--gin.NAME=VALUE` rewriting."""
+  logging.getLogger().addFilter(_QuietLibraries())
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
+  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))

@@ -1,0 +1,218 @@
+"""Offline demo tasks on a synthetic world (`demo_corpus`); importing this module registers them.
+
+Nothing is downloaded: the text is generated in Python and the vocabulary is a word-level SentencePiece
+model trained on the world's word list at first use (deterministic, cached as a file named by its hash).
+
+Tasks (features `inputs` / `targets`, EOS appended; splits `train` and `validation`):
+
+* `demo_pretrain_prefix_lm`: a document cut at a random token; inputs the start, targets the rest
+  (T5's LM adaptation objective);
+* `demo_pretrain_span_corruption`: T5's span corruption (15% noise, mean span 3 tokens); spans are replaced
+  by sentinels `<extra_id_i>` in the inputs and listed after them in the targets;
+* `demo_pretrain`: both, in equal proportion;
+* `demo_sentiment`: a review -> `positive` / `negative` (balanced: chance is 50%), metric accuracy where
+  any other output counts as wrong. E.g. "the red lamp is tall and flimsy . ben hates it ." -> "negative".
+
+The sentiment label follows a review only in `demo_sentiment`: the pretraining text never contains it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import tempfile
+from typing import Callable, Mapping, Optional
+
+import seqio
+import tensorflow as tf
+
+from prompt_tuning.data import demo_corpus
+from prompt_tuning.data import metrics
+from prompt_tuning.data import postprocessors
+from prompt_tuning.data import utils
+
+EXTRA_IDS = 100
+# Examples per split: enough variety for a few thousand steps; generated in about a second.
+PRETRAIN_SIZES = {"train": 50_000, "validation": 1_000}
+SENTIMENT_SIZES = {"train": 4_000, "validation": 500}
+_SEEDS = {("pretrain", "train"): 0, ("pretrain", "validation"): 1,
+          ("sentiment", "train"): 2, ("sentiment", "validation"): 3}
+# Longest pretraining document: 39 tokens (+ EOS); longest review: 13 tokens (+ EOS).
+PRETRAIN_FEATURE_LENGTHS = {"inputs": 40, "targets": 40}
+SENTIMENT_FEATURE_LENGTHS = {"inputs": 16, "targets": 2}
+CACHE_DIR_ENV = "PROMPT_TUNING_DEMO_CACHE"
+
+
+# ------------------------------------------------------------------------------------------------ vocabulary
+def sentencepiece_model() -> bytes:
+  """A word-level SentencePiece model of the world's words: pad 0, EOS 1, UNK 2, then one piece per word."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(demo_corpus.vocabulary_words()), model_writer=model, model_type="word",
+      vocab_size=len(demo_corpus.vocabulary_words()) + 3, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      num_threads=1, minloglevel=2)
+  return model.getvalue()
+
+
+def _cache_dir() -> str:
+  return os.environ.get(CACHE_DIR_ENV) or os.path.join(tempfile.gettempdir(), "prompt_tuning_demo")
+
+
+@functools.lru_cache(maxsize=None)
+def sentencepiece_model_path() -> str:
+  """Writes `sentencepiece_model()` once (atomically, named by its hash) and returns the file path."""
+  proto = sentencepiece_model()
+  path = os.path.join(_cache_dir(), f"demo_words_{hashlib.sha256(proto).hexdigest()[:12]}.model")
+  if not os.path.exists(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False) as f:
+      f.write(proto)
+    os.replace(f.name, path)
+  return path
+
+
+class DemoVocabulary(seqio.SentencePieceVocabulary):
+  """The demo's SentencePiece vocabulary (+ `EXTRA_IDS` sentinels); the model file is built on first use."""
+
+  def __init__(self, extra_ids: int = EXTRA_IDS):
+    super().__init__("", extra_ids=extra_ids)
+
+  @property
+  def sentencepiece_model_file(self) -> str:
+    return sentencepiece_model_path()
+
+  def _model_context(self):
+    self._sentencepiece_model_file = sentencepiece_model_path()
+    return super()._model_context()
+
+
+VOCABULARY = DemoVocabulary()
+OUTPUT_FEATURES: Mapping[str, seqio.Feature] = {
+    "inputs": seqio.Feature(vocabulary=VOCABULARY, add_eos=True),
+    "targets": seqio.Feature(vocabulary=VOCABULARY, add_eos=True),
+}
+
+
+def vocabulary() -> seqio.Vocabulary:
+  """The vocabulary of every demo task (for gin: `@prompt_tuning.data.demo.vocabulary()`)."""
+  return VOCABULARY
+
+
+# ------------------------------------------------------------------------------------------------ sources
+@functools.lru_cache(maxsize=None)
+def _documents(split: str) -> tuple[str, ...]:
+  return tuple(demo_corpus.pretraining_documents(PRETRAIN_SIZES[split], _SEEDS["pretrain", split]))
+
+
+@functools.lru_cache(maxsize=None)
+def _reviews(split: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  pairs = demo_corpus.reviews(SENTIMENT_SIZES[split], _SEEDS["sentiment", split])
+  return tuple(r for r, _ in pairs), tuple(demo_corpus.LABELS[label] for _, label in pairs)
+
+
+def _shuffled(ds: tf.data.Dataset, shuffle: bool, seed: Optional[int]) -> tf.data.Dataset:
+  return ds.shuffle(ds.cardinality(), seed=seed) if shuffle else ds
+
+
+def _pretrain_dataset(split: str, shuffle_files: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
+  ds = tf.data.Dataset.from_tensor_slices({"text": list(_documents(split))})
+  return _shuffled(ds, shuffle_files, seed)
+
+
+def _sentiment_dataset(split: str, shuffle_files: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
+  texts, labels = _reviews(split)
+  ds = tf.data.Dataset.from_tensor_slices({"inputs": list(texts), "targets": list(labels)})
+  return _shuffled(ds, shuffle_files, seed)
+
+
+def _source(dataset_fn: Callable[..., tf.data.Dataset], sizes: Mapping[str, int]) -> seqio.FunctionDataSource:
+  return seqio.FunctionDataSource(dataset_fn, splits=tuple(sizes), num_input_examples=dict(sizes))
+
+
+# ------------------------------------------------------------------------------------------------ objectives
+@seqio.map_over_dataset(num_seeds=1)
+def prefix_lm(x: Mapping[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
+  """Cuts the tokenized `targets` at a uniform random point in [1, length - 1] into inputs and targets."""
+  tokens = x["targets"]
+  cut = tf.random.stateless_uniform([], seed, minval=1, maxval=tf.maximum(tf.size(tokens), 2), dtype=tf.int32)
+  return {"inputs": tokens[:cut], "targets": tokens[cut:]}
+
+
+def random_spans_mask(length: tf.Tensor, noise_density: float, mean_span_length: float,
+                      seeds: tf.Tensor) -> tf.Tensor:
+  """[length] bool, True on noise: round(length * noise_density) noise tokens (at least 1) in
+  round(noise / mean_span_length) spans (at least 1) of random lengths, between clean runs of random lengths,
+  the whole pattern rolled by a random offset (so one span can fall anywhere in a short text).
+  """
+  num_noise = tf.clip_by_value(tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32),
+                               1, length - 1)
+  num_spans = tf.clip_by_value(
+      tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_span_length), tf.int32), 1, length - num_noise)
+
+  def run_lengths(total: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    # num_spans positive parts summing to total: cut [0, total) at num_spans - 1 distinct random points.
+    points = tf.random.experimental.stateless_shuffle(tf.range(1, total), seed)[:num_spans - 1]
+    bounds = tf.concat([[0], tf.sort(points), [total]], axis=0)
+    return bounds[1:] - bounds[:-1]
+
+  clean = run_lengths(length - num_noise, seeds[0])
+  noise = run_lengths(num_noise, seeds[1])
+  runs = tf.reshape(tf.stack([clean, noise], axis=1), [-1])
+  mask = tf.repeat(tf.tile([False, True], [num_spans]), runs)
+  shift = tf.random.stateless_uniform([], seeds[2], maxval=length, dtype=tf.int32)
+  return tf.roll(mask, shift, axis=0)
+
+
+def _with_sentinels(tokens: tf.Tensor, noise: tf.Tensor, vocab_size: int, keep_noise: bool) -> tf.Tensor:
+  """Each noise span gets a sentinel (`vocab_size - 1`, `- 2`, ... in order) in front of it; then the noise
+  tokens (`keep_noise`: the targets) or the clean ones (the inputs) are kept."""
+  first = noise & ~tf.concat([[False], noise[:-1]], axis=0)
+  sentinels = vocab_size - tf.cumsum(tf.cast(first, tokens.dtype))
+  kept = noise if keep_noise else ~noise
+  pairs = tf.stack([tf.where(first, sentinels, -1), tf.where(kept, tokens, -1)], axis=1)
+  pairs = tf.reshape(pairs, [-1])
+  return tf.boolean_mask(pairs, pairs >= 0)
+
+
+def span_corruption(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
+                    noise_density: float = 0.15, mean_span_length: float = 3.0) -> tf.data.Dataset:
+  """T5's span corruption of the tokenized `targets` (inputs: text with sentinels; targets: the spans)."""
+  vocab_size = output_features["targets"].vocabulary.vocab_size
+
+  @seqio.map_over_dataset(num_seeds=3)
+  def corrupt(x, seeds):
+    tokens = x["targets"]
+    mask = random_spans_mask(tf.size(tokens), noise_density, mean_span_length, seeds)
+    return {"inputs": _with_sentinels(tokens, mask, vocab_size, keep_noise=False),
+            "targets": _with_sentinels(tokens, mask, vocab_size, keep_noise=True)}
+
+  return corrupt(dataset.filter(lambda x: tf.size(x["targets"]) >= 2))
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+def sentiment_postprocessor(output: str, example=None, is_target: bool = False) -> int:
+  """The label's class id; anything that is not exactly a label word is -1 (always wrong)."""
+  del example, is_target
+  return postprocessors.string_label_to_class_id(output.strip(), demo_corpus.LABELS)
+
+
+def register() -> None:
+  pretrain_source = _source(_pretrain_dataset, PRETRAIN_SIZES)
+  rekey = functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"})
+  for name, objective in (("prefix_lm", prefix_lm), ("span_corruption", span_corruption)):
+    utils.add_task(f"demo_pretrain_{name}", source=pretrain_source,
+                   preprocessors=[rekey, seqio.preprocessors.tokenize, objective,
+                                  seqio.preprocessors.append_eos_after_trim],
+                   output_features=OUTPUT_FEATURES)
+  utils.add_mixture("demo_pretrain", ["demo_pretrain_prefix_lm", "demo_pretrain_span_corruption"],
+                    default_rate=1.0)
+  utils.add_task("demo_sentiment", source=_source(_sentiment_dataset, SENTIMENT_SIZES),
+                 preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                                seqio.preprocessors.append_eos_after_trim],
+                 output_features=OUTPUT_FEATURES, postprocess_fn=sentiment_postprocessor,
+                 metric_fns=[metrics.accuracy])
+
+
+register()

@@ -1,0 +1,99 @@
+"""A small synthetic shopping world and the text generated from it (pure Python, seeded, deterministic).
+
+People buy items; items have colours, sizes and qualities that are either good or bad, and people's verbs
+and feelings follow that quality. Two kinds of text come out of it:
+
+* pretraining documents (`pretraining_documents`): a few sentences about one person and one item. The label
+  words `positive` / `negative` occur only inside the phrase "feels {label} about the {item}", so a model
+  pretrained on them can emit the words and knows which qualities go with which, but never sees a text
+  followed by its sentiment label alone;
+* reviews (`reviews`): short first-person texts with a sentiment label (`LABELS[label]`), balanced.
+
+Every string is lower case, words and punctuation separated by single spaces.
+"""
+from __future__ import annotations
+
+import random
+
+NAMES = ("anna", "ben", "carla", "dev", "ella", "finn", "gina", "hugo", "iris", "jack", "kim", "leo",
+         "mia", "nora", "omar", "pia")
+ITEMS = ("lamp", "chair", "kettle", "phone", "jacket", "bike", "clock", "desk", "mug", "radio", "sofa",
+         "camera", "tent", "scarf", "fan", "oven")
+COLOURS = ("red", "blue", "green", "black", "white", "yellow", "grey", "pink")
+SIZES = ("small", "large", "round", "heavy", "light", "new", "old", "tall")
+COUNTS = ("two", "three", "four", "five", "six")
+PLACES = ("market", "shop", "station", "park", "mall")
+# Qualities and verbs by polarity: index 0 bad, index 1 good (as `LABELS`).
+QUALITIES = (
+    ("flimsy", "broken", "noisy", "dull", "ugly", "leaky", "shaky", "faulty", "clumsy", "awful", "rusty",
+     "sticky"),
+    ("sturdy", "comfy", "bright", "reliable", "lovely", "quiet", "handy", "solid", "smooth", "elegant",
+     "superb", "clever"),
+)
+VERBS = (("hates", "dislikes", "returned", "regrets", "avoids"),
+         ("loves", "likes", "enjoys", "praises", "recommends"))
+LABELS = ("negative", "positive")
+LABEL_FRAME = ("feels", "about the")  # the only context label words appear in during pretraining
+_FUNCTION_WORDS = (".", "a", "about", "and", "at", "because", "bought", "counted", "feels", "found", "has",
+                   "is", "it", "looks", "the", "to", "went")
+
+
+def _sentence(*words: str) -> str:
+  return " ".join(words) + " ."
+
+
+def _pretraining_document(rng: random.Random) -> str:
+  polarity = rng.randrange(2)
+  name, other = rng.sample(NAMES, 2)
+  item, colour = rng.choice(ITEMS), rng.choice(COLOURS)
+  good_or_bad = lambda: rng.choice(QUALITIES[polarity])
+  intro = rng.choice([
+      _sentence(name, "bought a", colour, item, "at the", rng.choice(PLACES)),
+      _sentence(name, "has", rng.choice(COUNTS), colour, item + "s"),
+      _sentence(name, "found a", rng.choice(SIZES), colour, item),
+  ])
+  body = [
+      rng.choice([_sentence("the", item, "is", good_or_bad()),
+                  _sentence("the", item, "is", rng.choice(SIZES), "and", good_or_bad()),
+                  _sentence("it looks", good_or_bad(), "and", rng.choice(SIZES))]),
+      rng.choice([_sentence(name, rng.choice(VERBS[polarity]), "the", item),
+                  _sentence(name, rng.choice(VERBS[polarity]), "it because it is", good_or_bad())]),
+      rng.choice([_sentence(name, "and", other, "went to the", rng.choice(PLACES)),
+                  _sentence(other, "has a", rng.choice(SIZES), rng.choice(COLOURS), rng.choice(ITEMS)),
+                  _sentence(other, "counted", rng.choice(COUNTS), rng.choice(COLOURS), rng.choice(ITEMS) + "s")]),
+  ]
+  rng.shuffle(body)
+  body = body[:rng.randint(2, 3)]
+  if rng.random() < 0.5:
+    feeling = _sentence(name, LABEL_FRAME[0], LABELS[polarity], LABEL_FRAME[1], item)
+    body.insert(rng.randint(0, len(body)), feeling)
+  return " ".join([intro] + body)
+
+
+def pretraining_documents(num: int, seed: int) -> list[str]:
+  """`num` pretraining documents; the same (num, seed) always gives the same list."""
+  rng = random.Random(seed)
+  return [_pretraining_document(rng) for _ in range(num)]
+
+
+def _review(rng: random.Random, polarity: int) -> str:
+  item, colour, size = rng.choice(ITEMS), rng.choice(COLOURS), rng.choice(SIZES)
+  return " ".join([
+      _sentence("the", colour, item, "is", size, "and", rng.choice(QUALITIES[polarity])),
+      _sentence(rng.choice(NAMES), rng.choice(VERBS[polarity]), "it"),
+  ])
+
+
+def reviews(num: int, seed: int) -> list[tuple[str, int]]:
+  """`num` (review, label) pairs, labels alternating in random order so classes are balanced."""
+  rng = random.Random(seed)
+  labels = [i % 2 for i in range(num)]
+  rng.shuffle(labels)
+  return [(_review(rng, label), label) for label in labels]
+
+
+def vocabulary_words() -> tuple[str, ...]:
+  """Every word (and the full stop) the generators can produce, sorted."""
+  words = {*_FUNCTION_WORDS, *NAMES, *ITEMS, *(item + "s" for item in ITEMS), *COLOURS, *SIZES, *COUNTS,
+           *PLACES, *QUALITIES[0], *QUALITIES[1], *VERBS[0], *VERBS[1], *LABELS}
+  return tuple(sorted(words))

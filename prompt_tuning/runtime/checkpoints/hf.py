@@ -1,0 +1,252 @@
+"""Read and write Hugging Face T5 checkpoints (`config.json` + safetensors) as our Flaxformer-named tree.
+
+Needs only `safetensors` (the `hf` extra, imported on first use) and numpy, no PyTorch. Hugging Face
+`nn.Linear` weights are `[out, in]`, ours `[in, out]`; its relative-position table is `[buckets, heads]`, ours
+`[heads, buckets]`: both are transposed.
+
+Output head: Hugging Face T5 multiplies the decoder output by `d_model**-0.5` when `scale_decoder_outputs`
+(transformers >= 5) or `tie_word_embeddings` (older; the default, T5 1.0) is set, then applies `lm_head`. A tied,
+scaled head is exactly our `logits_via_embedding` (logits / sqrt(d) against the embedding); any other
+combination becomes `logits_dense/kernel`, with the scale folded in when there is one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from etils import epath
+from flax import traverse_util
+from flax.core import meta
+import numpy as np
+
+from prompt_tuning.models.config import T5Config
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+SUPPORTED_MODEL_TYPES = ("t5", "mt5")
+# Hugging Face `feed_forward_proj` -> our MLP activations. HF's "gated-gelu" is the tanh approximation
+# (`gelu_new`), as ours; plain "gelu" is the exact erf GELU, which we do not implement.
+FEED_FORWARD_PROJ = {
+    "gated-gelu": ("gelu", "linear"),
+    "gated-gelu_new": ("gelu", "linear"),
+    "gated-relu": ("relu", "linear"),
+    "gated-silu": ("silu", "linear"),
+    "relu": ("relu",),
+    "gelu_new": ("gelu",),
+    "silu": ("silu",),
+}
+_REQUIRED_KEYS = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers")
+# Keys that HF checkpoints may hold but that carry nothing of ours (HF ignores or ties them).
+_IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+_TIED_EMBEDDINGS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+_ATTENTION = {"q": "query", "k": "key", "v": "value", "o": "out"}
+_LAYER_NORM_EPSILON = 1e-6
+
+
+def scales_decoder_output(hf_config: Mapping[str, Any]) -> bool:
+  """Whether HF T5 multiplies the decoder output by d_model**-0.5 before `lm_head`."""
+  return bool(hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True)))
+
+
+def t5_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> T5Config:
+  """Our `T5Config` for a Hugging Face T5/mT5 `config.json` dict; `overrides` (e.g. `dtype=`) win."""
+  model_type = hf_config.get("model_type", "t5")
+  if model_type not in SUPPORTED_MODEL_TYPES:
+    raise ValueError(f"Hugging Face model_type={model_type!r} is not supported; convert one of "
+                     f"{SUPPORTED_MODEL_TYPES} (umT5 has per-layer position biases, which T5 does not).")
+  missing = [k for k in _REQUIRED_KEYS if k not in hf_config]
+  if missing:
+    raise ValueError(f"Hugging Face config lacks {missing}; a T5 config.json needs all of {list(_REQUIRED_KEYS)}.")
+  proj = hf_config.get("feed_forward_proj", "relu")
+  if proj not in FEED_FORWARD_PROJ:
+    raise ValueError(f"feed_forward_proj={proj!r} is not supported; use one of {sorted(FEED_FORWARD_PROJ)} "
+                     "(plain 'gelu' is the exact erf GELU, which differs from T5's tanh GELU).")
+  eps = hf_config.get("layer_norm_epsilon", _LAYER_NORM_EPSILON)
+  if not np.isclose(eps, _LAYER_NORM_EPSILON, rtol=0, atol=1e-12):
+    raise ValueError(f"layer_norm_epsilon={eps} is not supported; T5 (and this model) use {_LAYER_NORM_EPSILON}.")
+  fields = dict(
+      vocab_size=hf_config["vocab_size"],
+      emb_dim=hf_config["d_model"],
+      num_heads=hf_config["num_heads"],
+      head_dim=hf_config["d_kv"],
+      mlp_dim=hf_config["d_ff"],
+      num_encoder_layers=hf_config["num_layers"],
+      num_decoder_layers=hf_config.get("num_decoder_layers") or hf_config["num_layers"],
+      dropout_rate=float(hf_config.get("dropout_rate", 0.1)),
+      relpos_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
+      relpos_max_distance=hf_config.get("relative_attention_max_distance", 128),
+      mlp_activations=FEED_FORWARD_PROJ[proj],
+      logits_via_embedding=scales_decoder_output(hf_config),
+  )
+  return T5Config(**{**fields, **overrides})
+
+
+def hf_config_from_t5(config: T5Config) -> dict[str, Any]:
+  """The Hugging Face `config.json` dict for our `T5Config` (inverse of `t5_config_from_hf`)."""
+  proj = next((name for name, acts in FEED_FORWARD_PROJ.items() if acts == tuple(config.mlp_activations)), None)
+  if proj is None:
+    raise ValueError(f"mlp_activations={config.mlp_activations} has no Hugging Face feed_forward_proj; "
+                     f"supported: {sorted(set(FEED_FORWARD_PROJ.values()))}.")
+  return {
+      "architectures": ["T5ForConditionalGeneration"],
+      "model_type": "t5",
+      "is_encoder_decoder": True,
+      "vocab_size": config.vocab_size,
+      "d_model": config.emb_dim,
+      "num_heads": config.num_heads,
+      "d_kv": config.head_dim,
+      "d_ff": config.mlp_dim,
+      "num_layers": config.num_encoder_layers,
+      "num_decoder_layers": config.num_decoder_layers,
+      "dropout_rate": config.dropout_rate,
+      "relative_attention_num_buckets": config.relpos_num_buckets,
+      "relative_attention_max_distance": config.relpos_max_distance,
+      "feed_forward_proj": proj,
+      "layer_norm_epsilon": _LAYER_NORM_EPSILON,
+      "tie_word_embeddings": config.logits_via_embedding,
+      "pad_token_id": 0,
+      "eos_token_id": 1,
+      "decoder_start_token_id": 0,
+  }
+
+
+def _name_map(config: T5Config) -> dict[str, tuple[str, bool]]:
+  """HF tensor name -> (our '/'-joined parameter path, whether the array is transposed between them)."""
+  mlp = ["wi"] if len(config.mlp_activations) == 1 else [f"wi_{i}" for i in range(len(config.mlp_activations))]
+  names = {"shared.weight": ("token_embedder/embedding", False),
+           "encoder.final_layer_norm.weight": ("encoder/encoder_norm/scale", False),
+           "decoder.final_layer_norm.weight": ("decoder/decoder_norm/scale", False)}
+  if not config.logits_via_embedding:
+    names["lm_head.weight"] = ("decoder/logits_dense/kernel", True)
+
+  def block(stack: str, i: int, sublayers: list[tuple[str, str, str]]) -> None:
+    hf, ours = f"{stack}.block.{i}.layer.", f"{stack}/layers_{i}/"
+    for j, (hf_module, module, norm) in enumerate(sublayers):
+      names[f"{hf}{j}.layer_norm.weight"] = (ours + norm + "/scale", False)
+      pairs = _ATTENTION.items() if hf_module != "DenseReluDense" else [(n, n) for n in mlp + ["wo"]]
+      for hf_name, name in pairs:
+        names[f"{hf}{j}.{hf_module}.{hf_name}.weight"] = (f"{ours}{module}/{name}/kernel", True)
+
+  for i in range(config.num_encoder_layers):
+    block("encoder", i, [("SelfAttention", "attention", "pre_attention_layer_norm"),
+                         ("DenseReluDense", "mlp", "pre_mlp_layer_norm")])
+  for i in range(config.num_decoder_layers):
+    block("decoder", i, [("SelfAttention", "self_attention", "pre_self_attention_layer_norm"),
+                         ("EncDecAttention", "encoder_decoder_attention", "pre_cross_attention_layer_norm"),
+                         ("DenseReluDense", "mlp", "pre_mlp_layer_norm")])
+  for stack in ("encoder", "decoder"):
+    names[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
+        f"{stack}/relpos_bias/rel_embedding", True)
+  return names
+
+
+def _safetensors():
+  try:
+    import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("Hugging Face checkpoints need the safetensors package: pip install 'prompt_tuning[hf]' "
+                      "(or pip install 'safetensors>=0.4.3').") from e
+  return safetensors.numpy
+
+
+def _read_file(path: epath.Path) -> dict[str, np.ndarray]:
+  if "://" in os.fspath(path):
+    return _safetensors().load(path.read_bytes())
+  return _safetensors().load_file(os.fspath(path))
+
+
+def read_safetensors(path: epath.PathLike) -> dict[str, np.ndarray]:
+  """Every tensor of a HF model dir: `model.safetensors`, or the shards its index names."""
+  root = epath.Path(path)
+  if (root / WEIGHTS_FILE).exists():
+    return _read_file(root / WEIGHTS_FILE)
+  if (root / INDEX_FILE).exists():
+    shards = sorted(set(json.loads((root / INDEX_FILE).read_text())["weight_map"].values()))
+    return {k: v for shard in shards for k, v in _read_file(root / shard).items()}
+  raise FileNotFoundError(f"{os.fspath(root)!r} has neither {WEIGHTS_FILE} nor {INDEX_FILE}; save the Hugging Face "
+                          "model with save_pretrained(..., safe_serialization=True).")
+
+
+def _resolve_head(tensors: dict[str, np.ndarray], config: T5Config, scaled: bool) -> T5Config:
+  """Drop duplicate embeddings and turn the HF head into ours (see the module docstring); may untie `config`."""
+  shared = tensors["shared.weight"]
+  for name in _TIED_EMBEDDINGS:
+    if name in tensors and not np.array_equal(tensors.pop(name), shared):
+      raise ValueError(f"{name} differs from shared.weight; T5 shares one embedding table, so this checkpoint "
+                       "cannot be converted.")
+  head = tensors.pop("lm_head.weight", shared)
+  tied = head is shared or np.array_equal(head, shared)
+  config = config.replace(logits_via_embedding=tied and scaled)
+  if not config.logits_via_embedding:
+    tensors["lm_head.weight"] = (head * np.float32(config.emb_dim ** -0.5)) if scaled else head
+  return config
+
+
+def load_hf_t5(path: epath.PathLike, dtype: Any = np.float32) -> tuple[dict, T5Config]:
+  """`(params, config)` from a Hugging Face T5 dir (`config.json` + safetensors), parameters cast to `dtype`.
+
+  The tree has unrolled layers (`layers_0`, ...); use `models.scan_utils.stack_layers` for `scan_layers=True`.
+  The config keeps the default activation dtype: `config.replace(dtype=...)` to change it.
+  """
+  root = epath.Path(path)
+  if not (root / CONFIG_FILE).exists():
+    raise FileNotFoundError(f"{os.fspath(root)!r} has no {CONFIG_FILE}; give the directory a Hugging Face "
+                            "save_pretrained() wrote.")
+  hf_config = json.loads((root / CONFIG_FILE).read_text())
+  tensors = read_safetensors(root)
+  if "shared.weight" not in tensors:
+    raise ValueError(f"{os.fspath(root)!r} holds no shared.weight; it is not a T5ForConditionalGeneration checkpoint.")
+  config = _resolve_head(tensors, t5_config_from_hf(hf_config), scales_decoder_output(hf_config))
+  names = _name_map(config)
+  for name in _IGNORED:
+    tensors.pop(name, None)
+  missing, unexpected = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
+  if missing or unexpected:
+    raise ValueError(f"Checkpoint {os.fspath(root)!r} does not match its config.json: missing {missing[:8]}, "
+                     f"unexpected {unexpected[:8]} (counts {len(missing)}, {len(unexpected)}).")
+  flat = {}
+  for name, (ours, transpose) in names.items():
+    array = tensors.pop(name)
+    flat[ours] = np.ascontiguousarray(array.T if transpose else array, dtype=dtype)
+  return traverse_util.unflatten_dict(flat, sep="/"), config
+
+
+def save_hf_t5(params: Mapping[str, Any], config: T5Config, out_dir: epath.PathLike) -> epath.Path:
+  """Write `config.json` + `model.safetensors` (float32) that `T5ForConditionalGeneration.from_pretrained` loads.
+
+  `params` is our unrolled tree (boxed or not), without the `{'params': ...}` wrapper. Each file is written
+  under a temporary name and then renamed, so a reader never sees half a file.
+  """
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  flat = traverse_util.flatten_dict(meta.unbox(params), sep="/")
+  names = _name_map(config)
+  missing = sorted(ours for ours, _ in names.values() if ours not in flat)
+  if missing:
+    raise ValueError(f"params lack {missing[:8]} for this config ({len(missing)} in all); pass the unrolled "
+                     "model tree (unstack scanned layers with models.scan_utils.unstack_layers).")
+  tensors = {}
+  for name, (ours, transpose) in names.items():
+    array = np.asarray(flat[ours])
+    tensors[name] = np.ascontiguousarray(array.T if transpose else array, dtype=np.float32)
+  write_safetensors(out / WEIGHTS_FILE, tensors)
+  write_json(out / CONFIG_FILE, hf_config_from_t5(config))
+  return out
+
+
+def _atomic_write(path: epath.Path, data: bytes) -> None:
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_bytes(data)
+  tmp.replace(path)
+
+
+def write_safetensors(path: epath.PathLike, tensors: Mapping[str, np.ndarray]) -> None:
+  """Write a safetensors file as PyTorch-side tools expect it (`format: pt` metadata), atomically."""
+  _atomic_write(epath.Path(path), _safetensors().save(dict(tensors), metadata={"format": "pt"}))
+
+
+def write_json(path: epath.PathLike, value: Any) -> None:
+  """Write indented JSON, atomically."""
+  _atomic_write(epath.Path(path), (json.dumps(value, indent=2) + "\n").encode())

@@ -1,0 +1,107 @@
+"""Our own run checkpoints under MODEL_DIR: Orbax (`checkpoint_<step>/{state,dataset}`) plus numpy prompt exports.
+
+A checkpoint holds what a resumed run needs and nothing it can re-read: the trainable parameters (`target`),
+the optimizer state and step (`state`), and the input pipeline position (`dataset`). Frozen weights stay in
+INITIAL_CHECKPOINT_PATH. Every save also writes the trainable parameters matching the export regexes to
+`numpy_checkpoints/checkpoint_<step>/<dotted.name>` (the reference's name, no suffix) and `<dotted.name>.npy`.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import re
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import traverse_util
+
+STATE, DATASET = "state", "dataset"
+
+
+def _to_numpy(tree: Any) -> Any:
+  return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)
+
+
+def load_orbax_params(location: epath.PathLike, dtype: str | None = None) -> tuple[dict, int | None]:
+  """`target` params and the step of one of our Orbax checkpoints (a `checkpoint_<step>` dir)."""
+  location = epath.Path(location)
+  state_dir = location / STATE if (location / STATE).exists() else location
+  restored = ocp.PyTreeCheckpointer().restore(state_dir)
+  if "target" not in restored:
+    raise ValueError(f"Orbax checkpoint {str(location)!r} holds no 'target' params (keys: {sorted(restored)}).")
+  params = _to_numpy(restored["target"])
+  if dtype is not None:
+    params = jax.tree_util.tree_map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
+  step = restored.get("state", {}).get("step")
+  return params, None if step is None else int(np.asarray(step))
+
+
+def export_numpy(model_dir: epath.PathLike, step: int, params: Any, regexes: Sequence[str]) -> list[epath.Path]:
+  """Write matching parameters as `numpy_checkpoints/checkpoint_<step>/<dotted.name>` (+ `.npy`), atomically."""
+  flat = traverse_util.flatten_dict(_to_numpy(params), sep="/")
+  chosen = {k: v for k, v in flat.items() if any(re.fullmatch(r, k) for r in regexes)}
+  if not chosen or jax.process_index() != 0:
+    return []
+  final = epath.Path(model_dir) / "numpy_checkpoints" / f"checkpoint_{step}"
+  tmp = final.parent / f"{final.name}.tmp-{int(time.time())}"
+  tmp.mkdir(parents=True, exist_ok=True)
+  written = []
+  for name, value in chosen.items():
+    dotted = name.replace("/", ".")
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(value, np.float32) if np.issubdtype(value.dtype, np.floating) else value)
+    for fname in (dotted, dotted + ".npy"):
+      (tmp / fname).write_bytes(buf.getvalue())
+      written.append(final / fname)
+  if final.exists():
+    final.rename(final.parent / f"{final.name}.backup-{int(time.time())}")
+  tmp.rename(final)
+  return written
+
+
+class RunCheckpointer:
+  """Orbax `CheckpointManager` over MODEL_DIR with T5X's `checkpoint_<step>` naming."""
+
+  def __init__(self, model_dir: str, keep: int | None = None, use_async: bool = False,
+               export_regexes: Sequence[str] = (".*/prompt/.*",)):
+    self.model_dir = epath.Path(model_dir)
+    self.export_regexes = tuple(export_regexes)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix="checkpoint", create=True,
+                                           enable_async_checkpointing=use_async)
+    self._manager = ocp.CheckpointManager(self.model_dir, options=options,
+                                          item_names=(STATE, DATASET))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, target: Any, opt_state: Any, data_position: int) -> None:
+    """Save (atomically: Orbax writes a temporary dir and renames it) and export the prompt."""
+    if step in self._manager.all_steps():
+      return
+    state = {"target": target, "state": {"step": np.int32(step), "opt_state": opt_state}}
+    self._manager.save(step, args=ocp.args.Composite(
+        **{STATE: ocp.args.PyTreeSave(state), DATASET: ocp.args.JsonSave({"position": int(data_position)})}),
+        force=True)
+    export_numpy(self.model_dir, step, target, self.export_regexes)
+    logging.info("Saved checkpoint_%d under %s", step, self.model_dir)
+
+  def restore(self, abstract_target: Any, abstract_opt_state: Any, step: int | None = None):
+    """(target, opt_state, step, data_position) of the latest (or given) save, placed like the abstract trees."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    abstract = {"target": abstract_target, "state": {"step": np.int32(0), "opt_state": abstract_opt_state}}
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        **{STATE: ocp.args.PyTreeRestore(abstract), DATASET: ocp.args.JsonRestore()}))
+    state, dataset = restored[STATE], restored[DATASET]
+    return state["target"], state["state"]["opt_state"], int(state["state"]["step"]), int(dataset["position"])
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,61 @@
+"""Gin-configurable run settings with T5X's names (`utils.DatasetConfig`, `SaveCheckpointConfig`, ...)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+  """Which SeqIO task or mixture to read and how (T5X `utils.DatasetConfig`)."""
+
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int] | None
+  split: str
+  batch_size: int
+  shuffle: bool = False
+  seed: int | None = None
+  use_cached: bool = False
+  pack: bool = False
+  module: str | None = None
+  use_memory_cache: bool = True
+  trim_output_features: bool = True
+
+
+@dataclasses.dataclass
+class SaveCheckpointConfig:
+  """When and what to save under MODEL_DIR (T5X `SaveCheckpointConfig`)."""
+
+  period: int | None = 1000
+  keep: int | None = None
+  dtype: str = "float32"
+  save_prompt_regexes: Sequence[str] = (".*/prompt/.*",)  # also exported as numpy files
+  use_async: bool = False
+
+
+@dataclasses.dataclass
+class RestoreCheckpointConfig:
+  """Where the frozen (and initial) weights come from (T5X `RestoreCheckpointConfig`).
+
+  `assignment_map` holds `(regex, replacement-or-None)` pairs on '/'-joined parameter paths: None skips
+  matching parameters (they keep their fresh initialisation, e.g. the prompt). `fallback_to_scratch` lets
+  parameters missing from the checkpoint keep their initial values instead of raising.
+  """
+
+  path: str | None = None
+  mode: str = "specific"
+  dtype: str | None = "float32"
+  assignment_map: Sequence[tuple[str, str | None]] = ()
+  fallback_to_scratch: bool = False
+  step: int | None = None
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+  save: SaveCheckpointConfig | None = None
+  restore: RestoreCheckpointConfig | None = None
+
+
+def asdict(cfg: Any) -> dict[str, Any]:
+  return dataclasses.asdict(cfg)

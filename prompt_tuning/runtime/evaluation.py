@@ -1,0 +1,117 @@
+"""Inference over SeqIO datasets (predict / score) and the `seqio.Evaluator` wiring, T5X style."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from prompt_tuning.runtime.configs import DatasetConfig
+from prompt_tuning.runtime.models import EncoderDecoderModel
+from prompt_tuning.runtime.optim import merge_trainable
+
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+
+
+def batched_indexed(ds: tf.data.Dataset, batch_size: int):
+  """Yield (indices [B], features {name: [B, L]}) from an enumerated dataset, padding the last batch (index -1)."""
+  rows: list[tuple[int, Mapping[str, np.ndarray]]] = []
+  for idx, ex in ds.as_numpy_iterator():
+    rows.append((int(idx), ex))
+    if len(rows) == batch_size:
+      yield _stack(rows)
+      rows = []
+  if rows:
+    pad = [(-1, rows[0][1])] * (batch_size - len(rows))
+    yield _stack(rows + pad)
+
+
+def _stack(rows):
+  idx = np.array([r[0] for r in rows], np.int64)
+  feats = {k: np.stack([r[1][k] for r in rows]) for k in rows[0][1] if k in MODEL_FEATURES}
+  return idx, feats
+
+
+class InferenceRunner:
+  """Jitted predict and score functions over the current (trainable, frozen) parameters."""
+
+  def __init__(self, model: EncoderDecoderModel, partitioner: Any, batch_size: int,
+               decoder_params: Mapping[str, Any] | None = None):
+    self.model = model
+    self.partitioner = partitioner
+    self.batch_size = batch_size
+    self.trainable = None
+    self.frozen = None
+
+    def predict(trainable, frozen, batch, rng):
+      params = merge_trainable(trainable, frozen)
+      return model.predict_batch_with_aux(params, batch, rng, decoder_params=decoder_params)
+
+    def score(trainable, frozen, batch):
+      return model.score_batch(merge_trainable(trainable, frozen), batch)
+
+    self._predict = jax.jit(predict)
+    self._score = jax.jit(score)
+
+  def set_params(self, trainable: Any, frozen: Any) -> None:
+    self.trainable, self.frozen = trainable, frozen
+
+  def _run(self, ds: tf.data.Dataset, fn: Callable[[dict], Any]) -> list[tuple[int, Any]]:
+    results: list[tuple[int, Any]] = []
+    with self.partitioner.activation_rules_context():
+      for idx, feats in batched_indexed(ds, self.batch_size):
+        batch = self.partitioner.shard_batch(feats)
+        out = jax.device_get(fn(batch))
+        results.extend((int(i), o) for i, o in zip(idx, out) if i >= 0)
+    return results
+
+  def predict_fn(self, ds: tf.data.Dataset, model_feature_shapes: Mapping[str, int] | None = None):
+    del model_feature_shapes
+    rng = jax.random.PRNGKey(0)
+    return self._run(ds, lambda b: self._predict(self.trainable, self.frozen, b, rng)[0].tolist())
+
+  def predict_with_aux_fn(self, ds: tf.data.Dataset, model_feature_shapes: Mapping[str, int] | None = None):
+    del model_feature_shapes
+    rng = jax.random.PRNGKey(0)
+    outs, scores = [], []
+    for i, (tokens, aux) in self._run(ds, lambda b: _zip_aux(self._predict(self.trainable, self.frozen, b, rng))):
+      outs.append((i, tokens))
+      scores.append(aux)
+    return outs, {"scores": scores}
+
+  def score_fn(self, ds: tf.data.Dataset, model_feature_shapes: Mapping[str, int] | None = None):
+    del model_feature_shapes
+    return self._run(ds, lambda b: np.asarray(self._score(self.trainable, self.frozen, b)).tolist())
+
+
+def _zip_aux(result):
+  tokens, aux = result
+  return list(zip(np.asarray(tokens).tolist(), np.asarray(aux["scores"]).tolist()))
+
+
+def make_evaluator(cfg: DatasetConfig, model: EncoderDecoderModel, log_dir: str | None,
+                   loggers: Sequence[type] | None = None) -> seqio.Evaluator:
+  """`seqio.Evaluator` over the config's task/mixture with T5X's loggers (python log, TensorBoard, JSONL)."""
+  if loggers is None:
+    loggers = (seqio.PyLoggingLogger, seqio.TensorBoardLogger, seqio.JSONLogger) if log_dir else ()
+  return seqio.Evaluator(
+      mixture_or_task_name=cfg.mixture_or_task_name,
+      feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
+      eval_split=cfg.split, use_cached=cfg.use_cached, seed=cfg.seed, sequence_length=cfg.task_feature_lengths,
+      shuffle=cfg.shuffle, logger_cls=loggers, log_dir=log_dir, use_memory_cache=cfg.use_memory_cache)
+
+
+def run_evaluation(evaluator: seqio.Evaluator, runner: InferenceRunner, step: int) -> dict[str, Any]:
+  """Predict and/or score every task of the evaluator; returns {task: {metric: value}}."""
+  metrics, _ = evaluator.evaluate(compute_metrics=jax.process_index() == 0, step=step,
+                                  predict_fn=runner.predict_fn, score_fn=runner.score_fn,
+                                  predict_with_aux_fn=runner.predict_with_aux_fn)
+  result = metrics.result() if metrics is not None else {}
+  for task, values in result.items():
+    shown = {k: v for k, v in values.items() if isinstance(v, (int, float, np.floating))}
+    logging.info("eval step %d %s: %s", step, task, shown)
+  return result

@@ -1,0 +1,83 @@
+"""SeqIO datasets for training and evaluation: per-host shards, resumable position, clear errors."""
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from typing import Iterator, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from prompt_tuning.runtime.configs import DatasetConfig
+
+
+class UnknownTaskError(ValueError):
+  """No SeqIO task or mixture has the given name."""
+
+
+def import_task_module(module: str | None) -> None:
+  if module:
+    importlib.import_module(module)
+
+
+def get_task_or_mixture(name: str, module: str | None = None) -> seqio.Task | seqio.Mixture:
+  """The registered task/mixture; an unknown name lists the closest registered names."""
+  import_task_module(module)
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    names = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f" Close names: {close}." if close else ""
+    raise UnknownTaskError(
+        f"Unknown task or mixture {name!r}.{hint} Set MIXTURE_OR_TASK_MODULE to the module that registers it "
+        "(e.g. 'prompt_tuning.data.tasks') or check the spelling; "
+        "`python -m prompt_tuning.scripts.show_tasks --list` lists registered names.") from None
+
+
+def count_truncated(cfg: DatasetConfig, max_examples: int = 1000) -> Mapping[str, int]:
+  """How many of the first `max_examples` examples exceed each feature length (warned, as T5X trims silently)."""
+  if not cfg.task_feature_lengths:
+    return {}
+  task = get_task_or_mixture(cfg.mixture_or_task_name, cfg.module)
+  tasks = task.tasks if isinstance(task, seqio.Mixture) else [task]
+  counts = {k: 0 for k in cfg.task_feature_lengths}
+  for t in tasks:
+    if cfg.split not in t.splits:
+      continue
+    ds = t.get_dataset(sequence_length=None, split=cfg.split, shuffle=False, use_cached=cfg.use_cached,
+                       trim_output_features=False).take(max_examples)
+    for ex in ds.as_numpy_iterator():
+      for k, limit in cfg.task_feature_lengths.items():
+        if k in ex and len(ex[k]) > limit:
+          counts[k] += 1
+  for k, n in counts.items():
+    if n:
+      logging.warning("%d of the first %d examples of %s/%s have %s longer than %d tokens and will be "
+                      "truncated; raise TASK_FEATURE_LENGTHS[%r] to keep them whole.", n, max_examples,
+                      cfg.mixture_or_task_name, cfg.split, k, cfg.task_feature_lengths[k], k)
+  return counts
+
+
+def get_dataset(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter, shard_id: int = 0,
+                num_shards: int = 1, num_epochs: int | None = None) -> tf.data.Dataset:
+  """Batched model features for this host's shard (batch = global batch / num_shards)."""
+  get_task_or_mixture(cfg.mixture_or_task_name, cfg.module)
+  if cfg.batch_size % num_shards:
+    raise ValueError(f"Global batch size {cfg.batch_size} is not divisible by the {num_shards} input shards; "
+                     f"set BATCH_SIZE to a multiple of {num_shards}.")
+  if cfg.pack:
+    raise ValueError("Prompt tuning does not support packing: set DatasetConfig.pack=False.")
+  return seqio.get_dataset(
+      mixture_or_task_name=cfg.mixture_or_task_name, task_feature_lengths=cfg.task_feature_lengths,
+      feature_converter=feature_converter, dataset_split=cfg.split, use_cached=cfg.use_cached,
+      shuffle=cfg.shuffle, num_epochs=num_epochs, shard_info=seqio.ShardInfo(shard_id, num_shards),
+      verbose=False, seed=cfg.seed, batch_size=cfg.batch_size // num_shards,
+      trim_output_features=cfg.trim_output_features)
+
+
+def numpy_batches(ds: tf.data.Dataset, skip: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Host numpy batches, starting after `skip` batches (the position saved in a checkpoint), prefetched."""
+  return ds.skip(skip).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

@@ -1,0 +1,75 @@
+"""Build the parameters of a run: abstract tree -> shardings -> checkpoint values or fresh init, split by regex."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+
+from prompt_tuning.runtime.checkpoints.restore import load_params, merge_checkpoint_into
+from prompt_tuning.runtime.configs import RestoreCheckpointConfig
+from prompt_tuning.runtime.models import EncoderDecoderModel
+from prompt_tuning.runtime.optim import split_trainable
+
+
+@dataclasses.dataclass
+class RunParams:
+  trainable: Any
+  frozen: Any
+  trainable_shardings: Any
+  frozen_shardings: Any
+  checkpoint_step: int | None  # the step stored in the initial checkpoint (T5X keeps counting from it)
+
+
+def _place(value: np.ndarray, sharding: jax.sharding.Sharding, dtype: Any) -> jax.Array:
+  """A global array from a host numpy value; each process materialises only its own shards."""
+  value = np.asarray(value, dtype)
+  return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+def input_shapes_for(feature_lengths: Mapping[str, int], batch_size: int) -> dict[str, tuple[int, int]]:
+  return {"encoder_input_tokens": (batch_size, feature_lengths["inputs"]),
+          "decoder_input_tokens": (batch_size, feature_lengths["targets"])}
+
+
+def build_run_params(model: EncoderDecoderModel, partitioner: Any, input_shapes: Mapping[str, tuple[int, ...]],
+                     restore: RestoreCheckpointConfig | None, trainable_regexes: Sequence[str],
+                     rng: jax.Array) -> RunParams:
+  """Frozen weights from `restore.path` (T5X / Orbax / HF); the rest (e.g. the prompt) freshly initialised,
+  created directly with their shardings; then split into trainable and frozen."""
+  boxed = jax.eval_shape(lambda key: model.get_initial_variables(key, input_shapes), rng)["params"]
+  shardings = partitioner.params_shardings(boxed)
+  abstract = nn.meta.unbox(boxed)
+
+  ckpt_step = None
+  if restore is not None and restore.path:
+    ckpt, ckpt_step = load_params(restore.path, restore.step, restore.dtype)
+    merged = merge_checkpoint_into(abstract, ckpt, restore.assignment_map, restore.fallback_to_scratch)
+  else:
+    merged = abstract
+  flat = traverse_util.flatten_dict(merged, sep="/")
+  flat_shardings = traverse_util.flatten_dict(shardings, sep="/")
+  flat_abstract = traverse_util.flatten_dict(abstract, sep="/")
+  to_init = sorted(k for k, v in flat.items() if isinstance(v, jax.ShapeDtypeStruct))
+  if to_init:
+    logging.info("Initialising %d parameters from scratch: %s", len(to_init), to_init[:5])
+
+    def init_subset(key):
+      full = traverse_util.flatten_dict(nn.meta.unbox(model.get_initial_variables(key, input_shapes)["params"]),
+                                        sep="/")
+      return {k: full[k] for k in to_init}  # XLA drops the initialisers of everything else
+
+    fresh = jax.jit(init_subset, out_shardings={k: flat_shardings[k] for k in to_init})(rng)
+    flat.update(fresh)
+  for k, v in flat.items():
+    if not isinstance(v, jax.Array):
+      flat[k] = _place(v, flat_shardings[k], flat_abstract[k].dtype)
+  params = traverse_util.unflatten_dict(flat, sep="/")
+  trainable, frozen = split_trainable(params, trainable_regexes)
+  sh_trainable, sh_frozen = split_trainable(traverse_util.unflatten_dict(flat_shardings, sep="/"),
+                                            trainable_regexes)
+  return RunParams(trainable, frozen, sh_trainable, sh_frozen, ckpt_step)

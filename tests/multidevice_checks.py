@@ -1,0 +1,230 @@
+"""Partitioning checks that need several devices, run as a script by test_partitioning.py.
+
+`python multidevice_checks.py` runs the single-process checks on 8 simulated CPU devices;
+`python multidevice_checks.py PROCESS_ID PORT` is one of two `jax.distributed` processes with 4 CPU devices each.
+The last line of output is JSON: `{check name: "ok" or the failure's traceback}`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":  # before jax creates its CPU backend
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count="
+                                      + ("4" if len(sys.argv) > 1 else "8")]).strip()
+
+import json
+import traceback
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from prompt_tuning import prompts
+from prompt_tuning.models import EncoderDecoder, get_config
+from prompt_tuning.models import t5 as t5_lib
+from prompt_tuning.runtime import partitioning
+
+# Parameter specs under the default (1, 1) rules, by the end of the parameter's path (T5X_COMPAT §2.4).
+EXPECTED_SPECS = {
+    "token_embedder/embedding": P("model", None),
+    "query/kernel": P(None, "model"),
+    "key/kernel": P(None, "model"),
+    "value/kernel": P(None, "model"),
+    "out/kernel": P("model", None),
+    "wi_0/kernel": P(None, "model"),
+    "wi_1/kernel": P(None, "model"),
+    "wo/kernel": P("model", None),
+    "scale": P(None),
+    "rel_embedding": P("model", None),
+    "logits_dense/kernel": P(None, "model"),
+    "prompt/prompt": P(None, None),
+}
+ENC = np.array([[5, 6, 7, 8, 1, 0], [9, 10, 1, 0, 0, 0], [11, 12, 13, 1, 0, 0], [4, 1, 0, 0, 0, 0]] * 2, np.int32)
+TGT = np.array([[3, 4, 1, 0], [6, 7, 8, 1], [2, 1, 0, 0], [5, 5, 5, 1]] * 2, np.int32)
+DEC_IN = np.pad(TGT, ((0, 0), (1, 0)))[:, :-1]
+
+
+def expected_spec(path: str) -> P:
+  matches = [spec for suffix, spec in EXPECTED_SPECS.items() if path.endswith(suffix)]
+  if len(matches) != 1:
+    raise KeyError(f"no single expected spec for {path}")
+  return matches[0]
+
+
+def tiny_model() -> EncoderDecoder:
+  """The tiny T5 with every sharded dimension divisible by 2, and a 3-token prompt."""
+  cfg = get_config("tiny", dtype=jnp.float32, num_heads=2, head_dim=4, emb_dim=8, mlp_dim=16)
+  return EncoderDecoder(cfg, lambda: prompts.PromptedInputs(prompts.Prompt(length=3)))
+
+
+def init_fn(model: EncoderDecoder) -> Callable[[jax.Array], dict]:
+  return lambda rng: model.init(rng, ENC[:1], DEC_IN[:1], TGT[:1])
+
+
+def flat(tree) -> dict[str, jax.Array]:
+  leaves = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(tree))
+  return {"/".join(k.key for k in path): leaf for path, leaf in leaves}
+
+
+def assert_raises(fragments: list[str], fn: Callable[[], object]) -> None:
+  try:
+    fn()
+  except ValueError as e:
+    missing = [f for f in fragments if f not in str(e)]
+    assert not missing, f"error {e!r} does not mention {missing}"
+    return
+  raise AssertionError(f"no ValueError mentioning {fragments}")
+
+
+# ------------------------------------------------------------------------------------------------------- checks
+def check_mesh_shapes():
+  assert jax.device_count() == 8, jax.devices()
+  mesh = partitioning.get_mesh(num_partitions=2)
+  assert mesh.axis_names == ("data", "model") and dict(mesh.shape) == {"data": 4, "model": 2}, mesh
+  assert sorted(d.id for d in mesh.devices.flat) == list(range(8))
+  assert dict(partitioning.Partitioner(num_partitions=8).mesh.shape) == {"data": 1, "model": 8}
+  # On CPU a model-parallel submesh only contributes its size.
+  sub = partitioning.get_mesh(num_partitions=None, model_parallel_submesh=(2, 1, 1, 2))
+  assert dict(sub.shape) == {"data": 2, "model": 4}, sub
+
+
+def check_mesh_errors():
+  assert_raises(["num_partitions=3", "8 devices", "[1, 2, 4, 8]"], lambda: partitioning.get_mesh(3))
+  assert_raises(["num_partitions=2", "model_parallel_submesh=(1, 1, 1, 2)"],
+                lambda: partitioning.get_mesh(2, (1, 1, 1, 2)))
+  assert_raises(["num_partitions=None", "model_parallel_submesh=None"], lambda: partitioning.get_mesh(None))
+
+
+def check_initialize_sharded_and_equal():
+  model = tiny_model()
+  partitioner = partitioning.Partitioner(num_partitions=2)
+  abstract = jax.eval_shape(init_fn(model), jax.random.PRNGKey(0))
+  sharded = flat(partitioner.initialize(init_fn(model), abstract, jax.random.PRNGKey(0)))
+  reference = flat(jax.jit(init_fn(model))(jax.random.PRNGKey(0)))  # one device, same XLA numerics
+  assert sharded.keys() == reference.keys() and any("prompt" in k for k in sharded)
+  for path, value in sharded.items():
+    want = NamedSharding(partitioner.mesh, expected_spec(path))
+    assert value.sharding == want, (path, value.sharding, want)
+    local = {s.data.shape for s in value.addressable_shards}
+    split = tuple(n // (2 if ax == "model" else 1) for n, ax in zip(value.shape, expected_spec(path)))
+    assert local == {split}, (path, local, split)  # each device holds only its shard
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(reference[path]), err_msg=path)
+
+
+def check_forward_matches_single_device():
+  model = tiny_model()
+  partitioner = partitioning.Partitioner(num_partitions=2)
+  abstract = jax.eval_shape(init_fn(model), jax.random.PRNGKey(1))
+  variables = partitioner.initialize(init_fn(model), abstract, jax.random.PRNGKey(1))
+  batch = partitioner.shard_batch({"enc": ENC, "dec_in": DEC_IN, "tgt": TGT})
+  forward = partitioner.partition(lambda v, b: model.apply(v, b["enc"], b["dec_in"], b["tgt"]),
+                                  in_shardings=(partitioner.params_shardings(abstract), partitioner.data_sharding),
+                                  out_shardings=None)
+  logits = forward(variables, batch)
+  unsharded = jax.device_get(variables)
+  want = model.apply(unsharded, ENC, DEC_IN, TGT)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def check_activation_constraints_apply():
+  partitioner = partitioning.Partitioner(num_partitions=2)
+  constrained = lambda x: nn.with_logical_constraint(x + 1.0, ("batch", "length", "vocab"))
+  x = jnp.zeros((8, 3, 4))
+  inside = partitioner.partition(constrained, None, None)(x)
+  assert inside.sharding.spec == P("data", None, "model"), inside.sharding
+  outside = jax.jit(constrained)(x)  # no mesh, no rules: the constraint is a no-op
+  assert len(outside.sharding.device_set) == 1, outside.sharding
+
+
+def check_shard_batch_and_layout():
+  partitioner = partitioning.Partitioner(num_partitions=2)
+  batch = partitioner.shard_batch({"tgt": TGT})
+  assert batch["tgt"].sharding == partitioner.data_sharding and batch["tgt"].shape == TGT.shape
+  assert {s.data.shape for s in batch["tgt"].addressable_shards} == {(2, TGT.shape[1])}
+  np.testing.assert_array_equal(np.asarray(batch["tgt"]), TGT)
+  layout = partitioner.get_data_layout(8)
+  assert (layout.batch_size, layout.shard_id, layout.num_shards, layout.is_first_host_in_replica_set) == (
+      8, 0, 1, True), layout
+
+
+def check_batch_size_errors():
+  partitioner = partitioning.Partitioner(num_partitions=2)
+  partitioner.check_batch_size(12)
+  assert_raises(["batch size 6", "4 data-parallel shards", "e.g. 8"], lambda: partitioner.check_batch_size(6))
+  assert_raises(["batch size 6"], lambda: partitioner.shard_batch({"tgt": TGT[:6]}))
+  assert_raises(["batch size 2"], lambda: partitioner.get_data_layout(2))
+
+
+def check_indivisible_parameter_error():
+  cfg = get_config("tiny", dtype=jnp.float32, mlp_dim=15)
+  abstract = t5_lib.abstract_variables(cfg)
+  assert_raises(["wi_0", "(4, 15)", "not divisible by 2"],
+                lambda: partitioning.Partitioner(num_partitions=2).params_shardings(abstract))
+
+
+# ------------------------------------------------------------------------------- two processes x 4 devices
+GLOBAL_BATCH = np.arange(24, dtype=np.int32).reshape(8, 3)
+
+
+def multihost_check_layout_and_shard_batch():
+  pid = jax.process_index()
+  assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 8, 4)
+  # 'model' within a host: each host feeds its own half of the batch. 'model' across hosts: both feed it all.
+  for num_partitions, want in ((2, (2, pid, True)), (8, (1, 0, pid == 0))):
+    partitioner = partitioning.Partitioner(num_partitions=num_partitions)
+    layout = partitioner.get_data_layout(8)
+    assert (layout.num_shards, layout.shard_id, layout.is_first_host_in_replica_set) == want, (num_partitions,
+                                                                                              layout)
+    rows = 8 // layout.num_shards
+    batch = partitioner.shard_batch({"x": GLOBAL_BATCH[layout.shard_id * rows:(layout.shard_id + 1) * rows]})
+    assert batch["x"].shape == GLOBAL_BATCH.shape, batch["x"].shape
+    weighted = partitioner.partition(lambda b: jnp.sum(b["x"] * jnp.arange(1, 9)[:, None]), None, P())(batch)
+    want_sum = int(np.sum(GLOBAL_BATCH * np.arange(1, 9)[:, None]))
+    assert int(weighted.addressable_data(0)) == want_sum, (num_partitions, weighted, want_sum)
+
+
+def multihost_check_initialize():
+  model = tiny_model()
+  partitioner = partitioning.Partitioner(num_partitions=2)
+  abstract = jax.eval_shape(init_fn(model), jax.random.PRNGKey(2))
+  sharded = flat(partitioner.initialize(init_fn(model), abstract, jax.random.PRNGKey(2)))
+  reference = flat(jax.jit(init_fn(model))(jax.random.PRNGKey(2)))
+  for path, value in sharded.items():
+    assert value.sharding == NamedSharding(partitioner.mesh, expected_spec(path)), (path, value.sharding)
+    for shard in value.addressable_shards:
+      np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(reference[path])[shard.index],
+                                    err_msg=path)
+
+
+def _checks(prefix: str) -> dict[str, Callable[[], None]]:
+  return {name[len(prefix):]: fn for name, fn in globals().items() if name.startswith(prefix)}
+
+
+CHECKS = _checks("check_")
+MULTIHOST_CHECKS = _checks("multihost_check_")
+
+
+def main(argv: list[str]) -> None:
+  checks = CHECKS
+  if argv:
+    process_id, port = map(int, argv)
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
+    checks = MULTIHOST_CHECKS
+  results = {}
+  for name, fn in checks.items():
+    try:
+      t=__import__('time').time(); fn(); print(name, __import__('time').time()-t, file=sys.stderr)
+      results[name] = "ok"
+    except Exception:  # pylint: disable=broad-except
+      results[name] = traceback.format_exc()
+  print(json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
