@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "ml_dtypes>=0.4",
     "etils[epath]>=1.7",
     "matplotlib>=3.8",
+    "scipy>=1.11",
 ]
 
 EXTRAS = {

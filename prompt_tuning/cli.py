@@ -42,6 +42,8 @@ def initialize_distributed() -> None:
 def run_gin_main(argv: Sequence[str], fn: Callable[[], Any]) -> Any:
   """Parse gin from the flags, then call the gin-configured `fn()`; config mistakes exit with one clear line."""
   del argv
+  for handler in logging.getLogger().handlers:  # absl's handler exists once app.run has started
+    handler.addFilter(_QuietLibraries())
   if FLAGS.tfds_data_dir:
     import seqio
     seqio.set_tfds_data_dir_override(FLAGS.tfds_data_dir)
@@ -53,8 +55,8 @@ def run_gin_main(argv: Sequence[str], fn: Callable[[], Any]) -> Any:
     friendly = gin_utils.explain_missing(e) if isinstance(e, (ValueError, TypeError)) else None
     if friendly is None and not isinstance(e, gin_utils.ConfigError) and not _is_user_error(e):
       raise
-    logging.error("%s", friendly or e)
-    sys.exit(f"error: {friendly or e}")
+    message = str(friendly or e).split("\n  In call to configurable")[0].split("\n  In file ")[0]
+    sys.exit(f"error: {' '.join(message.split())}")
 
 
 def _is_user_error(e: Exception) -> bool:
@@ -68,15 +70,14 @@ def _is_user_error(e: Exception) -> bool:
 class _QuietLibraries(logging.Filter):
   """Drop INFO chatter from Orbax and SeqIO internals so progress lines stay readable."""
 
-  NOISY = ("/orbax/", "/seqio/dataset_providers.py", "/seqio/vocabularies.py")
+  NOISY = ("/orbax/", "/seqio/dataset_providers.py", "/seqio/vocabularies.py", "/gin/resource_reader.py")
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if "/gin/resource_reader.py" in record.pathname:  # "Path not found" while trying each search path
+      return False
     return record.levelno >= logging.WARNING or not any(n in record.pathname for n in self.NOISY)
 
 
 def start(main: Callable[[Sequence[str]], None]) -> None:
   """absl entry point with `--gin.NAME=VALUE` rewriting."""
-  logging.getLogger().addFilter(_QuietLibraries())
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
   app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))

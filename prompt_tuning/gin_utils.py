@@ -44,6 +44,11 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
 def explain_missing(error: Exception) -> ConfigError | None:
   """Turn gin's 'required value' errors into one naming the macro or binding to set."""
   text = str(error)
+  macro = re.search(r"([\w.]+)/macro\.value set to `%gin\.REQUIRED` but not subsequently overridden", text)
+  if macro:
+    name = macro.group(1)
+    return ConfigError(f"Missing required macro {name}: set it, e.g. --gin.{name}=... "
+                       "(strings need inner quotes: --gin.MODEL_DIR=\"'/tmp/run'\").")
   match = re.search(r"Required bindings for `([\w.]+)` not provided in config: \[([^\]]*)\]", text)
   if match:
     names = [n.strip(" '\"") for n in match.group(2).split(",")]

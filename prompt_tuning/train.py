@@ -146,6 +146,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
           f"The loss became NaN/Inf at step {bad}; training stopped without saving that state. The last good "
           f"checkpoint is checkpoint_{last_good_saved} in {model_dir}. Lower the learning rate or check the data.")
 
+  first_step = step  # periods count from here, as T5X
   with partitioner.activation_rules_context():
     while step < end_step:
       batch = partitioner.shard_batch(next(batches))
@@ -156,17 +157,17 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
                                                                              metrics)
       metrics_count += 1
       final = step == end_step or preemption.requested
-      if step % stats_period == 0 or final:
+      if (step - first_step) % stats_period == 0 or final:
         check_finite()
         averaged = {k: float(v) / metrics_count for k, v in jax.device_get(metrics_sum).items()}
         progress.log(step, averaged)
         writers.write_scalars("train", step, {**averaged, **progress.timing(step)})
         metrics_sum, metrics_count = None, 0
-      if save_cfg is not None and ((period and step % period == 0) or final):
+      if save_cfg is not None and ((period and (step - first_step) % period == 0) or final):
         check_finite()
         checkpointer.save(step, state.params, state.opt_state, position)
         last_good_saved = step
-      if eval_period and (step % eval_period == 0 or final):
+      if eval_period and ((step - first_step) % eval_period == 0 or final):
         last_eval = evaluate(step)
       if preemption.requested:
         logging.warning("Preempted (SIGTERM): saved at step %d and stopping.", step)

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def hf_logits(model, inputs: np.ndarray, decoder_inputs: np.ndarray, **kwargs) -
 
 def our_logits(params, config, inputs, decoder_inputs, targets, prompt_factory=None) -> np.ndarray:
   model = EncoderDecoder(config.replace(dtype=jnp.float32), prompt_factory)
-  return np.asarray(model.apply({"params": params}, inputs, decoder_inputs, targets))
+  return np.asarray(jax.jit(model.apply)({"params": params}, inputs, decoder_inputs, targets))  # jit: faster on CPU
 
 
 def assert_logits_match(ours: np.ndarray, theirs: np.ndarray, targets: np.ndarray) -> None:
@@ -152,11 +153,24 @@ def test_untied_scaled_head_folds_the_scale_into_logits_dense(tmp_path):
   model.save_pretrained(tmp_path)
   config_file = tmp_path / hf.CONFIG_FILE
   hf_config = json.loads(config_file.read_text())
-  config_file.write_text(json.dumps({**hf_config, "tie_word_embeddings": True, "scale_decoder_outputs": True}))
+  hf.write_json(config_file, {**hf_config, "tie_word_embeddings": True, "scale_decoder_outputs": True})
   params, config = hf.load_hf_t5(tmp_path)
   assert not config.logits_via_embedding
   lm_head = model.lm_head.weight.detach().numpy()
   np.testing.assert_allclose(params["decoder"]["logits_dense"]["kernel"], lm_head.T * 16 ** -0.5, rtol=1e-6)
+
+
+def test_tied_unscaled_head_becomes_logits_dense(tmp_path):
+  """No lm_head and no output scale (a fresh transformers>=5 T5 1.1): logits_dense is the embedding, transposed."""
+  random_hf_t5(seed=9, **T5_1_1_CONFIGS["d16_h2_k8_f32_2+2"]).save_pretrained(tmp_path)
+  tensors = hf.read_safetensors(tmp_path)
+  del tensors["lm_head.weight"]
+  hf.write_safetensors(tmp_path / hf.WEIGHTS_FILE, tensors)
+  hf_config = json.loads((tmp_path / hf.CONFIG_FILE).read_text())
+  hf.write_json(tmp_path / hf.CONFIG_FILE, {**hf_config, "tie_word_embeddings": False, "scale_decoder_outputs": False})
+  params, config = hf.load_hf_t5(tmp_path)
+  assert not config.logits_via_embedding
+  np.testing.assert_array_equal(params["decoder"]["logits_dense"]["kernel"], tensors["shared.weight"].T)
 
 
 @pytest.mark.parametrize("change,message", [

@@ -13,14 +13,17 @@ import pytest
 
 from prompt_tuning import prompts
 from prompt_tuning.export import peft as peft_export
+from prompt_tuning.runtime.checkpoints import hf
 from prompt_tuning.scripts import export_peft
 
-torch = pytest.importorskip("torch", reason="needs the hf extra: pip install 'prompt_tuning[hf]'")
+pytest.importorskip("torch", reason="needs the hf extra: pip install 'prompt_tuning[hf]'")
 pytest.importorskip("transformers", reason="needs the hf extra: pip install 'prompt_tuning[hf]'")
 peft = pytest.importorskip("peft", reason="needs the hf extra: pip install 'prompt_tuning[hf]'")
 
-from test_hf_parity import T5_1_1_CONFIGS, assert_logits_match, hf_logits, our_logits, random_batch, random_hf_t5  # pylint: disable=g-import-not-at-top,wrong-import-position
-from prompt_tuning.runtime.checkpoints import hf  # pylint: disable=g-import-not-at-top,wrong-import-position
+# Imported after the skips: test_hf_parity needs torch at import time.
+# pylint: disable-next=g-import-not-at-top
+from test_hf_parity import (T5_1_1_CONFIGS, assert_logits_match, hf_logits, our_logits, random_batch,
+                            random_hf_t5)
 
 PROMPT_LENGTH = 5
 

@@ -20,7 +20,7 @@ NAMES = ("anna", "ben", "carla", "dev", "ella", "finn", "gina", "hugo", "iris", 
 ITEMS = ("lamp", "chair", "kettle", "phone", "jacket", "bike", "clock", "desk", "mug", "radio", "sofa",
          "camera", "tent", "scarf", "fan", "oven")
 COLOURS = ("red", "blue", "green", "black", "white", "yellow", "grey", "pink")
-SIZES = ("small", "large", "round", "heavy", "light", "new", "old", "tall")
+SIZES = ("small", "large", "round", "heavy", "light", "new", "tiny", "tall")
 COUNTS = ("two", "three", "four", "five", "six")
 PLACES = ("market", "shop", "station", "park", "mall")
 # Qualities and verbs by polarity: index 0 bad, index 1 good (as `LABELS`).
@@ -43,31 +43,31 @@ def _sentence(*words: str) -> str:
 
 
 def _pretraining_document(rng: random.Random) -> str:
+  """An optional scene sentence, then two or three of: a quality, an opinion, a feeling (shuffled)."""
   polarity = rng.randrange(2)
   name, other = rng.sample(NAMES, 2)
-  item, colour = rng.choice(ITEMS), rng.choice(COLOURS)
-  good_or_bad = lambda: rng.choice(QUALITIES[polarity])
-  intro = rng.choice([
-      _sentence(name, "bought a", colour, item, "at the", rng.choice(PLACES)),
+  item, colour, size = rng.choice(ITEMS), rng.choice(COLOURS), rng.choice(SIZES)
+  quality = lambda: rng.choice(QUALITIES[polarity])
+  scene = rng.choice([
+      _sentence(name, "bought a", colour, item),
       _sentence(name, "has", rng.choice(COUNTS), colour, item + "s"),
-      _sentence(name, "found a", rng.choice(SIZES), colour, item),
+      _sentence(name, "found a", size, colour, item),
+      _sentence(name, "and", other, "went to the", rng.choice(PLACES)),
+      _sentence(other, "counted", rng.choice(COUNTS), rng.choice(COLOURS), rng.choice(ITEMS) + "s"),
   ])
   body = [
-      rng.choice([_sentence("the", item, "is", good_or_bad()),
-                  _sentence("the", item, "is", rng.choice(SIZES), "and", good_or_bad()),
-                  _sentence("it looks", good_or_bad(), "and", rng.choice(SIZES))]),
+      rng.choice([_sentence("the", item, "is", quality()),
+                  _sentence("the", colour, item, "is", size, "and", quality()),
+                  _sentence("it looks", quality(), "and", size)]),
       rng.choice([_sentence(name, rng.choice(VERBS[polarity]), "the", item),
-                  _sentence(name, rng.choice(VERBS[polarity]), "it because it is", good_or_bad())]),
-      rng.choice([_sentence(name, "and", other, "went to the", rng.choice(PLACES)),
-                  _sentence(other, "has a", rng.choice(SIZES), rng.choice(COLOURS), rng.choice(ITEMS)),
-                  _sentence(other, "counted", rng.choice(COUNTS), rng.choice(COLOURS), rng.choice(ITEMS) + "s")]),
+                  _sentence(name, rng.choice(VERBS[polarity]), "it because it is", quality())]),
+      _sentence(name, LABEL_FRAME[0], LABELS[polarity], LABEL_FRAME[1], item),
   ]
   rng.shuffle(body)
-  body = body[:rng.randint(2, 3)]
+  sentences = body[:rng.randint(2, 3)]
   if rng.random() < 0.5:
-    feeling = _sentence(name, LABEL_FRAME[0], LABELS[polarity], LABEL_FRAME[1], item)
-    body.insert(rng.randint(0, len(body)), feeling)
-  return " ".join([intro] + body)
+    sentences.insert(0, scene)
+  return " ".join(sentences)
 
 
 def pretraining_documents(num: int, seed: int) -> list[str]:

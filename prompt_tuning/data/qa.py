@@ -14,7 +14,7 @@ With an optional `mt5_` prefix:
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import seqio
 
@@ -29,7 +29,10 @@ OUT_OF_DOMAIN = ("bio_asq", "drop", "duo_rc", "race", "relation_extraction", "te
 IN_DOMAIN = ("news_qa", "trivia_qa", "search_qa", "hotpot_qa", "natural_questions")
 
 
-def qa_family(base: str, source: seqio.DataSource, text_preprocessor,
+FeaturesByModel = Mapping[str, Mapping[str, seqio.Feature]]
+
+
+def qa_family(base: str, source: seqio.DataSource, text_preprocessor: Callable[..., Any],
               summary_name: str) -> utils.TaskFamily:
   """A SQuAD-format task family evaluated with the SQuAD metrics."""
   return utils.TaskFamily(
@@ -43,7 +46,8 @@ def qa_family(base: str, source: seqio.DataSource, text_preprocessor,
       example_fields=utils.QA_FIELDS)
 
 
-def _register(family: utils.TaskFamily, model_to_features=features.MODEL_TO_FEATURES) -> list[str]:
+def _register(family: utils.TaskFamily,
+              model_to_features: FeaturesByModel = features.MODEL_TO_FEATURES) -> list[str]:
   # The inputs start with "question:", not a task name, so there is no taskless_ variant.
   return utils.register_task_family(family, variants=("",), model_to_features=model_to_features)
 
@@ -52,7 +56,7 @@ def register_mrqa_tsv_task(
     name: str,
     split_to_filepattern: Mapping[str, str],
     skip_header_lines: int = 1,
-    model_to_features: Optional[Mapping[str, Mapping[str, seqio.Feature]]] = None,
+    model_to_features: Optional[FeaturesByModel] = None,
 ) -> list[str]:
   """Registers `{model}{name}` and `{model}{name}_examples` over MRQA-style TSV files.
 

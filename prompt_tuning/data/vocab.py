@@ -39,7 +39,7 @@ def _check_kind(kind: str) -> None:
     raise ValueError(f"Unknown vocabulary kind {kind!r}; use one of {sorted(_ENV_VARS)}.")
 
 
-def set_vocab_path(path: Optional[str], kind: VocabKind = "t5") -> None:
+def set_vocab_path(path: Optional[str | os.PathLike], kind: VocabKind = "t5") -> None:
   """Points the default `kind` vocabulary at `path`; `None` removes the override."""
   _check_kind(kind)
   if path is None:

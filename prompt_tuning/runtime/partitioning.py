@@ -63,10 +63,8 @@ def prompt_logical_axis_rules(multi_task: bool = False) -> LogicalAxisRules:
 
 
 def default_logical_axis_rules() -> LogicalAxisRules:
-  """The standard rules (with any gin bindings) plus the prompt rules they do not already name."""
-  rules = standard_logical_axis_rules()
-  named = {name for name, _ in rules}
-  return rules + tuple(rule for rule in prompt_logical_axis_rules() if rule[0] not in named)
+  """What prompt tuning uses when no rules are given: the standard rules, then the prompt rules."""
+  return standard_logical_axis_rules(additional_rules=prompt_logical_axis_rules())
 
 
 # ---------------------------------------------------------------------------------------------------------- mesh
@@ -156,10 +154,13 @@ class PartitionedFn:
 class Partitioner:
   """Mesh + logical axis rules -> shardings for parameters, batches and jitted functions.
 
-  Attributes:
+  Args (T5X `PjitPartitioner`'s, except `devices`):
+    num_partitions, model_parallel_submesh, backend, devices: as `get_mesh`; the mesh is built on first use.
+    params_on_devices: only True (parameters live on the accelerators) is supported.
     logical_axis_rules: priority-ordered `(logical name, mesh axis | None)` pairs; `None` gives the standard
       T5X rules plus the prompt rules.
-    data_partition_spec: `PartitionSpec('data')`: batches are split along their first dimension.
+
+  `data_partition_spec` is `PartitionSpec('data')`: batches are split along their first dimension.
   """
 
   data_partition_spec = PartitionSpec("data")

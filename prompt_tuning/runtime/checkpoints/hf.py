@@ -38,7 +38,7 @@ FEED_FORWARD_PROJ = {
     "silu": ("silu",),
 }
 _REQUIRED_KEYS = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers")
-# Keys that HF checkpoints may hold but that carry nothing of ours (HF ignores or ties them).
+# HF's T5 ignores this unused tensor, which some checkpoints hold; the embed_tokens copies must equal shared.weight.
 _IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 _TIED_EMBEDDINGS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 _ATTENTION = {"q": "query", "k": "key", "v": "value", "o": "out"}
@@ -180,7 +180,7 @@ def _resolve_head(tensors: dict[str, np.ndarray], config: T5Config, scaled: bool
   tied = head is shared or np.array_equal(head, shared)
   config = config.replace(logits_via_embedding=tied and scaled)
   if not config.logits_via_embedding:
-    tensors["lm_head.weight"] = (head * np.float32(config.emb_dim ** -0.5)) if scaled else head
+    tensors["lm_head.weight"] = (head.astype(np.float32) * np.float32(config.emb_dim ** -0.5)) if scaled else head
   return config
 
 

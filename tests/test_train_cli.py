@@ -1,0 +1,114 @@
+"""The train / eval / infer CLIs end to end, as a user runs them (gin files + --gin flags, subprocesses)."""
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from cli_utils import MODEL_FLAGS, TASK_FLAGS, cli_command, cli_env, run_cli, write_tiny_t5x_checkpoint
+
+PROMPT_FILE = "numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.prompt"
+
+
+@pytest.fixture(scope="module")
+def frozen_checkpoint(tmp_path_factory) -> pathlib.Path:
+  return write_tiny_t5x_checkpoint(tmp_path_factory.mktemp("pretrained"))
+
+
+def train_flags(model_dir: pathlib.Path, ckpt: pathlib.Path, steps: int, *extra: str) -> list[str]:
+  return [*MODEL_FLAGS, "--gin_file=prompts/random_uniform.gin", "--gin_file=runs/prompt_finetune.gin",
+          *TASK_FLAGS, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'",
+          f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=4", "--gin.PROMPT_LENGTH=3", "--gin.STATS_PERIOD=2",
+          "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=100", "--gin.DROPOUT_RATE=0.0", *extra]
+
+
+def test_prompt_tuning_train_eval_infer(tmp_path, frozen_checkpoint):
+  model_dir = tmp_path / "run"
+  proc = run_cli("train", train_flags(model_dir, frozen_checkpoint, 7, "--gin.EVAL_PERIOD=4"), tmp_path)
+  # TRAIN_STEPS is absolute: the checkpoint is at step 3, so 4 steps run.
+  assert "step 7/7" in proc.stderr and "steps/s" in proc.stderr and "ETA" in proc.stderr
+  assert (model_dir / "config.gin").read_text().count("MODEL_DIR") >= 1
+  assert (model_dir / "checkpoint_7").is_dir() and not (model_dir / "checkpoint_5").exists()  # keep=1
+  prompt = np.load(model_dir / PROMPT_FILE.format(step=7))
+  assert prompt.shape == (3, 4) and prompt.dtype == np.float32
+  np.testing.assert_array_equal(np.load(model_dir / (PROMPT_FILE.format(step=7) + ".npy")), prompt)
+  assert not np.array_equal(prompt, np.load(model_dir / PROMPT_FILE.format(step=3)))  # it trained
+  assert list((model_dir / "train").glob("events.out.tfevents*"))
+  assert list((model_dir / "training_eval" / "cli_test_task").glob("events.out.tfevents*"))
+  metrics = [json.loads(l) for l in (model_dir / "inference_eval" / "cli_test_task-metrics.jsonl").open()]
+  assert [m["step"] for m in metrics] == [7] and "accuracy" in metrics[0]
+
+  prompt_file = model_dir / PROMPT_FILE.format(step=7)
+  common = [*MODEL_FLAGS, f"--gin.CHECKPOINT_PATH='{frozen_checkpoint}'", f"--gin.PROMPT_FILE='{prompt_file}'",
+            "--gin.PROMPT_LENGTH=3", *TASK_FLAGS[:2], "--gin.utils.DatasetConfig.split='validation'",
+            "--gin.BATCH_SIZE=4"]
+  run_cli("eval", [*common, "--gin_file=runs/prompt_eval.gin", f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'"],
+          tmp_path)
+  eval_metrics = json.loads((tmp_path / "eval" / "cli_test_task-metrics.jsonl").read_text().splitlines()[-1])
+  assert eval_metrics["step"] == 3 and 0.0 <= eval_metrics["accuracy"] <= 100.0
+  run_cli("infer", [*common, "--gin_file=runs/prompt_infer.gin", f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'",
+                    TASK_FLAGS[2]], tmp_path)
+  out = tmp_path / "infer" / "cli_test_task-predict.jsonl-00000-of-00001"
+  rows = [json.loads(l) for l in out.open()]
+  assert len(rows) == 8 and {"inputs", "prediction", "targets"} <= set(rows[0]) and rows[0]["inputs"] == "is good 0"
+  assert (tmp_path / "infer" / (out.name + ".COMPLETED")).exists()
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run_bit_for_bit(tmp_path, frozen_checkpoint):
+  steps, last = 120, 123  # the frozen checkpoint is at step 3
+  straight = tmp_path / "straight"
+  run_cli("train", train_flags(straight, frozen_checkpoint, last, "--gin.EVAL_PERIOD=0"), tmp_path)
+  expected = np.load(straight / PROMPT_FILE.format(step=last))
+
+  killed = tmp_path / "killed"
+  flags = train_flags(killed, frozen_checkpoint, last, "--gin.EVAL_PERIOD=0")
+  proc = subprocess.Popen(cli_command("train", flags), cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  first_save = killed / PROMPT_FILE.format(step=5)
+  deadline = time.time() + 300
+  while not first_save.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  saved = sorted(int(p.name.split("_")[1]) for p in (killed / "numpy_checkpoints").glob("checkpoint_*")
+                 if "." not in p.name)
+  assert saved and saved[-1] < last, f"the run was not interrupted mid-way (saved steps {saved}, {steps} steps)"
+  resumed = run_cli("train", flags, tmp_path)
+  assert "Resuming from" in resumed.stderr
+  np.testing.assert_array_equal(np.load(killed / PROMPT_FILE.format(step=last)), expected)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--gin.MODEL_DIR=%gin.REQUIRED"], "MODEL_DIR"),
+    (["--gin.MIXTURE_OR_TASK_NAME='cli_test_tsak'"], "cli_test_task"),
+    (["--gin.INITIAL_CHECKPOINT_PATH='/nonexistent/checkpoint_1'"], "/nonexistent/checkpoint_1"),
+])
+def test_config_errors_are_one_clear_line(tmp_path, frozen_checkpoint, extra, message):
+  proc = run_cli("train", train_flags(tmp_path / "run", frozen_checkpoint, 5, *extra), tmp_path, check=False)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and message in last, proc.stderr[-3000:]
+
+
+def test_prompt_file_of_wrong_shape_is_named(tmp_path, frozen_checkpoint):
+  bad = tmp_path / "bad.npy"
+  np.save(bad, np.zeros((5, 7), np.float32))
+  flags = [*MODEL_FLAGS, "--gin_file=runs/prompt_eval.gin", f"--gin.CHECKPOINT_PATH='{frozen_checkpoint}'",
+           f"--gin.PROMPT_FILE='{bad}'", "--gin.PROMPT_LENGTH=3", *TASK_FLAGS[:2],
+           f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'", "--gin.utils.DatasetConfig.split='validation'"]
+  proc = run_cli("eval", flags, tmp_path, check=False)
+  assert proc.returncode != 0 and "(5, 7)" in proc.stderr and "PROMPT_LENGTH" in proc.stderr
+
+
+def test_nan_loss_stops_and_names_the_step(tmp_path, frozen_checkpoint):
+  model_dir = tmp_path / "run"
+  proc = run_cli("train", train_flags(model_dir, frozen_checkpoint, 9, "--gin.LEARNING_RATE=1e39"), tmp_path,
+                 check=False)
+  assert proc.returncode != 0
+  assert "NaN/Inf at step" in proc.stderr and "checkpoint_3" in proc.stderr
+  assert not (model_dir / "checkpoint_5").exists()  # nothing non-finite was saved
