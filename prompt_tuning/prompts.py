@@ -204,7 +204,7 @@ class Prompt(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: Array, embedded: Array) -> Array:
+  def __call__(self, tokens: Array, embedded: Array, **unused_prompt_inputs: Array) -> Array:
     del tokens
     if self.length <= 0:
       raise ValueError(f"Prompt length must be positive, got {self.length}.")
@@ -228,8 +228,8 @@ class PromptedInputs(nn.Module):
   def length(self) -> int:
     return self.prompt.length
 
-  def __call__(self, tokens: Array, embedded: Array) -> Array:
-    prompt = self.prompt(tokens, embedded).astype(embedded.dtype)
+  def __call__(self, tokens: Array, embedded: Array, **prompt_inputs: Array) -> Array:
+    prompt = self.prompt(tokens, embedded, **prompt_inputs).astype(embedded.dtype)
     if prompt.ndim == 2:
       prompt = jnp.broadcast_to(prompt[None], (embedded.shape[0],) + prompt.shape)
     return COMBINATIONS[self.combination](prompt, embedded, tokens)

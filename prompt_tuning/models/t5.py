@@ -5,7 +5,7 @@ embedded inputs before input dropout; masks then treat the prompt positions as r
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -111,11 +111,13 @@ class Encoder(nn.Module):
     return tokens if self.prompt is None else self.prompt.combine_tokens(tokens)
 
   @nn.compact
-  def __call__(self, tokens: Array, enable_dropout: bool = False) -> Array:
+  def __call__(self, tokens: Array, enable_dropout: bool = False,
+               prompt_inputs: Mapping[str, Array] | None = None) -> Array:
+    """`prompt_inputs` (e.g. `task_ids`) are passed to the prompt module as keyword arguments."""
     cfg = self.config
     x = self.token_embedder(tokens)
     if self.prompt is not None:
-      x = self.prompt(tokens, x)
+      x = self.prompt(tokens, x, **(prompt_inputs or {}))
     mtokens = self.mask_tokens(tokens)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=not enable_dropout).astype(cfg.dtype)
     x = L.constrain(x, ("batch", "length", "embed"))
@@ -191,8 +193,9 @@ class EncoderDecoder(nn.Module):
     self.encoder = Encoder(cfg, self.token_embedder, self.prompt_factory)
     self.decoder = Decoder(cfg, self.token_embedder)
 
-  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Array:
-    return self.encoder(encoder_input_tokens, enable_dropout)
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
+             prompt_inputs: Mapping[str, Array] | None = None) -> Array:
+    return self.encoder(encoder_input_tokens, enable_dropout, prompt_inputs)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Array | None = None, enable_dropout: bool = False, decode: bool = False,
@@ -201,9 +204,10 @@ class EncoderDecoder(nn.Module):
                         decoder_target_tokens, enable_dropout, decode, max_decode_length)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, decoder_target_tokens: Array,
-               enable_dropout: bool = False, decode: bool = False, max_decode_length: int | None = None) -> Array:
+               enable_dropout: bool = False, decode: bool = False, max_decode_length: int | None = None,
+               prompt_inputs: Mapping[str, Array] | None = None) -> Array:
     """Float32 logits [B, target_length, vocab]."""
-    encoded = self.encode(encoder_input_tokens, enable_dropout)
+    encoded = self.encode(encoder_input_tokens, enable_dropout, prompt_inputs)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                        enable_dropout, decode, max_decode_length)
 

@@ -11,10 +11,11 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning.runtime.configs import DatasetConfig
-from prompt_tuning.runtime.models import EncoderDecoderModel
+from prompt_tuning.runtime.models import PROMPT_FEATURES, EncoderDecoderModel
 from prompt_tuning.runtime.optim import merge_trainable
 
-MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                  "decoder_loss_weights") + PROMPT_FEATURES
 
 
 def batched_indexed(ds: tf.data.Dataset, batch_size: int):

@@ -15,6 +15,12 @@ from prompt_tuning.runtime import decoding, losses
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Mapping[str, Any]
+# Batch features handed to the prompt module (e.g. a task id per example for mixed-task batches).
+PROMPT_FEATURES = ("task_ids",)
+
+
+def prompt_inputs(batch: Batch) -> dict[str, Array]:
+  return {k: batch[k] for k in PROMPT_FEATURES if k in batch}
 
 
 class EncoderDecoderModel:
@@ -54,7 +60,8 @@ class EncoderDecoderModel:
   def compute_logits(self, params: Params, batch: Batch, dropout_rng: Array | None = None) -> Array:
     rngs = None if dropout_rng is None else {"dropout": dropout_rng}
     return self.module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                             batch["decoder_target_tokens"], enable_dropout=dropout_rng is not None, rngs=rngs)
+                             batch["decoder_target_tokens"], enable_dropout=dropout_rng is not None, rngs=rngs,
+                             prompt_inputs=prompt_inputs(batch))
 
   def loss_fn(self, params: Params, batch: Batch, dropout_rng: Array | None) -> tuple[Array, dict[str, Array]]:
     """Summed (or normalised) cross-entropy over target tokens, and T5X's base metrics."""
@@ -90,7 +97,8 @@ class EncoderDecoderModel:
     if num_decodes is not None:
       params_dec["num_decodes"] = num_decodes
     n = params_dec["num_decodes"]
-    encoded = self.module.apply({"params": params}, enc_tokens, method=self.module.encode)
+    encoded = self.module.apply({"params": params}, enc_tokens, prompt_inputs=prompt_inputs(batch),
+                                method=self.module.encode)
     encoded = decoding.flat_batch_beam_expand(encoded, n)
     enc_tokens_n = decoding.flat_batch_beam_expand(enc_tokens, n)
     cache = self._init_cache(params, enc_tokens.shape[0], enc_tokens.shape[1], dec_len)
