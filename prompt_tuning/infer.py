@@ -1,5 +1,8 @@
 r"""Write predictions (or scores) of a prompt / checkpoint for a task or mixture as JSONL (T5X `infer.py`).
 
+The examples of a mixture's tasks are interleaved, so a batch can mix tasks: with a prompt bank named by task
+(`serving/prompt_bank.gin`) one frozen model serves them all, each example with its task's prompt.
+
 Output: `INFER_OUTPUT_DIR/<task>-<mode>.jsonl-<shard:05>-of-<num:05>` with one JSON object per example
 (`inputs`, `prediction` or `score`, `targets`), then a `.COMPLETED` marker.
 """
@@ -7,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 import seqio
+import tensorflow as tf
 from etils import epath
 
 from prompt_tuning import cli
@@ -19,6 +23,7 @@ from prompt_tuning.runtime import evaluation, input_pipeline
 from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.state_init import build_run_params
+from prompt_tuning.serving import prompt_bank
 
 MODES = ("predict", "score", "predict_with_aux")
 
@@ -43,35 +48,53 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner
   runner = evaluation.InferenceRunner(model, partitioner, dataset_cfg.batch_size)
   runner.set_params(run.trainable, run.frozen)
   converter = model.FEATURE_CONVERTER_CLS(pack=False)
-  out_dir = epath.Path(output_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  written = []
+  task_ids = prompt_bank.task_ids_of(model.module)  # {} unless the prompt is a bank named by task
+  served = []
   for task in tasks:
     if dataset_cfg.split not in task.splits:
       logging.warning("Task %s has no split %r; skipped.", task.name, dataset_cfg.split)
       continue
     raw = task.get_dataset(sequence_length=dataset_cfg.task_feature_lengths, split=dataset_cfg.split,
                            shuffle=False, use_cached=dataset_cfg.use_cached).shard(num_shards, shard_id)
-    examples = list(raw.as_numpy_iterator())
-    features = converter(raw, dataset_cfg.task_feature_lengths).enumerate()
-    if mode == "score":
-      outputs = dict(runner.score_fn(features))
-    else:
-      outputs = dict(runner.predict_fn(features))
+    features = converter(raw, dataset_cfg.task_feature_lengths)
+    if task_ids:
+      tid = prompt_bank.task_id(task.name, task_ids)
+      features = features.map(lambda ex, tid=tid: evaluation.add_task_id(ex, tid))
+    served.append((task, list(raw.as_numpy_iterator()), features))
+  outputs = _run_mixed(runner.score_fn if mode == "score" else runner.predict_fn,
+                       [(len(examples), features) for _, examples, features in served])
+  out_dir = epath.Path(output_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = []
+  for (task, examples, _), task_outputs in zip(served, outputs):
     vocab = task.output_features["targets"].vocabulary
     path = out_dir / f"{task.name}-{mode}.jsonl-{shard_id:05d}-of-{num_shards:05d}"
     with path.open("w") as f:
       for i, ex in enumerate(examples):
         row = {"inputs": _text(ex.get("inputs_pretokenized", "")), "targets": _text(ex.get("targets_pretokenized", ""))}
         if mode == "score":
-          row["score"] = float(outputs[i])
+          row["score"] = float(task_outputs[i])
         else:
-          row["prediction"] = vocab.decode([int(t) for t in np.asarray(outputs[i])])
+          row["prediction"] = vocab.decode([int(t) for t in np.asarray(task_outputs[i])])
         f.write(json.dumps(row) + "\n")
     (out_dir / f"{path.name}.COMPLETED").write_text("")
     logging.info("Wrote %d %s rows for %s to %s", len(examples), mode, task.name, path)
     written.append(str(path))
   return written
+
+
+def _run_mixed(run_fn: Callable[[tf.data.Dataset], list[tuple[int, Any]]],
+               datasets: Sequence[tuple[int, tf.data.Dataset]]) -> list[dict[int, Any]]:
+  """Runs the tasks' examples as one stream, taking them from the tasks in turn so that a batch mixes tasks;
+  returns each task's {example index: output}. `datasets` holds (number of examples, model features)."""
+  if not datasets:
+    return []
+  offsets = np.cumsum([0] + [n for n, _ in datasets])
+  indexed = [ds.enumerate().map(lambda i, ex, o=int(o): (i + o, ex)) for o, (_, ds) in zip(offsets, datasets)]
+  stream = tf.data.Dataset.choose_from_datasets(indexed, tf.data.Dataset.range(len(indexed)).repeat(),
+                                                stop_on_empty_dataset=False)
+  results = dict(run_fn(stream))
+  return [{i: results[int(o) + i] for i in range(n)} for o, (n, _) in zip(offsets, datasets)]
 
 
 def main(argv: Sequence[str]) -> None:

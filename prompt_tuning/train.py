@@ -22,7 +22,7 @@ from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
 from prompt_tuning.runtime.configs import CheckpointConfig, DatasetConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.state_init import build_run_params, input_shapes_for
-from prompt_tuning.runtime.trainer import TrainState, make_eval_step, make_train_step
+from prompt_tuning.runtime.trainer import TrainState, make_eval_step, make_train_step, partition_train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -42,6 +42,19 @@ class _Preemption:
   def _handle(self, *_):
     self.requested = True
 
+
+
+def _on_all_devices(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Leaves held by one local device (e.g. optimizer counters, which jit returns as constants) made replicated
+  over the mesh: with several processes Orbax saves only global arrays."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def place(x):
+    if len(x.sharding.device_set) == mesh.size:
+      return x
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, replicated, lambda idx: value[idx])
+  return jax.tree_util.tree_map(place, tree)
 
 
 def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
@@ -72,7 +85,10 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
                                  use_async=bool(save_cfg and save_cfg.use_async),
                                  export_regexes=save_cfg.save_prompt_regexes if save_cfg else ())
 
+  init_step = run.checkpoint_step or 0
   opt_state = jax.jit(tx.init)(run.trainable)
+  opt_state = _on_all_devices(optim.set_optimizer_step(opt_state, init_step) if init_step else opt_state,
+                              partitioner.mesh)
   abstract_opt = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), opt_state)
   abstract_target = jax.tree_util.tree_map(
@@ -82,9 +98,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
     trainable, opt_state, step, position = restored
     logging.info("Resuming from %s/checkpoint_%d (data position %d).", model_dir, step, position)
   else:
-    trainable, position = run.trainable, 0
-    step = run.checkpoint_step or 0
-    opt_state = optim.set_optimizer_step(opt_state, step) if step else opt_state
+    trainable, position, step = run.trainable, 0, init_step
   state = TrainState(step=np.int32(step), params=trainable, opt_state=opt_state,
                      first_nonfinite_step=np.int32(-1))
   end_step = step + relative_steps if relative_steps else total_steps
@@ -92,8 +106,9 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
     logging.warning("Nothing to train: the run is at step %d and TRAIN_STEPS=%d (absolute, counting the "
                     "initial checkpoint's steps).", step, end_step)
 
-  train_step = jax.jit(make_train_step(model, tx, num_microbatches,
-                                       dropout=model.module.config.dropout_rate > 0), donate_argnums=(0,))
+  train_step, state = partition_train_step(
+      make_train_step(model, tx, num_microbatches, dropout=model.module.config.dropout_rate > 0), state,
+      run.frozen, run.frozen_shardings, partitioner)
   eval_step = jax.jit(make_eval_step(model))
   writers = summaries.RunWriters(model_dir)
   if save_cfg is not None and restored is None:

@@ -25,6 +25,7 @@ import tempfile
 from typing import Callable, Mapping, Optional
 
 import seqio
+import sentencepiece as spm
 import tensorflow as tf
 
 from prompt_tuning.data import demo_corpus
@@ -41,13 +42,17 @@ _SEEDS = {("pretrain", "train"): 0, ("pretrain", "validation"): 1,
 # Longest pretraining document: 31 tokens (+ EOS); longest review: 12 tokens (+ EOS).
 PRETRAIN_FEATURE_LENGTHS = {"inputs": 32, "targets": 32}
 SENTIMENT_FEATURE_LENGTHS = {"inputs": 16, "targets": 2}
+# Validation reviews use only qualities and verbs that training reviews never contain.
+_HALVES = {"train": 0, "validation": 1}
 CACHE_DIR_ENV = "PROMPT_TUNING_DEMO_CACHE"
 
 
 # ------------------------------------------------------------------------------------------------ vocabulary
 def sentencepiece_model() -> bytes:
-  """A word-level SentencePiece model of the world's words: pad 0, EOS 1, UNK 2, then one piece per word."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  """A word-level SentencePiece model: pad 0, EOS 1, UNK 2, then word i of `vocabulary_words()` is 3 + i.
+
+  (All words are seen once, and the trainer orders ties by piece, so the ids follow the sorted word list.)
+  """
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(demo_corpus.vocabulary_words()), model_writer=model, model_type="word",
@@ -108,7 +113,7 @@ def _documents(split: str) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=None)
 def _reviews(split: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  pairs = demo_corpus.reviews(SENTIMENT_SIZES[split], _SEEDS["sentiment", split])
+  pairs = demo_corpus.reviews(SENTIMENT_SIZES[split], _SEEDS["sentiment", split], half=_HALVES[split])
   return tuple(r for r, _ in pairs), tuple(demo_corpus.LABELS[label] for _, label in pairs)
 
 

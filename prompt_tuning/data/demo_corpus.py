@@ -34,7 +34,7 @@ VERBS = (("hates", "dislikes", "returned", "regrets", "avoids"),
          ("loves", "likes", "enjoys", "praises", "recommends"))
 LABELS = ("negative", "positive")
 LABEL_FRAME = ("feels", "about the")  # the only context label words appear in during pretraining
-_FUNCTION_WORDS = (".", "a", "about", "and", "at", "because", "bought", "counted", "feels", "found", "has",
+_FUNCTION_WORDS = (".", "a", "about", "and", "because", "bought", "counted", "feels", "found", "has",
                    "is", "it", "looks", "the", "to", "went")
 
 
@@ -76,20 +76,26 @@ def pretraining_documents(num: int, seed: int) -> list[str]:
   return [_pretraining_document(rng) for _ in range(num)]
 
 
-def _review(rng: random.Random, polarity: int) -> str:
+def _review(rng: random.Random, polarity: int, half: int) -> str:
   item, colour, size = rng.choice(ITEMS), rng.choice(COLOURS), rng.choice(SIZES)
-  return " ".join([
-      _sentence("the", colour, item, "is", size, "and", rng.choice(QUALITIES[polarity])),
-      _sentence(rng.choice(NAMES), rng.choice(VERBS[polarity]), "it"),
-  ])
+  quality = _sentence("the", colour, item, "is", size, "and", rng.choice(QUALITIES[polarity][half::2]))
+  opinion = _sentence(rng.choice(NAMES), rng.choice(VERBS[polarity][half::2]), "the", item)
+  return rng.choice([quality, opinion, quality + " " + opinion])
 
 
-def reviews(num: int, seed: int) -> list[tuple[str, int]]:
-  """`num` (review, label) pairs, labels alternating in random order so classes are balanced."""
+def reviews(num: int, seed: int, half: int) -> list[tuple[str, int]]:
+  """`num` (review, label) pairs, classes balanced and in random order.
+
+  A review states a quality, an opinion or both, with the qualities and verbs of one half of the world's
+  (`half=0`: even positions, `1`: odd), so a task can train on one half and evaluate on words its training
+  examples never had: only what pretraining taught about them can tell their sentiment.
+  """
+  if half not in (0, 1):
+    raise ValueError(f"half={half!r} must be 0 or 1.")
   rng = random.Random(seed)
   labels = [i % 2 for i in range(num)]
   rng.shuffle(labels)
-  return [(_review(rng, label), label) for label in labels]
+  return [(_review(rng, label, half), label) for label in labels]
 
 
 def vocabulary_words() -> tuple[str, ...]:

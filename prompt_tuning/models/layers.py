@@ -154,10 +154,29 @@ def causal_mask(length: int) -> Array:
   return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
 
 
+def prepend_prefix(prefix_kv: tuple[Array, Array], k: Array, v: Array, mask: Array | None,
+                   bias: Array | None) -> tuple[Array, Array, Array | None, Array | None]:
+  """Put learned key/value prefixes ([P, heads, head_dim] each) before every example's keys and values.
+
+  Prefix positions are visible to every query and carry no relative-position bias (bias 0).
+  """
+  pk, pv = prefix_kv
+  p = pk.shape[0]
+  expand = lambda x, like: jnp.broadcast_to(x.astype(like.dtype)[None], (like.shape[0],) + x.shape)
+  k = jnp.concatenate([expand(pk, k), k], axis=1)
+  v = jnp.concatenate([expand(pv, v), v], axis=1)
+  if mask is not None:
+    mask = jnp.pad(mask, ((0, 0),) * (mask.ndim - 1) + ((p, 0),), constant_values=True)
+  if bias is not None:
+    bias = jnp.pad(bias, ((0, 0),) * (bias.ndim - 1) + ((p, 0),))
+  return k, v, mask, bias
+
+
 class MultiHeadAttention(nn.Module):
   """Dot-product attention without 1/sqrt(d) scaling (folded into the query init), with a KV cache.
 
   Kernels are 2-D: query/key/value [embed, heads*head_dim] and out [heads*head_dim, embed].
+  `prefix_kv` (prefix tuning) adds learned keys/values before the (cached) ones; they are not cached.
   """
 
   num_heads: int
@@ -168,7 +187,8 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None, bias: Array | None = None,
-               *, deterministic: bool = True, decode: bool = False) -> Array:
+               *, deterministic: bool = True, decode: bool = False,
+               prefix_kv: tuple[Array, Array] | None = None) -> Array:
     hk = self.num_heads * self.head_dim
     base_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
     query_init = lambda key, shape, dtype: base_init(key, shape, dtype) / np.sqrt(self.head_dim)
@@ -183,6 +203,8 @@ class MultiHeadAttention(nn.Module):
 
     if decode:
       k, v, mask, bias = self._update_cache(k, v, mask, bias)
+    if prefix_kv is not None:
+      k, v, mask, bias = prepend_prefix(prefix_kv, k, v, mask, bias)
 
     attn_bias = None
     if mask is not None:

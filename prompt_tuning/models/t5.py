@@ -2,9 +2,16 @@
 
 An optional prompt module (see `prompt_tuning.prompts`) lives at `encoder/prompt` and is combined with the
 embedded inputs before input dropout; masks then treat the prompt positions as real tokens.
+
+Optional per-layer hook modules (see `prompt_tuning.families.deep`) serve deep prompt families: each is built
+by a factory called with `stack=StackInfo(...)` and returns a dict of arrays with a leading layer axis, which
+the layers read by key: "inputs" -> `(keep [L], prompt [L, P, d])` rewrites the first P positions of each
+layer's input, and an attention name ("attention", "self_attention", "encoder_decoder_attention") ->
+`(keys, values)` [L, P, heads, head_dim] prefixes for that attention.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -31,6 +38,24 @@ def decoder_logit_mask(decoder_input_tokens: Array, dtype: Any) -> Array:
   return (nonzero | next_nonzero | first).astype(dtype)[..., None]
 
 
+@dataclasses.dataclass(frozen=True)
+class StackInfo:
+  """The shape of one stack, handed to per-layer hook factories."""
+
+  num_layers: int
+  emb_dim: int
+  num_heads: int
+  head_dim: int
+  attentions: tuple[str, ...]  # the attention blocks of one layer, by module name
+
+
+def apply_layer_prompt(x: Array, keep: Array, prompt: Array) -> Array:
+  """`x[:, :P] <- keep * x[:, :P] + prompt`: keep 0 replaces the prompt positions, keep 1 adds to them."""
+  p = prompt.shape[-2]
+  head = keep.astype(x.dtype) * x[:, :p] + prompt.astype(x.dtype)
+  return jnp.concatenate([head, x[:, p:]], axis=1)
+
+
 def _layer_output(cfg: T5Config, x: Array):
   """Scanned layers return `(carry, per-layer output)`; unrolled ones return the activations."""
   return (x, None) if cfg.scan_layers else x
@@ -42,12 +67,18 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, bias: Array, logit_mask: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, mask: Array, bias: Array, logit_mask: Array, deterministic: bool,
+               hooks: Mapping[str, Any] | None = None) -> Array:
+    """`hooks`: this layer's slice of the per-layer hook outputs (see the module docstring)."""
     cfg = self.config
+    hooks = hooks or {}
     drop = lambda y: nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+    if "inputs" in hooks:
+      x = apply_layer_prompt(x, *hooks["inputs"])
     h = L.RMSNorm(cfg.dtype, name="pre_attention_layer_norm")(x) * logit_mask
     h = L.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype, cfg.fused_attention,
-                             name="attention")(h, h, mask, bias, deterministic=deterministic)
+                             name="attention")(h, h, mask, bias, deterministic=deterministic,
+                                               prefix_kv=hooks.get("attention"))
     x = x + drop(h)
     h = L.RMSNorm(cfg.dtype, name="pre_mlp_layer_norm")(x) * logit_mask
     h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")(h, deterministic)
@@ -61,24 +92,32 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, y: Array, encoded: Array, self_mask: Array | None, cross_mask: Array, bias: Array,
-               logit_mask: Array, deterministic: bool, decode: bool) -> Array:
+               logit_mask: Array, deterministic: bool, decode: bool,
+               hooks: Mapping[str, Any] | None = None) -> Array:
     cfg = self.config
+    hooks = hooks or {}
     drop = lambda z: nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(z, deterministic=deterministic)
     attn = lambda name: L.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
                                              cfg.fused_attention, name=name)
     h = L.RMSNorm(cfg.dtype, name="pre_self_attention_layer_norm")(y) * logit_mask
-    h = attn("self_attention")(h, h, self_mask, bias, deterministic=deterministic, decode=decode)
+    h = attn("self_attention")(h, h, self_mask, bias, deterministic=deterministic, decode=decode,
+                               prefix_kv=hooks.get("self_attention"))
     y = y + drop(h)
     h = L.RMSNorm(cfg.dtype, name="pre_cross_attention_layer_norm")(y) * logit_mask
-    h = attn("encoder_decoder_attention")(h, encoded, cross_mask, None, deterministic=deterministic)
+    h = attn("encoder_decoder_attention")(h, encoded, cross_mask, None, deterministic=deterministic,
+                                          prefix_kv=hooks.get("encoder_decoder_attention"))
     y = y + drop(h)
     h = L.RMSNorm(cfg.dtype, name="pre_mlp_layer_norm")(y) * logit_mask
     h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")(h, deterministic)
     return _layer_output(cfg, L.constrain(y + drop(h), ("batch", "length", "embed")))
 
 
-def run_layers(module: nn.Module, layer_cls: type, num_layers: int, x: Array, *args) -> Array:
-  """Apply `num_layers` layers, unrolled (`layers_i`) or scanned (`layers`, stacked on axis 0), with remat."""
+def run_layers(module: nn.Module, layer_cls: type, num_layers: int, x: Array, *args,
+               per_layer: Mapping[str, Any] | None = None) -> Array:
+  """Apply `num_layers` layers, unrolled (`layers_i`) or scanned (`layers`, stacked on axis 0), with remat.
+
+  `per_layer` (optional) is a pytree with a leading layer axis; layer i receives its slice as a last argument.
+  """
   cfg: T5Config = module.config
   cls = layer_cls
   if cfg.remat_policy != "none":
@@ -87,24 +126,55 @@ def run_layers(module: nn.Module, layer_cls: type, num_layers: int, x: Array, *a
                    static_argnums=static)
   if not cfg.scan_layers:
     for i in range(num_layers):
-      x = cls(cfg, name=f"layers_{i}")(x, *args)
+      extra = (jax.tree_util.tree_map(lambda a, i=i: a[i], per_layer),) if per_layer else ()
+      x = cls(cfg, name=f"layers_{i}")(x, *args, *extra)
     return x
+  extra, extra_axes = ((per_layer,), (0,)) if per_layer else ((), ())
   scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-                    in_axes=(nn.broadcast,) * len(args), length=num_layers,
+                    in_axes=(nn.broadcast,) * len(args) + extra_axes, length=num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
-  x, _ = scanned(cfg, name="layers")(x, *args)
+  x, _ = scanned(cfg, name="layers")(x, *args, *extra)
   return x
 
 
+def _hook_outputs(*modules: nn.Module | None) -> dict[str, Any]:
+  """Merge the per-layer outputs of the stack's hook modules (each returns a dict keyed as the layers read)."""
+  out: dict[str, Any] = {}
+  for m in modules:
+    if m is not None:
+      out.update(m())
+  return out
+
+
 class Encoder(nn.Module):
-  """Embeds (and prompts) the inputs, then runs the encoder layers; output length = prompt + input length."""
+  """Embeds (and prompts) the inputs, then runs the encoder layers; output length = prompt + input length.
+
+  `layer_prompt_factory` / `prefix_factory` (optional) build per-layer hooks (`encoder/layer_prompts`,
+  `encoder/prefix`); layer prompts rewrite the input prompt's positions, so they need a "prefix" prompt.
+  """
 
   config: T5Config
   token_embedder: nn.Module
   prompt_factory: Callable[[], nn.Module] | None = None
+  layer_prompt_factory: Callable[..., nn.Module] | None = None
+  prefix_factory: Callable[..., nn.Module] | None = None
 
   def setup(self):
+    cfg = self.config
+    stack = StackInfo(cfg.num_encoder_layers, cfg.emb_dim, cfg.num_heads, cfg.head_dim, ("attention",))
     self.prompt = None if self.prompt_factory is None else self.prompt_factory()
+    self.layer_prompts = None if self.layer_prompt_factory is None else self.layer_prompt_factory(stack=stack)
+    self.prefix = None if self.prefix_factory is None else self.prefix_factory(stack=stack)
+
+  def _check_layer_prompts(self) -> None:
+    if self.layer_prompts is None:
+      return
+    if self.prompt is None or getattr(self.prompt, "combination", "prefix") != "prefix":
+      raise ValueError("Per-layer prompts rewrite the input prompt's positions at every layer: they need an input "
+                       "prompt (PROMPT_FACTORY) with combination 'prefix'.")
+    if self.prompt.length != self.layer_prompts.length:
+      raise ValueError(f"Per-layer prompt length {self.layer_prompts.length} differs from the input prompt length "
+                       f"{self.prompt.length}; give both PROMPT_LENGTH.")
 
   def mask_tokens(self, tokens: Array) -> Array:
     """The token ids that masks are built from: prompt positions count as real (non-zero) tokens."""
@@ -112,13 +182,20 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, enable_dropout: bool = False,
-               prompt_inputs: Mapping[str, Array] | None = None) -> Array:
-    """`prompt_inputs` (e.g. `task_ids`) are passed to the prompt module as keyword arguments."""
+               prompt_inputs: Mapping[str, Array] | None = None, use_prompt: bool = True) -> Array:
+    """`prompt_inputs` (e.g. `task_ids`) are passed to the prompt module as keyword arguments.
+
+    `use_prompt=False` runs the plain frozen encoder: no prompt and no per-layer hooks.
+    """
     cfg = self.config
     x = self.token_embedder(tokens)
-    if self.prompt is not None:
+    if use_prompt and self.prompt is not None:
       x = self.prompt(tokens, x, **(prompt_inputs or {}))
-    mtokens = self.mask_tokens(tokens)
+    mtokens = self.mask_tokens(tokens) if use_prompt else tokens
+    per_layer = {}
+    if use_prompt:
+      self._check_layer_prompts()
+      per_layer = _hook_outputs(self.layer_prompts, self.prefix)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=not enable_dropout).astype(cfg.dtype)
     x = L.constrain(x, ("batch", "length", "embed"))
     valid = mtokens > 0
@@ -127,17 +204,28 @@ class Encoder(nn.Module):
     length = x.shape[1]
     bias = L.RelativePositionBias(cfg.num_heads, cfg.relpos_num_buckets, cfg.relpos_max_distance, True,
                                   cfg.dtype, name="relpos_bias")(length, length)
-    x = run_layers(self, EncoderLayer, cfg.num_encoder_layers, x, mask, bias, logit_mask, not enable_dropout)
+    x = run_layers(self, EncoderLayer, cfg.num_encoder_layers, x, mask, bias, logit_mask, not enable_dropout,
+                   per_layer=per_layer)
     x = L.RMSNorm(cfg.dtype, name="encoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=not enable_dropout)
     return x * logit_mask
 
 
 class Decoder(nn.Module):
-  """Decoder stack with a KV cache for step-by-step decoding, and the untied `logits_dense` head."""
+  """Decoder stack with a KV cache for step-by-step decoding, and the untied `logits_dense` head.
+
+  `prefix_factory` (optional) builds key/value prefixes for its attentions (`decoder/prefix`).
+  """
 
   config: T5Config
   token_embedder: nn.Module
+  prefix_factory: Callable[..., nn.Module] | None = None
+
+  def setup(self):
+    cfg = self.config
+    stack = StackInfo(cfg.num_decoder_layers, cfg.emb_dim, cfg.num_heads, cfg.head_dim,
+                      ("self_attention", "encoder_decoder_attention"))
+    self.prefix = None if self.prefix_factory is None else self.prefix_factory(stack=stack)
 
   @nn.compact
   def __call__(self, encoded: Array, encoder_mask_tokens: Array, decoder_input_tokens: Array,
@@ -170,7 +258,7 @@ class Decoder(nn.Module):
       self_mask = L.attention_mask(tvalid, tvalid) & L.causal_mask(length)
       cross_mask = L.attention_mask(tvalid, enc_valid)
     y = run_layers(self, DecoderLayer, cfg.num_decoder_layers, y, encoded, self_mask, cross_mask, bias,
-                   logit_mask, not enable_dropout, decode)
+                   logit_mask, not enable_dropout, decode, per_layer=_hook_outputs(self.prefix))
     y = L.RMSNorm(cfg.dtype, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=not enable_dropout)
     y = y * logit_mask
@@ -182,19 +270,31 @@ class Decoder(nn.Module):
 
 
 class EncoderDecoder(nn.Module):
-  """T5 1.1 encoder-decoder; `prompt_factory` (optional) builds the encoder's prompt (`encoder/prompt/...`)."""
+  """T5 1.1 encoder-decoder; `prompt_factory` (optional) builds the encoder's prompt (`encoder/prompt/...`).
+
+  Prompt families: `layer_prompt_factory` (encoder per-layer prompts) and `prefix_factory` (key/value prefixes,
+  called once per stack) build per-layer hooks; `encoder_first_pass=True` first runs the frozen encoder
+  without any prompt and hands its output to the prompt module as the prompt input `first_pass`.
+  """
 
   config: T5Config
   prompt_factory: Callable[[], nn.Module] | None = None
+  layer_prompt_factory: Callable[..., nn.Module] | None = None
+  prefix_factory: Callable[..., nn.Module] | None = None
+  encoder_first_pass: bool = False
 
   def setup(self):
     cfg = self.config
     self.token_embedder = L.Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype)
-    self.encoder = Encoder(cfg, self.token_embedder, self.prompt_factory)
-    self.decoder = Decoder(cfg, self.token_embedder)
+    self.encoder = Encoder(cfg, self.token_embedder, self.prompt_factory, self.layer_prompt_factory,
+                           self.prefix_factory)
+    self.decoder = Decoder(cfg, self.token_embedder, self.prefix_factory)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
              prompt_inputs: Mapping[str, Array] | None = None) -> Array:
+    if self.encoder_first_pass:
+      first = self.encoder(encoder_input_tokens, False, use_prompt=False)
+      prompt_inputs = {**(prompt_inputs or {}), "first_pass": jax.lax.stop_gradient(first)}
     return self.encoder(encoder_input_tokens, enable_dropout, prompt_inputs)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,

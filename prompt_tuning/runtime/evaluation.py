@@ -13,6 +13,7 @@ import tensorflow as tf
 from prompt_tuning.runtime.configs import DatasetConfig
 from prompt_tuning.runtime.models import PROMPT_FEATURES, EncoderDecoderModel
 from prompt_tuning.runtime.optim import merge_trainable
+from prompt_tuning.serving import prompt_bank
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
                   "decoder_loss_weights") + PROMPT_FEATURES
@@ -96,14 +97,29 @@ def _zip_aux(result):
 
 def make_evaluator(cfg: DatasetConfig, model: EncoderDecoderModel, log_dir: str | None,
                    loggers: Sequence[type] | None = None) -> seqio.Evaluator:
-  """`seqio.Evaluator` over the config's task/mixture with T5X's loggers (python log, TensorBoard, JSONL)."""
+  """`seqio.Evaluator` over the config's task/mixture with T5X's loggers (python log, TensorBoard, JSONL).
+
+  With a model prompted by a bank named by task, each task's examples carry its task id (its own prompt).
+  """
   if loggers is None:
     loggers = (seqio.PyLoggingLogger, seqio.TensorBoardLogger, seqio.JSONLogger) if log_dir else ()
-  return seqio.Evaluator(
+  evaluator = seqio.Evaluator(
       mixture_or_task_name=cfg.mixture_or_task_name,
       feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
       eval_split=cfg.split, use_cached=cfg.use_cached, seed=cfg.seed, sequence_length=cfg.task_feature_lengths,
       shuffle=cfg.shuffle, logger_cls=loggers, log_dir=log_dir, use_memory_cache=cfg.use_memory_cache)
+  task_ids = prompt_bank.task_ids_of(model.module)
+  if task_ids:
+    datasets = evaluator.cached_model_datasets  # {task: enumerated model features}, updated in place
+    for task in evaluator.eval_tasks:
+      tid = prompt_bank.task_id(task.name, task_ids)
+      datasets[task.name] = datasets[task.name].map(lambda i, ex, tid=tid: (i, add_task_id(ex, tid)))
+  return evaluator
+
+
+def add_task_id(features: Mapping[str, tf.Tensor], task_id: int) -> dict[str, tf.Tensor]:
+  """The example's features plus its task id, which picks its prompt from a `serving.prompt_bank.PromptBank`."""
+  return {**features, prompt_bank.TASK_IDS: tf.constant(task_id, tf.int32)}
 
 
 def run_evaluation(evaluator: seqio.Evaluator, runner: InferenceRunner, step: int) -> dict[str, Any]:

@@ -79,11 +79,12 @@ class EncoderDecoderModel:
     return losses.token_log_likelihoods(logits, batch["decoder_target_tokens"], weights)
 
   # ------------------------------------------------------------------------------------------- decoding
-  def _init_cache(self, params: Params, batch_size: int, enc_len: int, dec_len: int) -> Any:
+  def _init_cache(self, params: Params, batch_size: int, enc_len: int, dec_len: int,
+                  inputs_for_prompt: Mapping[str, Array] | None = None) -> Any:
     enc = jnp.ones((batch_size, enc_len), jnp.int32)
     dec = jnp.ones((batch_size, dec_len), jnp.int32)
     _, variables = self.module.apply({"params": params}, enc, dec, dec, decode=True, max_decode_length=dec_len,
-                                     mutable=["cache"])
+                                     prompt_inputs=inputs_for_prompt, mutable=["cache"])
     return variables["cache"]
 
   def predict_batch_with_aux(self, params: Params, batch: Batch, rng: Array | None = None,
@@ -101,7 +102,7 @@ class EncoderDecoderModel:
                                 method=self.module.encode)
     encoded = decoding.flat_batch_beam_expand(encoded, n)
     enc_tokens_n = decoding.flat_batch_beam_expand(enc_tokens, n)
-    cache = self._init_cache(params, enc_tokens.shape[0], enc_tokens.shape[1], dec_len)
+    cache = self._init_cache(params, enc_tokens.shape[0], enc_tokens.shape[1], dec_len, prompt_inputs(batch))
 
     def tokens_to_logits(state: decoding.DecodingState):
       logits, mutated = self.module.apply(

@@ -150,6 +150,10 @@ class PartitionedFn:
     with self._context():
       return self._jitted.lower(*args, **kwargs)
 
+  def cache_size(self) -> int:
+    """How many times it was compiled (1 after any number of same-shaped calls)."""
+    return self._jitted._cache_size()  # pylint: disable=protected-access
+
 
 class Partitioner:
   """Mesh + logical axis rules -> shardings for parameters, batches and jitted functions.

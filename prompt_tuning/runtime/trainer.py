@@ -86,6 +86,25 @@ def make_train_step(model: EncoderDecoderModel, optimizer: optax.GradientTransfo
   return train_step
 
 
+def partition_train_step(train_step: Callable, state: TrainState, frozen: Any, frozen_shardings: Any,
+                         partitioner: Any) -> tuple[Any, TrainState]:
+  """Jit the step with explicit shardings: the state keeps its placement (so the step compiles once) and is
+  donated; frozen weights are an ordinary, never-donated argument; the batch is split over 'data'."""
+  mesh = partitioner.mesh
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def placement(x):
+    sharding = getattr(x, "sharding", None)
+    return sharding if isinstance(sharding, jax.sharding.NamedSharding) else replicated
+
+  state_shardings = jax.tree_util.tree_map(placement, state)
+  state = jax.device_put(state, state_shardings)
+  step = partitioner.partition(train_step,
+                               in_shardings=(state_shardings, frozen_shardings, partitioner.data_sharding, replicated),
+                               out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  return step, state
+
+
 def make_eval_step(model: EncoderDecoderModel) -> Callable[[Any, Any, Batch], dict]:
   """Teacher-forced metrics (train_eval) without dropout: `eval_step(trainable, frozen, batch)`."""
 

@@ -1,0 +1,160 @@
+"""Benchmark worker processes: each builds one train step (ours or the PyTorch peer) and runs it on request.
+
+One process per run keeps memory high-water marks apart and lets the parent time the runs alternately. The
+worker imports its framework only after the parent has set the environment (JAX_PLATFORMS, XLA_FLAGS).
+Messages are dicts over a `multiprocessing` pipe: {"cmd": "run", "steps": n} -> {"seconds": s};
+{"cmd": "stats"} -> memory figures; {"cmd": "stop"}.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import time
+import traceback
+from typing import Any
+
+from benchmarks.shapes import StepShape
+
+_KIB = 1024
+
+
+def _status_kib(field: str) -> int | None:
+  """A `VmRSS`/`VmHWM` line of /proc/self/status in KiB (None off Linux)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1])
+  except OSError:
+    return None
+  return None
+
+
+def rss_bytes() -> int | None:
+  kib = _status_kib("VmRSS")
+  return None if kib is None else kib * _KIB
+
+
+def peak_rss_bytes() -> int:
+  """High-water mark of the resident set since the last `reset_peak_rss` (or since the process started)."""
+  kib = _status_kib("VmHWM")
+  return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * _KIB
+
+
+def reset_peak_rss() -> bool:
+  """Restart the high-water mark at the current RSS (Linux `clear_refs`); False where unsupported."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+# ------------------------------------------------------------------------------------------------ builders
+class _Ours:
+  """Our jitted train step; device memory from the JAX device's allocator statistics where it has them."""
+
+  def __init__(self, spec: dict[str, Any]):
+    import jax
+    from benchmarks import jax_step
+    from prompt_tuning.models.config import T5Config
+    self._jax = jax
+    self.step = jax_step.build_step(T5Config(**spec["config"]), StepShape(**spec["shape"]), spec["mode"])
+    mem = self.step.memory
+    self.info = {"compile_s": self.step.compile_s, "xla_flops": self.step.xla_flops,
+                 "xla_memory": {k: int(getattr(mem, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                                                                  "alias_size_in_bytes", "temp_size_in_bytes")},
+                 "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind}
+
+  def run(self, n: int) -> float:
+    return self.step.run(n)
+
+  def device_peak_bytes(self) -> int | None:
+    stats = self._jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+class _Peer:
+  """The PyTorch peer (PEFT prompt tuning or plain HF fine-tuning)."""
+
+  def __init__(self, spec: dict[str, Any]):
+    import torch
+    from benchmarks import peft_peer
+    torch.set_num_threads(os.cpu_count() or 1)
+    self._torch = torch
+    self.step = peft_peer.build_step(spec["hf_config"], StepShape(**spec["shape"]), spec["mode"], spec["device"],
+                                     spec["dtype"])
+    self.info = {"trainable_params": self.step.trainable_params, "torch_threads": torch.get_num_threads(),
+                 "torch_version": torch.__version__}
+
+  def count_flops(self) -> float:
+    return self.step.count_flops()
+
+  def run(self, n: int) -> float:
+    return self.step.run(n)
+
+  def device_peak_bytes(self) -> int | None:
+    return self._torch.cuda.max_memory_allocated() if self.step.device == "gpu" else None
+
+  def reset_device_peak(self) -> None:
+    if self.step.device == "gpu":
+      self._torch.cuda.reset_peak_memory_stats()
+
+
+class _Peak:
+  """Measures the matmul peak of JAX (and of PyTorch when installed); `run` returns the best FLOP/s."""
+
+  def __init__(self, spec: dict[str, Any]):
+    from benchmarks import matmul_peak
+    self._mp = matmul_peak
+    self._dtype, self._device = spec["dtype"], spec["device"]
+    try:
+      import torch  # noqa: F401  (optional)
+      self._torch = True
+    except ImportError:
+      self._torch = False
+    self.info = {"torch": self._torch}
+    self.run(1)  # compile and warm up
+
+  def run(self, n: int) -> dict[str, float]:
+    out = {"jax": max(self._mp.jax_matmul_peak(self._dtype, repeats=max(n, 1)).values())}
+    if self._torch:
+      out["torch"] = max(self._mp.torch_matmul_peak(self._dtype, repeats=max(n, 1), device=self._device).values())
+    return out
+
+
+BUILDERS = {"ours": _Ours, "peft": _Peer, "hf": _Peer, "peak": _Peak}
+
+
+# --------------------------------------------------------------------------------------------------- serving
+def serve(conn: Any, spec: dict[str, Any]) -> None:
+  """Worker entry point: build, warm up, then answer the parent's commands until "stop"."""
+  try:
+    rss_imports = rss_bytes()
+    worker = BUILDERS[spec["framework"]](spec)
+    info = dict(worker.info, rss_after_imports_and_setup=rss_bytes(), rss_at_start=rss_imports)
+    if spec["framework"] != "peak":
+      start = time.perf_counter()
+      worker.run(1)
+      info["first_step_s"] = time.perf_counter() - start
+      if hasattr(worker, "count_flops"):
+        info["counted_flops"] = worker.count_flops()
+      info["rss_before_steps"] = rss_bytes()
+      info["peak_rss_setup"] = peak_rss_bytes()
+      info["peak_reset"] = reset_peak_rss()
+      getattr(worker, "reset_device_peak", lambda: None)()
+    conn.send({"ok": True, "info": info})
+  except Exception as e:  # pylint: disable=broad-except
+    conn.send({"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+    return
+  while True:
+    msg = conn.recv()
+    if msg["cmd"] == "run":
+      conn.send({"result": worker.run(msg["steps"])})
+    elif msg["cmd"] == "stats":
+      conn.send({"peak_rss_steps": peak_rss_bytes(), "rss_now": rss_bytes(),
+                 "device_peak_bytes": getattr(worker, "device_peak_bytes", lambda: None)()})
+    else:
+      conn.send({"stopped": True})
+      return

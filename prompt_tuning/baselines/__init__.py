@@ -1,0 +1,1 @@
+"""Baselines that prompt tuning is compared against (prompt design; model tuning is `runs/finetune.gin`)."""

@@ -1,0 +1,190 @@
+"""The train step and run state: what trains, what stays frozen, compilation, microbatches, sharding, loading."""
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from cli_utils import BYTE_VOCAB_ROWS, cli_env, write_tiny_t5x_checkpoint
+from prompt_tuning import prompts
+from prompt_tuning.models import EncoderDecoder, get_config
+from prompt_tuning.runtime import decoding, optim
+from prompt_tuning.runtime.checkpoints import load_t5x_params
+from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
+from prompt_tuning.runtime.checkpoints.restore import ParamTreeMismatchError, load_params, merge_checkpoint_into
+from prompt_tuning.runtime.configs import RestoreCheckpointConfig
+from prompt_tuning.runtime.models import EncoderDecoderModel
+from prompt_tuning.runtime.partitioning import Partitioner
+from prompt_tuning.runtime.state_init import build_run_params
+from prompt_tuning.runtime.trainer import init_train_state, make_train_step, partition_train_step
+
+TESTS_DIR = pathlib.Path(__file__).resolve().parent
+SHAPES = {"encoder_input_tokens": (4, 6), "decoder_input_tokens": (4, 4)}
+PROMPT_RESTORE = dict(assignment_map=((r".*prompt.*", None),), fallback_to_scratch=True)
+
+
+def batch(seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  enc = rng.integers(3, 200, (4, 6)).astype(np.int32)
+  enc[:, -1] = 0
+  tgt = rng.integers(3, 200, (4, 4)).astype(np.int32)
+  tgt[1:, -1] = 0
+  return {"encoder_input_tokens": enc, "decoder_target_tokens": tgt,
+          "decoder_input_tokens": np.pad(tgt, ((0, 0), (1, 0)))[:, :-1],
+          "decoder_loss_weights": (tgt > 0).astype(np.float32)}
+
+
+def prompt_model(length: int = 3, **cfg) -> EncoderDecoderModel:
+  config = get_config("tiny", dtype=jnp.float32, vocab_size=BYTE_VOCAB_ROWS, **cfg)
+  return EncoderDecoderModel(EncoderDecoder(config, lambda: prompts.PromptedInputs(prompts.Prompt(length))))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> pathlib.Path:
+  return write_tiny_t5x_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def test_only_the_prompt_trains_and_frozen_weights_stay_bit_identical(pretrained):
+  model = prompt_model()
+  restore = RestoreCheckpointConfig(path=str(pretrained), **PROMPT_RESTORE)
+  run = build_run_params(model, Partitioner(), SHAPES, restore, [".*/prompt/.*"], jax.random.PRNGKey(0))
+  assert run.checkpoint_step == 3
+  assert list(traverse_util.flatten_dict(run.trainable, sep="/")) == ["encoder/prompt/prompt/prompt"]
+  tx = optim.adafactor(0.3)
+  partitioner = Partitioner()
+  before = np.asarray(run.trainable["encoder"]["prompt"]["prompt"]["prompt"]).copy()
+  step, state = partition_train_step(make_train_step(model, tx), init_train_state(run.trainable, tx), run.frozen,
+                                     run.frozen_shardings, partitioner)
+  for i in range(3):
+    state, metrics = step(state, run.frozen, partitioner.shard_batch(batch(i)), jax.random.PRNGKey(0))
+  assert step.cache_size() == 1  # compiled once: no recompilation after the first step
+  assert int(state.step) == 3 and np.isfinite(float(metrics["loss"]))
+  assert not np.array_equal(np.asarray(state.params["encoder"]["prompt"]["prompt"]["prompt"]), before)
+  ckpt = traverse_util.flatten_dict(load_t5x_params(str(pretrained)), sep="/")
+  frozen = traverse_util.flatten_dict(jax.device_get(run.frozen), sep="/")
+  assert set(frozen) == set(ckpt)
+  for path, value in ckpt.items():
+    assert np.array_equal(frozen[path], value), path
+
+
+def test_optimizer_state_exists_only_for_trainable_parameters(pretrained):
+  model = prompt_model()
+  restore = RestoreCheckpointConfig(path=str(pretrained), **PROMPT_RESTORE)
+  run = build_run_params(model, Partitioner(), SHAPES, restore, [".*/prompt/.*"], jax.random.PRNGKey(0))
+  state = init_train_state(run.trainable, optim.adafactor(0.3))
+  sizes = [x.size for x in jax.tree_util.tree_leaves(state.opt_state) if hasattr(x, "size") and x.ndim]
+  assert sum(sizes) <= 2 * 3 * 4  # the [3, 4] prompt's moments, nothing for ~100k frozen weights
+
+
+def test_microbatches_accumulate_the_same_update():
+  model = prompt_model()
+  run = build_run_params(model, Partitioner(), SHAPES, None, [".*/prompt/.*"], jax.random.PRNGKey(0))
+  tx = optim.adafactor(0.3)
+  outs = []
+  for n in (None, 2, 4):
+    state = init_train_state(jax.tree_util.tree_map(jnp.copy, run.trainable), tx)
+    state, metrics = jax.jit(make_train_step(model, tx, num_microbatches=n))(state, run.frozen, batch(), jax.random.PRNGKey(0))
+    outs.append((float(metrics["loss"]), np.asarray(state.params["encoder"]["prompt"]["prompt"]["prompt"])))
+  for loss, prompt in outs[1:]:
+    assert loss == pytest.approx(outs[0][0], rel=1e-5)
+    np.testing.assert_allclose(prompt, outs[0][1], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="not divisible by num_microbatches=3"):
+    make_train_step(model, tx, num_microbatches=3)(init_train_state(run.trainable, tx), run.frozen, batch(),
+                                                  jax.random.PRNGKey(0))
+
+
+def test_train_step_on_8_devices_matches_one_device():
+  proc = subprocess.run([sys.executable, str(TESTS_DIR / "train_step_multidevice.py")], env=cli_env(),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  np.testing.assert_allclose(out["sharded_losses"], out["single_losses"], rtol=1e-5)
+  np.testing.assert_allclose(out["sharded_prompt"], out["single_prompt"], rtol=1e-4, atol=1e-5)
+
+
+def test_predictions_with_a_prompt_match_step_by_step_argmax():
+  model = prompt_model(length=2)
+  b = batch()
+  params = nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(3), SHAPES)["params"])
+  greedy = EncoderDecoderModel(model.module, decode_fn=decoding.temperature_sample,
+                               default_decoder_params={"topk": 1, "temperature": 0.0})
+  got = np.asarray(greedy.predict_batch(params, b))
+  # Reference: feed the sequence so far through the full (non-cached) model, take argmax, stop after EOS (1).
+  seq = np.zeros_like(b["decoder_input_tokens"])
+  for i in range(seq.shape[1]):
+    dec_in = np.pad(seq, ((0, 0), (1, 0)))[:, :-1]
+    logits = model.module.apply({"params": params}, b["encoder_input_tokens"], dec_in, np.maximum(seq, 1))
+    seq[:, i] = np.argmax(np.asarray(logits[:, i]), axis=-1)
+  expected = seq.copy()
+  for row in expected:
+    eos = np.where(row == 1)[0]
+    if len(eos):
+      row[eos[0] + 1:] = 0
+  np.testing.assert_array_equal(got, expected)
+  beams = EncoderDecoderModel(model.module, default_decoder_params={"num_decodes": 3})
+  decodes, aux = beams.predict_batch_with_aux(params, b, return_all_decodes=True)
+  assert decodes.shape == (4, 3, 4) and np.all(np.diff(np.asarray(aux["scores"]), axis=1) >= 0)
+
+
+def test_score_batch_is_the_summed_target_log_likelihood():
+  model = prompt_model()
+  b = batch()
+  params = nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)["params"])
+  logits = np.asarray(model.compute_logits(params, b), np.float64)
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+  expected = (np.take_along_axis(logp, b["decoder_target_tokens"][..., None], -1)[..., 0] * b["decoder_loss_weights"]).sum(-1)
+  np.testing.assert_allclose(np.asarray(model.score_batch(params, b)), expected, rtol=1e-5)
+
+
+def test_real_t5x_checkpoint_tree_equals_model_init_tree(tiny_t5x_checkpoint):
+  model = EncoderDecoderModel(EncoderDecoder(get_config("tiny", dtype=jnp.float32)))
+  abstract = nn.meta.unbox(jax.eval_shape(lambda k: model.get_initial_variables(k, SHAPES), jax.random.PRNGKey(0))["params"])
+  ckpt, step = load_params(str(tiny_t5x_checkpoint))
+  assert step == 3
+  merged = merge_checkpoint_into(abstract, ckpt)  # raises on any missing, extra or mis-shaped parameter
+  logits = model.compute_logits(merged, batch())
+  assert logits.shape == (4, 4, 32128) and np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_tree_mismatch_names_missing_and_extra(tiny_t5x_checkpoint):
+  ckpt, _ = load_params(str(tiny_t5x_checkpoint))
+  model = EncoderDecoderModel(EncoderDecoder(get_config("tiny", dtype=jnp.float32, num_encoder_layers=3)))
+  abstract = nn.meta.unbox(jax.eval_shape(lambda k: model.get_initial_variables(k, SHAPES), jax.random.PRNGKey(0))["params"])
+  del ckpt["decoder"]["decoder_norm"]
+  with pytest.raises(ParamTreeMismatchError) as err:
+    merge_checkpoint_into(abstract, ckpt)
+  assert "encoder/layers_2" in str(err.value) and "decoder/decoder_norm/scale" in str(err.value)
+  wrong = EncoderDecoderModel(EncoderDecoder(get_config("tiny", dtype=jnp.float32, emb_dim=8)))
+  abstract = nn.meta.unbox(jax.eval_shape(lambda k: wrong.get_initial_variables(k, SHAPES), jax.random.PRNGKey(0))["params"])
+  with pytest.raises(ParamTreeMismatchError, match=r"shape mismatch: decoder/decoder_norm/scale: checkpoint \(4,\) vs model \(8,\)"):
+    merge_checkpoint_into(abstract, load_params(str(tiny_t5x_checkpoint))[0])
+
+
+def test_frozen_weights_from_our_own_orbax_checkpoint(tmp_path, pretrained):
+  params = load_t5x_params(str(pretrained))
+  ckpt = RunCheckpointer(str(tmp_path / "run"))
+  ckpt.save(7, params, {"count": np.int32(0)}, data_position=0)
+  ckpt.wait()
+  loaded, step = load_params(str(tmp_path / "run"))
+  assert step == 7
+  for path, value in traverse_util.flatten_dict(params, sep="/").items():
+    assert np.array_equal(traverse_util.flatten_dict(loaded, sep="/")[path], value)
+
+
+def test_frozen_weights_from_hugging_face_safetensors(tmp_path, pretrained):
+  pytest.importorskip("safetensors")
+  from prompt_tuning.runtime.checkpoints.hf import save_hf_t5
+  params = load_t5x_params(str(pretrained))
+  save_hf_t5(params, get_config("tiny", vocab_size=BYTE_VOCAB_ROWS), tmp_path / "hf")
+  loaded, step = load_params(str(tmp_path / "hf"))
+  assert step is None
+  for path, value in traverse_util.flatten_dict(params, sep="/").items():
+    np.testing.assert_array_equal(traverse_util.flatten_dict(loaded, sep="/")[path], value)
