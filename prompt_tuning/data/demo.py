@@ -181,19 +181,21 @@ def _with_sentinels(tokens: tf.Tensor, noise: tf.Tensor, vocab_size: int, keep_n
   return tf.boolean_mask(pairs, pairs >= 0)
 
 
+@seqio.map_over_dataset(num_seeds=3)
+def _corrupt_spans(x: Mapping[str, tf.Tensor], seeds: tf.Tensor, vocab_size: int, noise_density: float,
+                   mean_span_length: float) -> dict[str, tf.Tensor]:
+  tokens = x["targets"]
+  mask = random_spans_mask(tf.size(tokens), noise_density, mean_span_length, seeds)
+  return {"inputs": _with_sentinels(tokens, mask, vocab_size, keep_noise=False),
+          "targets": _with_sentinels(tokens, mask, vocab_size, keep_noise=True)}
+
+
 def span_corruption(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
                     noise_density: float = 0.15, mean_span_length: float = 3.0) -> tf.data.Dataset:
   """T5's span corruption of the tokenized `targets` (inputs: text with sentinels; targets: the spans)."""
-  vocab_size = output_features["targets"].vocabulary.vocab_size
-
-  @seqio.map_over_dataset(num_seeds=3)
-  def corrupt(x, seeds):
-    tokens = x["targets"]
-    mask = random_spans_mask(tf.size(tokens), noise_density, mean_span_length, seeds)
-    return {"inputs": _with_sentinels(tokens, mask, vocab_size, keep_noise=False),
-            "targets": _with_sentinels(tokens, mask, vocab_size, keep_noise=True)}
-
-  return corrupt(dataset.filter(lambda x: tf.size(x["targets"]) >= 2))
+  dataset = dataset.filter(lambda x: tf.size(x["targets"]) >= 2)
+  return _corrupt_spans(dataset, vocab_size=output_features["targets"].vocabulary.vocab_size,
+                        noise_density=noise_density, mean_span_length=mean_span_length)
 
 
 # ------------------------------------------------------------------------------------------------ tasks

@@ -26,6 +26,17 @@ def _max_pool(x: Array, valid: Array) -> Array:
   return jnp.where(jnp.any(valid, axis=1)[:, None], pooled, 0.0)
 
 
+class Scorer(nn.Module):
+  """ATTEMPT's query network: down-projection, SiLU, up-projection back to the width, layer norm."""
+
+  bottleneck_dim: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    h = nn.silu(nn.Dense(self.bottleneck_dim, name="down")(x))
+    return nn.LayerNorm(name="norm")(nn.Dense(x.shape[-1], name="up")(h))
+
+
 class AttemptPrompt(nn.Module):
   """Returns `target + sum_k a_k prompt_k` per example, `[B, P, d]`; k runs over the sources and the target.
 
@@ -54,9 +65,7 @@ class AttemptPrompt(nn.Module):
                         (self.length, width), jnp.float32)
     candidates = jnp.concatenate([sources, target[None]], axis=0)  # [K, P, d]
     keys = jnp.max(candidates, axis=1)  # [K, d]
-    scorer = nn.Sequential([nn.Dense(self.bottleneck_dim), nn.silu, nn.Dense(width), nn.LayerNorm()],
-                           name="scorer")
-    query = scorer(_max_pool(embedded.astype(jnp.float32), tokens > 0))  # [B, d]
+    query = Scorer(self.bottleneck_dim, name="scorer")(_max_pool(embedded.astype(jnp.float32), tokens > 0))
     temperature = self.temperature or width * math.e
     weights = jax.nn.softmax(query @ keys.T / temperature, axis=-1)  # [B, K]
     mixed = jnp.einsum("bk,kpd->bpd", weights, candidates)

@@ -1,0 +1,252 @@
+r"""Step time, tokens/s, FLOP/s, memory and compile time of prompt and model tuning, against the PyTorch peer.
+
+  python -m benchmarks.step_time                      # T5 1.1 Small, batch 8, inputs 128, targets 8, prompt 100
+  python -m benchmarks.step_time --device=gpu         # bfloat16 on a GPU (see docs/benchmarks.md)
+  python -m benchmarks.step_time --runs=ours:prompt,ours:prompt:fused,peft:prompt --rounds=9
+
+Each run lives in its own worker process (separate memory high-water marks). After every worker has compiled
+and warmed up, the runs are timed ALTERNATELY, round by round (the order rotates), together with a matmul-peak
+measurement, so that load from other users of the machine hits all of them alike. Ratios and utilisation are
+taken per round and then the median is reported. Run specs are `framework:mode[:option...]`:
+  framework  ours (this project, JAX) | peft (HF PEFT prompt tuning, PyTorch) | hf (HF fine-tuning, PyTorch)
+  mode       prompt | model (model tuning trains every weight of the model without a prompt)
+  options    (ours) fused, scan, remat=minimal|full, dtype=float32|bfloat16
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+from typing import Any, Sequence
+
+from benchmarks.shapes import StepShape
+
+DEFAULT_RUNS = "ours:prompt,peft:prompt,ours:model,hf:model"
+FRAMEWORKS = ("ours", "peft", "hf")
+# Pairs whose per-round step-time ratio is reported (ours over the peer doing the same job).
+PEERS = {"prompt": "peft:prompt", "model": "hf:model"}
+GIB = 2.0**30
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  label: str
+  framework: str
+  mode: str
+  options: dict[str, str]
+
+
+def parse_run(text: str) -> RunSpec:
+  parts = text.strip().split(":")
+  if len(parts) < 2 or parts[0] not in FRAMEWORKS or parts[1] not in ("prompt", "model"):
+    raise ValueError(f"Run spec {text!r} must be framework:mode[:option...] with framework in {FRAMEWORKS} and "
+                     "mode prompt|model, e.g. 'ours:prompt:fused'.")
+  if parts[0] == "peft" and parts[1] != "prompt":
+    raise ValueError(f"Run spec {text!r}: PEFT is the prompt-tuning peer; use 'hf:model' for model tuning.")
+  if parts[0] == "hf" and parts[1] != "model":
+    raise ValueError(f"Run spec {text!r}: 'hf' is the model-tuning peer; use 'peft:prompt' for prompt tuning.")
+  options = {}
+  for opt in parts[2:]:
+    key, _, value = opt.partition("=")
+    if key not in ("fused", "scan", "remat", "dtype") or parts[0] != "ours":
+      raise ValueError(f"Run spec {text!r}: unknown option {opt!r}; ours takes fused, scan, remat=..., dtype=...")
+    options[key] = value or "1"
+  return RunSpec(text.strip(), parts[0], parts[1], options)
+
+
+def _config_fields(args: argparse.Namespace, run: RunSpec) -> dict[str, Any]:
+  """Our T5Config for a run, as plain fields (the worker rebuilds it after setting up its environment)."""
+  from prompt_tuning.models.config import get_config
+  opts = run.options
+  config = get_config(args.size, dtype=opts.get("dtype", args.dtype), dropout_rate=args.dropout,
+                      fused_attention="fused" in opts, scan_layers="scan" in opts,
+                      remat_policy=opts.get("remat", "none"))
+  fields = dataclasses.asdict(config)
+  fields["dtype"] = str(config.dtype)
+  return fields
+
+
+def build_specs(args: argparse.Namespace, runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
+  from benchmarks.flops import step_flops
+  from prompt_tuning.models.config import T5Config
+  from prompt_tuning.runtime.checkpoints.hf import hf_config_from_t5
+  shape = StepShape(args.batch, args.input_length, args.target_length, args.prompt_length)
+  specs = []
+  for run in runs:
+    fields = _config_fields(args, run)
+    run_shape = shape if run.mode == "prompt" else shape.without_prompt()
+    specs.append({"label": run.label, "framework": run.framework, "mode": run.mode, "device": args.device,
+                  "dtype": fields["dtype"], "config": fields, "hf_config": hf_config_from_t5(T5Config(**fields)),
+                  "shape": dataclasses.asdict(run_shape), "tokens": run_shape.tokens,
+                  "analytic_flops": step_flops(T5Config(**fields), run_shape, run.mode)})
+  return specs
+
+
+class Worker:
+  def __init__(self, ctx: Any, spec: dict[str, Any]):
+    from benchmarks import workers
+    self.spec = spec
+    self.conn, child = ctx.Pipe()
+    self.process = ctx.Process(target=workers.serve, args=(child, spec), daemon=True)
+    self.process.start()
+    reply = self.conn.recv()
+    self.ok = reply["ok"]
+    self.info = reply.get("info", {})
+    self.error = reply.get("error")
+
+  def call(self, **msg: Any) -> dict[str, Any]:
+    self.conn.send(msg)
+    return self.conn.recv()
+
+  def stop(self) -> None:
+    if self.ok and self.process.is_alive():
+      self.call(cmd="stop")
+    self.process.join(timeout=30)
+
+
+def _median(xs: Sequence[float]) -> float | None:
+  return statistics.median(xs) if xs else None
+
+
+def summarise(specs: list[dict[str, Any]], workers: dict[str, Worker], rounds: list[dict[str, Any]],
+              steps_per_round: int) -> dict[str, Any]:
+  """Medians over rounds of step time, throughput, FLOP/s, utilisation (per-round peak) and peer ratios."""
+  peaks = [max(r["peak"].values()) for r in rounds if "peak" in r]
+  results = {}
+  for spec in specs:
+    w = workers[spec["label"]]
+    if not w.ok:
+      results[spec["label"]] = {"skipped": w.error}
+      continue
+    times = [r["times"][spec["label"]] / steps_per_round for r in rounds]
+    median = statistics.median(times)
+    stats = w.call(cmd="stats")
+    res = {
+        "median_step_s": median, "min_step_s": min(times), "max_step_s": max(times), "step_s": times,
+        "tokens_per_s": spec["tokens"] / median,
+        "analytic_gflop": spec["analytic_flops"] / 1e9,
+        "analytic_tflops_per_s": spec["analytic_flops"] / median / 1e12,
+        "utilisation_of_matmul_peak": _median([spec["analytic_flops"] / t / max(r["peak"].values())
+                                               for t, r in zip(times, rounds) if "peak" in r]),
+        "peak_rss_gib": stats["peak_rss_steps"] / GIB,
+        "rss_before_steps_gib": w.info.get("rss_before_steps", 0) / GIB,
+        "rss_after_imports_gib": (w.info.get("rss_after_imports") or 0) / GIB,
+        "peak_rss_over_imports_gib": (stats["peak_rss_steps"] - (w.info.get("rss_after_imports") or 0)) / GIB,
+        "peak_rss_setup_gib": w.info.get("peak_rss_setup", 0) / GIB,
+        "device_peak_gib": None if stats["device_peak_bytes"] is None else stats["device_peak_bytes"] / GIB,
+        **{k: v for k, v in w.info.items() if k not in ("rss_before_steps", "rss_after_imports", "peak_rss_setup")},
+    }
+    if "xla_flops" in w.info:
+      res["xla_gflop"] = w.info["xla_flops"] / 1e9
+      res["xla_tflops_per_s"] = w.info["xla_flops"] / median / 1e12
+    if "counted_flops" in w.info:
+      res["torch_counted_gflop"] = w.info["counted_flops"] / 1e9
+    peer = PEERS[spec["mode"]]
+    if spec["framework"] == "ours" and peer in workers and workers[peer].ok:
+      res["ratio_to_" + peer] = statistics.median(r["times"][spec["label"]] / r["times"][peer] for r in rounds)
+    results[spec["label"]] = res
+  return {"runs": results, "matmul_peak_tflops_per_s": _median(peaks) and _median(peaks) / 1e12,
+          "matmul_peak_by_framework_tflops_per_s": {
+              k: statistics.median(r["peak"][k] for r in rounds) / 1e12 for k in (rounds[0].get("peak") or {})},
+          "load_average_1min": [r["load"] for r in rounds]}
+
+
+def format_table(summary: dict[str, Any]) -> str:
+  cols = ("median_step_s", "tokens_per_s", "analytic_tflops_per_s", "xla_tflops_per_s",
+          "utilisation_of_matmul_peak", "peak_rss_gib", "peak_rss_over_imports_gib", "compile_s")
+  lines = ["| run | step s (median) | tokens/s | TFLOP/s (analytic) | TFLOP/s (XLA) | of matmul peak | "
+           "peak RSS GiB | over imports GiB | compile s | vs peer |", "|" + "---|" * 10]
+  for label, res in summary["runs"].items():
+    if "skipped" in res:
+      lines.append(f"| {label} | skipped: {res['skipped']} |")
+      continue
+    cells = [f"{res[c]:.3g}" if isinstance(res.get(c), float) else "–" for c in cols]
+    ratio = next((f"{v:.2f}× {k[len('ratio_to_'):]}" for k, v in res.items() if k.startswith("ratio_to_")), "–")
+    lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+  parser.add_argument("--size", default="small")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--input_length", type=int, default=128)
+  parser.add_argument("--target_length", type=int, default=8)
+  parser.add_argument("--prompt_length", type=int, default=100)
+  parser.add_argument("--dtype", default=None, help="activation dtype; default float32 on CPU, bfloat16 on GPU")
+  parser.add_argument("--dropout", type=float, default=0.0)
+  parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated run specs (see the module doc)")
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--steps_per_round", type=int, default=1)
+  parser.add_argument("--no_peak", action="store_true", help="skip the per-round matmul-peak measurement")
+  parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS for our workers")
+  parser.add_argument("--json", default=None, help="also write the full results here")
+  args = parser.parse_args(argv)
+  args.dtype = args.dtype or ("bfloat16" if args.device == "gpu" else "float32")
+
+  os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
+  os.environ["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), args.xla_flags) if f)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  specs = build_specs(args, [parse_run(r) for r in args.runs.split(",") if r.strip()])
+  if not args.no_peak:
+    specs_all = specs + [{"label": "peak", "framework": "peak", "device": args.device,
+                          "dtype": "bfloat16" if args.device == "gpu" else "float32"}]
+  else:
+    specs_all = specs
+  ctx = multiprocessing.get_context("spawn")
+  workers: dict[str, Worker] = {}
+  for spec in specs_all:  # one at a time, so that compilations do not compete with each other
+    print(f"setting up {spec['label']} ...", file=sys.stderr, flush=True)
+    workers[spec["label"]] = Worker(ctx, spec)
+    if not workers[spec["label"]].ok:
+      print(f"  {spec['label']} skipped: {workers[spec['label']].error}", file=sys.stderr)
+  active = [s["label"] for s in specs if workers[s["label"]].ok]
+  rounds = []
+  try:
+    for r in range(args.rounds):
+      order = active[r % len(active):] + active[:r % len(active)] if active else []
+      record: dict[str, Any] = {"load": os.getloadavg()[0], "times": {}}
+      if "peak" in workers and workers["peak"].ok:
+        record["peak"] = workers["peak"].call(cmd="run", steps=1)["result"]
+      for label in order:
+        record["times"][label] = workers[label].call(cmd="run", steps=args.steps_per_round)["result"]
+      rounds.append(record)
+      print(f"round {r + 1}/{args.rounds} load {record['load']:.1f}: " +
+            ", ".join(f"{k} {v / args.steps_per_round:.3f}s" for k, v in record["times"].items()),
+            file=sys.stderr, flush=True)
+    summary = summarise(specs, workers, rounds, args.steps_per_round)
+  finally:
+    for w in workers.values():
+      w.stop()
+  summary.update(command=" ".join(["python -m benchmarks.step_time"] + list(argv if argv is not None else sys.argv[1:])),
+                 date=datetime.datetime.now().isoformat(timespec="seconds"), machine=_machine(),
+                 xla_flags=os.environ.get("XLA_FLAGS", ""), shape=specs[0]["shape"] if specs else None)
+  print(format_table(summary))
+  print(f"matmul peak (median over rounds): {summary['matmul_peak_tflops_per_s']} TFLOP/s "
+        f"{summary['matmul_peak_by_framework_tflops_per_s']}; load average per round: "
+        f"{[round(x, 1) for x in summary['load_average_1min']]}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(summary, f, indent=1, default=str)
+  return summary
+
+
+def _machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+  except OSError:
+    pass
+  return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+
+
+if __name__ == "__main__":
+  main()

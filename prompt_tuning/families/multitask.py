@@ -1,0 +1,334 @@
+"""Multi-task prompts: a shared prompt plus task-specific parts, chosen per example by a task id.
+
+* `MultiTaskPrompt(mode=...)` — the reference's modes: `shared_prompt` [P_s, H_s] and one flat vector per task
+  in `task_prompts/embedding` [num_tasks, size], combined by "add" (P x d each), "concat" (along length:
+  P_s + P_t), "concat_features" (along features: H_s + H_t = d) or "project" (the task vector is an affine map
+  [H_s x d] + [d] applied to every shared position).
+* `MPTPrompt` — MPT (Wang et al. 2023, arXiv 2303.02861): shared prompt ⊙ a low-rank task matrix u_k v_kᵀ.
+* `MultiTaskInputs` — the `PROMPT_FACTORY` for these: reads task ids from the first input token (the
+  reference's sentinel convention, task k = `<extra_id_k>` = id `vocab_size - 1 - k`, stripped before the
+  prompt is prepended) or from the `task_ids` batch feature (`MultiTaskEncoderDecoderModel` + `add_task_ids`).
+* `MPTDistillationModel` — MPT's source-training stage: the usual loss plus a distillation term towards
+  single-task teacher prompts (.npy files): KL between the teachers' and the student's output distributions
+  and the mean squared difference of the encoder outputs.
+
+An id outside [0, num_tasks) gives NaN prompts (so the loss becomes NaN and training stops) rather than a
+silently wrong prompt.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import seqio
+import tensorflow as tf
+
+from prompt_tuning import prompts
+from prompt_tuning.runtime import losses
+from prompt_tuning.runtime.models import EncoderDecoderModel, prompt_inputs
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+MODES = ("add", "concat", "concat_features", "project")
+TASK_SOURCES = ("sentinel", "feature")
+TASK_AXES = ("tasks", "prompt+embed")
+
+
+def sentinel_to_task(token: Array, vocab_size: int) -> Array:
+  """Task index of a sentinel token: `<extra_id_k>` (id `vocab_size - 1 - k`) -> k."""
+  return vocab_size - 1 - token
+
+
+def _lookup(table: Array, task_ids: Array) -> Array:
+  """Rows of `table` for each id; out-of-range ids give NaN rows."""
+  return jnp.take(table, task_ids.astype(jnp.int32), axis=0, mode="fill", fill_value=jnp.nan)
+
+
+def _identity_projection(shared_features: int, features: int) -> Initializer:
+  """Each task's affine map starts as the identity (kernel eye, bias 0) plus a little noise."""
+
+  def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    eye = jnp.eye(shared_features, features, dtype=dtype).reshape(-1)
+    base = jnp.concatenate([eye, jnp.zeros((features,), dtype)])
+    return base[None] + 0.01 * jax.random.normal(key, shape, dtype)
+
+  return init
+
+
+class MultiTaskPrompt(nn.Module):
+  """A shared prompt and per-task vectors, combined by `mode` (see the module docstring) -> [B, P, d].
+
+  `shared_features` (H_s) defaults to d (d // 2 for "concat_features"); `task_length` (P_t, "concat")
+  defaults to `shared_length`. `tasks_init` defaults to zeros ("add"), the identity map ("project") or
+  `shared_init` (the concatenations).
+  """
+
+  shared_length: int = 10
+  num_tasks: int = 8
+  mode: str = "add"
+  task_length: int | None = None
+  shared_features: int | None = None
+  shared_init: Initializer = prompts.random_uniform()
+  tasks_init: Initializer | None = None
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"Unknown multi-task mode {self.mode!r}; choose one of {MODES}.")
+    if self.num_tasks <= 0 or self.shared_length <= 0:
+      raise ValueError(f"num_tasks={self.num_tasks} and shared_length={self.shared_length} must be positive.")
+    super().__post_init__()
+
+  @property
+  def length(self) -> int:
+    return self.shared_length + ((self.task_length or self.shared_length) if self.mode == "concat" else 0)
+
+  def _sizes(self, d: int) -> tuple[int, int]:
+    """(H_s, flat size of one task vector)."""
+    p = self.shared_length
+    if self.mode == "add":
+      return d, p * d
+    if self.mode == "concat":
+      return d, (self.task_length or p) * d
+    if self.mode == "concat_features":
+      hs = self.shared_features or d // 2
+      if not 0 < hs < d:
+        raise ValueError(f"concat_features needs 0 < shared_features < model width {d}; got {hs}.")
+      return hs, p * (d - hs)
+    hs = self.shared_features or d
+    return hs, hs * d + d
+
+  def _tasks_init(self, hs: int, d: int) -> Initializer:
+    if self.tasks_init is not None:
+      return self.tasks_init
+    return {"add": nn.initializers.zeros, "project": _identity_projection(hs, d)}.get(self.mode, self.shared_init)
+
+  @nn.compact
+  def __call__(self, tokens: Array, embedded: Array, task_ids: Array | None = None, **unused: Any) -> Array:
+    del tokens
+    if task_ids is None:
+      raise ValueError("MultiTaskPrompt needs task ids: wrap it in multitask.MultiTaskInputs (PROMPT_FACTORY).")
+    d = embedded.shape[-1]
+    hs, size = self._sizes(d)
+    shared = self.param("shared_prompt", nn.with_logical_partitioning(self.shared_init, prompts.PROMPT_AXES),
+                        (self.shared_length, hs), jnp.float32)
+    table = self.param("task_prompts", nn.with_logical_partitioning(self._tasks_init(hs, d), TASK_AXES),
+                       (self.num_tasks, size), jnp.float32)
+    tasks = _lookup(table, task_ids)  # [B, size]
+    b, p = tasks.shape[0], self.shared_length
+    shared_b = jnp.broadcast_to(shared[None], (b,) + shared.shape)
+    if self.mode == "add":
+      out = shared_b + tasks.reshape(b, p, d)
+    elif self.mode == "concat":
+      out = jnp.concatenate([shared_b, tasks.reshape(b, -1, d)], axis=1)
+    elif self.mode == "concat_features":
+      out = jnp.concatenate([shared_b, tasks.reshape(b, p, d - hs)], axis=2)
+    else:
+      kernel = tasks[:, :hs * d].reshape(b, hs, d)
+      out = jnp.einsum("ph,bhd->bpd", shared, kernel) + tasks[:, hs * d:][:, None, :]
+    return out.astype(self.dtype)
+
+
+class MPTPrompt(nn.Module):
+  """MPT: `shared_prompt` [P, d] ⊙ (u_k v_kᵀ) with `task_u` [T, P, r] and `task_v` [T, r, d].
+
+  u and v start near 1/sqrt(r) (small noise breaks the symmetry between rank components), so every task
+  starts from the shared prompt.
+  """
+
+  shared_length: int = 10
+  num_tasks: int = 8
+  rank: int = 1
+  shared_init: Initializer = prompts.random_uniform()
+  dtype: Any = jnp.float32
+
+  @property
+  def length(self) -> int:
+    return self.shared_length
+
+  @nn.compact
+  def __call__(self, tokens: Array, embedded: Array, task_ids: Array | None = None, **unused: Any) -> Array:
+    del tokens
+    if task_ids is None:
+      raise ValueError("MPTPrompt needs task ids: wrap it in multitask.MultiTaskInputs (PROMPT_FACTORY).")
+    if self.rank <= 0:
+      raise ValueError(f"MPTPrompt.rank={self.rank} must be positive.")
+    d = embedded.shape[-1]
+    near_one = lambda key, shape, dtype=jnp.float32: (1.0 + 0.02 * jax.random.normal(key, shape, dtype)) / np.sqrt(
+        self.rank)
+    shared = self.param("shared_prompt", nn.with_logical_partitioning(self.shared_init, prompts.PROMPT_AXES),
+                        (self.shared_length, d), jnp.float32)
+    u = self.param("task_u", nn.with_logical_partitioning(near_one, ("tasks", "prompt", None)),
+                   (self.num_tasks, self.shared_length, self.rank), jnp.float32)
+    v = self.param("task_v", nn.with_logical_partitioning(near_one, ("tasks", None, "prompt_embed")),
+                   (self.num_tasks, self.rank, d), jnp.float32)
+    w = jnp.einsum("bpr,brd->bpd", _lookup(u, task_ids), _lookup(v, task_ids))
+    return (shared[None] * w).astype(self.dtype)
+
+
+class MultiTaskInputs(nn.Module):
+  """`encoder/prompt`: finds each example's task id, then prepends `prompt(tokens, embedded, task_ids=...)`.
+
+  `task_source="sentinel"`: the id is `vocab_size - 1 - tokens[:, 0]` and that token is dropped (the
+  encoder sees P + T - 1 positions). `"feature"`: the `task_ids` batch feature ([B] or [B, 1]).
+  """
+
+  prompt: nn.Module
+  task_source: str = "sentinel"
+  vocab_size: int = 32100  # the vocabulary's size without padding rows (T5: 32,100), for sentinel ids
+  combination: str = "prefix"  # fixed: the prompt always comes first
+
+  def __post_init__(self):
+    if self.task_source not in TASK_SOURCES:
+      raise ValueError(f"Unknown task_source {self.task_source!r}; choose one of {TASK_SOURCES}.")
+    if self.combination != "prefix":
+      raise ValueError("MultiTaskInputs only prepends its prompt (combination='prefix').")
+    super().__post_init__()
+
+  @property
+  def length(self) -> int:
+    return self.prompt.length
+
+  def _task_ids(self, tokens: Array, task_ids: Array | None) -> Array:
+    if self.task_source == "sentinel":
+      return sentinel_to_task(tokens[:, 0], self.vocab_size)
+    if task_ids is not None:
+      return task_ids.reshape(tokens.shape[0])
+    # Shape-only calls (parameter init, KV-cache set-up) carry no features; any real call must.
+    if self.is_initializing() or self.is_mutable_collection("cache"):
+      return jnp.zeros((tokens.shape[0],), jnp.int32)
+    raise ValueError("task_source='feature' needs a `task_ids` feature in every batch: use "
+                     "multitask.MultiTaskEncoderDecoderModel and tasks with multitask.add_task_ids.")
+
+  def _strip(self, x: Array) -> Array:
+    return x[:, 1:] if self.task_source == "sentinel" else x
+
+  def __call__(self, tokens: Array, embedded: Array, task_ids: Array | None = None, **prompt_inputs: Array) -> Array:
+    ids = self._task_ids(tokens, task_ids)
+    tokens, embedded = self._strip(tokens), self._strip(embedded)
+    prompt = self.prompt(tokens, embedded, task_ids=ids, **prompt_inputs).astype(embedded.dtype)
+    if prompt.ndim == 2:
+      prompt = jnp.broadcast_to(prompt[None], (embedded.shape[0],) + prompt.shape)
+    return jnp.concatenate([prompt, embedded], axis=1)
+
+  def combine_tokens(self, tokens: Array) -> Array:
+    """Mask tokens laid out like the output: 1 at prompt positions, the task token dropped."""
+    tokens = self._strip(tokens)
+    return jnp.concatenate([jnp.ones((tokens.shape[0], self.length), tokens.dtype), tokens], axis=1)
+
+
+# ------------------------------------------------------------------------------------------ task ids as a feature
+TASK_IDS = "task_ids"
+TASK_IDS_FEATURE = seqio.Feature(seqio.PassThroughVocabulary(size=0), add_eos=False, required=False,
+                                 dtype=tf.int32)
+
+
+def add_task_ids(dataset: tf.data.Dataset, task_id: int) -> tf.data.Dataset:
+  """SeqIO preprocessor: every example gets `task_ids = [task_id]` (declare `TASK_IDS_FEATURE` as an output
+  feature and give TASK_FEATURE_LENGTHS a `'task_ids': 1` entry)."""
+  return dataset.map(lambda ex: {**ex, TASK_IDS: tf.constant([task_id], tf.int32)},
+                     num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class TaskIdsFeatureConverter(seqio.EncDecFeatureConverter):
+  """`EncDecFeatureConverter` that passes `task_ids` ([B, 1]) through to the batch."""
+
+  def __init__(self, pack: bool = False, **kwargs: Any):
+    spec = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+    super().__init__(pack=pack, passthrough_features={TASK_IDS: spec}, **kwargs)
+
+
+class MultiTaskEncoderDecoderModel(EncoderDecoderModel):
+  """`EncoderDecoderModel` whose batches carry `task_ids` (for `MultiTaskInputs(task_source="feature")`)."""
+
+  FEATURE_CONVERTER_CLS = TaskIdsFeatureConverter
+
+
+# ------------------------------------------------------------------------------------------ MPT distillation
+class TeacherPrompts(nn.Module):
+  """Fixed single-task prompts [num_tasks, P, d] loaded from .npy files (one per task id, in order)."""
+
+  files: Sequence[str]
+
+  @property
+  def length(self) -> int:
+    return _load_teachers(tuple(self.files)).shape[1]
+
+  def __call__(self, tokens: Array, embedded: Array, task_ids: Array | None = None, **unused: Any) -> Array:
+    del tokens
+    table = jnp.asarray(_load_teachers(tuple(self.files)), embedded.dtype)
+    if table.shape[-1] != embedded.shape[-1]:
+      raise ValueError(f"Teacher prompts have width {table.shape[-1]}, the model {embedded.shape[-1]}.")
+    return _lookup(table, task_ids)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_teachers(files: tuple[str, ...]) -> np.ndarray:
+  arrays = [np.asarray(prompts.np_load(f)(), np.float32) for f in files]
+  shapes = {a.shape for a in arrays}
+  if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+    raise ValueError(f"Teacher prompts must all be [P, d] arrays of one shape; got {sorted(shapes)} from {files}.")
+  return np.stack(arrays)
+
+
+class MPTDistillationModel(EncoderDecoderModel):
+  """MPT source training: loss = CE + kl_weight·KL(teacher ‖ student) + hidden_weight·MSE(encoder outputs).
+
+  The module's prompt factory must be a `MultiTaskInputs`; the teacher is the same frozen model with that
+  factory's prompt swapped for `TeacherPrompts(teacher_prompt_files)` (file k is task k's prompt, of the same
+  total length as the student's). KL is summed over target tokens like the cross-entropy (with `temperature`
+  τ, scaled by τ²); the hidden term is the mean squared difference over real encoder positions, summed over
+  examples.
+  """
+
+  def __init__(self, module: nn.Module, *args: Any, teacher_prompt_files: Sequence[str] = (),
+               kl_weight: float = 1.0, hidden_weight: float = 1.0, temperature: float = 1.0, **kwargs: Any):
+    super().__init__(module, *args, **kwargs)
+    if not teacher_prompt_files:
+      raise ValueError("MPTDistillationModel needs TEACHER_PROMPT_FILES: one single-task prompt .npy per task.")
+    student_inputs = module.prompt_factory() if module.prompt_factory is not None else None
+    if not isinstance(student_inputs, MultiTaskInputs):
+      raise ValueError("MPTDistillationModel needs PROMPT_FACTORY = @multitask.MultiTaskInputs (families/mpt.gin).")
+    teacher = TeacherPrompts(tuple(teacher_prompt_files))
+    if teacher.length != student_inputs.length:
+      raise ValueError(f"Teacher prompts have length {teacher.length} but the student prompt {student_inputs.length};"
+                       " set PROMPT_LENGTH to the teachers' length.")
+    self.teacher_module = module.clone(prompt_factory=lambda: student_inputs.clone(prompt=teacher),
+                                       layer_prompt_factory=None, prefix_factory=None)
+    self.kl_weight, self.hidden_weight, self.temperature = kl_weight, hidden_weight, temperature
+
+  def _forward(self, module: nn.Module, params: Any, batch: Mapping[str, Array],
+               dropout_rng: Array | None) -> tuple[Array, Array]:
+    """(encoder outputs, logits)."""
+    rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+    train = dropout_rng is not None
+    tokens = batch["encoder_input_tokens"]
+    encoded = module.apply({"params": params}, tokens, train, prompt_inputs(batch), method=module.encode, rngs=rngs)
+    logits = module.apply({"params": params}, encoded, tokens, batch["decoder_input_tokens"],
+                          batch["decoder_target_tokens"], train, method=module.decode, rngs=rngs)
+    return encoded, logits
+
+  def loss_fn(self, params: Any, batch: Mapping[str, Array], dropout_rng: Array | None):
+    encoded, logits = self._forward(self.module, params, batch, dropout_rng)
+    t_encoded, t_logits = jax.lax.stop_gradient(self._forward(self.teacher_module, params, batch, None))
+    factor, weights = losses.get_loss_normalizing_factor_and_weights(self.loss_normalizing_factor, batch)
+    loss, z_loss, _ = losses.compute_weighted_cross_entropy(
+        logits, batch["decoder_target_tokens"], weights, self.label_smoothing, self.z_loss, factor)
+    metrics = losses.compute_base_metrics(logits, batch["decoder_target_tokens"], weights, loss, z_loss)
+    tau = self.temperature
+    kl_tokens = optax.kl_divergence(jax.nn.log_softmax(logits / tau), jax.nn.softmax(t_logits / tau))
+    kl = tau ** 2 * jnp.sum(kl_tokens * weights)
+    mask_tokens = self.module.apply({"params": params}, batch["encoder_input_tokens"],
+                                    method=lambda m, t: m.encoder.mask_tokens(t))
+    valid = (mask_tokens > 0).astype(jnp.float32)[..., None]
+    per_example = jnp.sum(jnp.square(encoded.astype(jnp.float32) - t_encoded.astype(jnp.float32)) * valid,
+                          axis=(1, 2)) / jnp.maximum(jnp.sum(valid, axis=(1, 2)) * encoded.shape[-1], 1.0)
+    hidden = jnp.sum(per_example)
+    total = loss + self.kl_weight * kl + self.hidden_weight * hidden
+    metrics = dict(metrics, **{"distill/kl": kl, "distill/hidden_mse": hidden, "distill/cross_ent_loss": loss})
+    return total, metrics
