@@ -1,18 +1,21 @@
-"""Shared by the serving tests: a second byte-vocabulary task and its mixture with `cli_test_task` (also the
-CLI's MIXTURE_OR_TASK_MODULE), and in-process models and inference with one plain prompt, the reference."""
+"""Shared by the serving tests: a second byte-vocabulary task and its mixture with `cli_test_task` (this module
+is the CLI runs' MIXTURE_OR_TASK_MODULE), the tiny model in-process, and the CLI flags of an eval/infer run."""
 from __future__ import annotations
 
 import json
 import pathlib
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow as tf
 
 import cli_tasks
-from cli_utils import BYTE_VOCAB_ROWS
+from cli_utils import BYTE_VOCAB_ROWS, MODEL_FLAGS
+from prompt_tuning.runtime.checkpoints.restore import load_params
+from prompt_tuning.runtime.evaluation import batched_indexed
 
 PROMPT_LENGTH = 3
 WIDTH = 4  # the tiny model's width
@@ -22,7 +25,7 @@ TASK_FEATURE_LENGTHS = {"inputs": 12, "targets": 4}
 def _turns(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
   del shuffle_files, seed
   n = 16 if split == "train" else 6
-  rows = [(f"turn {w} {i}", {"up": "down", "down": "up"}[w]) for i in range(n) for w in [("up", "down")[i % 2]]]
+  rows = [(f"level {w} {i}", w[:2]) for i in range(n) for w in [("high", "low")[i % 2]]]
   return tf.data.Dataset.from_tensor_slices({"inputs": [r[0] for r in rows], "targets": [r[1] for r in rows]})
 
 
@@ -55,19 +58,38 @@ def single_prompt_model(prompt: np.ndarray):
   return tiny_model(lambda: prompts.Prompt(length=PROMPT_LENGTH, initializer=prompts.from_array(prompt)))
 
 
-def infer_in_process(model, task: str, checkpoint: pathlib.Path, out_dir: pathlib.Path, mode: str) -> list[dict]:
-  """`prompt_tuning.infer.infer` without gin (the frozen model from `checkpoint`); the JSONL rows of `task`."""
-  from prompt_tuning import infer
-  from prompt_tuning.runtime import partitioning
-  from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
-  infer.infer(model=model, dataset_cfg=DatasetConfig(task, TASK_FEATURE_LENGTHS, "validation", batch_size=4),
-              partitioner=partitioning.PjitPartitioner(num_partitions=1),
-              restore_checkpoint_cfg=RestoreCheckpointConfig(str(checkpoint), dtype=None,
-                                                             assignment_map=((r".*prompt.*", None),),
-                                                             fallback_to_scratch=True),
-              output_dir=str(out_dir), mode=mode)
-  return read_rows(out_dir, task, mode)
+def cli_flags(checkpoint: pathlib.Path, task: str, *extra: str) -> list[str]:
+  """Flags of an `eval`/`infer` CLI run of the tiny model on `task`'s validation split, batches of 4."""
+  return [*MODEL_FLAGS, f"--gin.CHECKPOINT_PATH='{checkpoint}'", f"--gin.PROMPT_LENGTH={PROMPT_LENGTH}",
+          f"--gin.MIXTURE_OR_TASK_NAME='{task}'", "--gin.MIXTURE_OR_TASK_MODULE='serving_utils'",
+          f"--gin.TASK_FEATURE_LENGTHS={TASK_FEATURE_LENGTHS}", "--gin.utils.DatasetConfig.split='validation'",
+          "--gin.BATCH_SIZE=4", *extra]
 
 
-def read_rows(out_dir: pathlib.Path, task: str, mode: str) -> list[dict]:
+def read_rows(out_dir: pathlib.Path, task: str, mode: str = "predict") -> list[dict]:
   return [json.loads(line) for line in (out_dir / f"{task}-{mode}.jsonl-00000-of-00001").open()]
+
+
+def frozen_params(checkpoint: pathlib.Path) -> dict:
+  return jax.tree_util.tree_map(jnp.asarray, load_params(str(checkpoint))[0])
+
+
+def with_prompt(params: dict, prompt_params: dict) -> dict:
+  """`params` whose encoder prompt module (`encoder/prompt/prompt`) holds `prompt_params`."""
+  return {**params, "encoder": {**params["encoder"], "prompt": {"prompt": prompt_params}}}
+
+
+def task_batches(task: str, batch_size: int = 4) -> list[tuple[np.ndarray, dict]]:
+  """The validation split as the CLIs batch it: (indices, model features), the last batch padded (index -1)."""
+  ds = seqio.get_mixture_or_task(task).get_dataset(TASK_FEATURE_LENGTHS, split="validation", shuffle=False)
+  features = seqio.EncDecFeatureConverter(pack=False)(ds, TASK_FEATURE_LENGTHS).enumerate()
+  return list(batched_indexed(features, batch_size))
+
+
+def per_example(fn: Callable[[dict], Any], batches: list[tuple[np.ndarray, dict]]) -> list[np.ndarray]:
+  """`fn(batch)` split into rows, in example order, without the padding rows."""
+  return [row for idx, feats in batches for i, row in zip(idx, np.asarray(fn(feats))) if i >= 0]
+
+
+def decode(tokens: np.ndarray) -> str:
+  return cli_tasks.VOCAB.decode([int(t) for t in tokens])

@@ -188,3 +188,15 @@ def test_frozen_weights_from_hugging_face_safetensors(tmp_path, pretrained):
   assert step is None
   for path, value in traverse_util.flatten_dict(params, sep="/").items():
     np.testing.assert_array_equal(traverse_util.flatten_dict(loaded, sep="/")[path], value)
+
+
+def test_targets_longer_than_the_feature_length_are_counted_and_warned(caplog):
+  import cli_tasks  # registers cli_test_task  # noqa: F401
+  from prompt_tuning.runtime.configs import DatasetConfig
+  from prompt_tuning.runtime.input_pipeline import count_truncated
+  cfg = DatasetConfig("cli_test_task", {"inputs": 64, "targets": 3}, "train", batch_size=4)
+  with caplog.at_level("WARNING"):
+    counts = count_truncated(cfg)
+  # Targets are "yes"/"no" + EOS: 4 and 3 byte tokens, so the 24 "yes" examples exceed 3 tokens.
+  assert counts == {"inputs": 0, "targets": 24}
+  assert "24 of the first 1000 examples" in caplog.text and "TASK_FEATURE_LENGTHS['targets']" in caplog.text
