@@ -61,7 +61,7 @@ def test_reviews_are_balanced_and_halves_use_disjoint_sentiment_words():
 
 
 def test_pretraining_text_never_maps_a_review_to_its_label():
-  docs = demo_corpus.pretraining_documents(5000, seed=0)
+  docs = demo._documents("train") + demo._documents("validation")  # pylint: disable=protected-access
   frame = rf"{demo_corpus.LABEL_FRAME[0]} ({LABEL_RE}) {demo_corpus.LABEL_FRAME[1]} "
   with_label = [d for d in docs if re.search(rf"\b({LABEL_RE})\b", d)]
   assert len(with_label) > len(docs) // 4  # the model does learn to emit the label words...
@@ -75,6 +75,7 @@ def test_vocabulary_is_built_deterministically_with_one_piece_per_word():
   assert demo.sentencepiece_model() == demo.sentencepiece_model()
   words = demo_corpus.vocabulary_words()
   assert VOCAB.vocab_size == 3 + len(words) + demo.EXTRA_IDS
+  assert demo.NUM_EMBEDDINGS == -(-VOCAB.vocab_size // 128) * 128
   assert (VOCAB.pad_id, VOCAB.eos_id, VOCAB.unk_id) == (0, 1, 2)
   ids = VOCAB.encode(" ".join(words))
   assert ids == list(range(3, 3 + len(words)))  # ids follow the sorted word list, whatever the trainer

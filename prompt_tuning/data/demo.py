@@ -11,7 +11,9 @@ Tasks (features `inputs` / `targets`, EOS appended; splits `train` and `validati
   by sentinels `<extra_id_i>` in the inputs and listed after them in the targets;
 * `demo_pretrain`: both, in equal proportion;
 * `demo_sentiment`: a review -> `positive` / `negative` (balanced: chance is 50%), metric accuracy where
-  any other output counts as wrong. E.g. "the red lamp is tall and flimsy . ben hates it ." -> "negative".
+  any other output counts as wrong. E.g. "the red lamp is tall and flimsy . ben hates the lamp ." ->
+  "negative". Validation reviews use only qualities and verbs that training reviews never contain, so only
+  what pretraining taught about those words can classify them.
 
 The sentiment label follows a review only in `demo_sentiment`: the pretraining text never contains it.
 """
@@ -34,6 +36,9 @@ from prompt_tuning.data import postprocessors
 from prompt_tuning.data import utils
 
 EXTRA_IDS = 100
+# Rows of the model's embedding table: the vocabulary (3 + 126 words + 100 sentinels = 229) rounded up to
+# a multiple of 128, as T5 does.
+NUM_EMBEDDINGS = 256
 # Examples per split: enough variety for a few thousand steps; generated in about a second.
 PRETRAIN_SIZES = {"train": 50_000, "validation": 1_000}
 SENTIMENT_SIZES = {"train": 4_000, "validation": 500}
@@ -147,9 +152,11 @@ def prefix_lm(x: Mapping[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tenso
 
 def random_spans_mask(length: tf.Tensor, noise_density: float, mean_span_length: float,
                       seeds: tf.Tensor) -> tf.Tensor:
-  """[length] bool, True on noise: round(length * noise_density) noise tokens (at least 1) in
-  round(noise / mean_span_length) spans (at least 1) of random lengths, between clean runs of random lengths,
-  the whole pattern rolled by a random offset (so one span can fall anywhere in a short text).
+  """A random [length] bool mask, True on noise (`length` >= 2).
+
+  round(length * noise_density) noise tokens (at least 1) in round(noise / mean_span_length) spans (at least
+  1) of random lengths, between clean runs of random lengths; the whole pattern is rolled by a random offset
+  so that a single span can fall anywhere in a short text.
   """
   num_noise = tf.clip_by_value(tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32),
                                1, length - 1)
@@ -171,8 +178,8 @@ def random_spans_mask(length: tf.Tensor, noise_density: float, mean_span_length:
 
 
 def _with_sentinels(tokens: tf.Tensor, noise: tf.Tensor, vocab_size: int, keep_noise: bool) -> tf.Tensor:
-  """Each noise span gets a sentinel (`vocab_size - 1`, `- 2`, ... in order) in front of it; then the noise
-  tokens (`keep_noise`: the targets) or the clean ones (the inputs) are kept."""
+  """Puts a sentinel (`vocab_size - 1`, `- 2`, ... in order) before each noise span, then keeps the noise
+  tokens (`keep_noise`: the targets) or the clean ones (the inputs)."""
   first = noise & ~tf.concat([[False], noise[:-1]], axis=0)
   sentinels = vocab_size - tf.cumsum(tf.cast(first, tokens.dtype))
   kept = noise if keep_noise else ~noise

@@ -3,11 +3,11 @@
 People buy items; items have colours, sizes and qualities that are either good or bad, and people's verbs
 and feelings follow that quality. Two kinds of text come out of it:
 
-* pretraining documents (`pretraining_documents`): a few sentences about one person and one item. The label
-  words `positive` / `negative` occur only inside the phrase "feels {label} about the {item}", so a model
-  pretrained on them can emit the words and knows which qualities go with which, but never sees a text
-  followed by its sentiment label alone;
-* reviews (`reviews`): short first-person texts with a sentiment label (`LABELS[label]`), balanced.
+* pretraining documents (`pretraining_documents`): a few sentences, mostly about one person and one item.
+  The label words `positive` / `negative` occur only inside the phrase "{name} feels {label} about the
+  {item}", so a model pretrained on them can emit the words and learns which qualities and verbs go with
+  which, but never sees a text followed by its sentiment label alone;
+* reviews (`reviews`): a quality, an opinion or both, with a sentiment label (`LABELS[label]`), balanced.
 
 Every string is lower case, words and punctuation separated by single spaces.
 """

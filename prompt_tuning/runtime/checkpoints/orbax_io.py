@@ -26,11 +26,21 @@ def _to_numpy(tree: Any) -> Any:
   return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)
 
 
+def _absolute(path: epath.PathLike) -> epath.Path:
+  """Orbax refuses relative paths; cloud paths are left alone."""
+  return epath.Path(path) if "://" in str(path) else epath.Path(epath.Path(path).expanduser().resolve())
+
+
 def load_orbax_params(location: epath.PathLike, dtype: str | None = None) -> tuple[dict, int | None]:
   """`target` params and the step of one of our Orbax checkpoints (a `checkpoint_<step>` dir)."""
-  location = epath.Path(location)
+  location = _absolute(location)
   state_dir = location / STATE if (location / STATE).exists() else location
-  restored = ocp.PyTreeCheckpointer().restore(state_dir)
+  # Read as host numpy: this works whatever processes and devices wrote the checkpoint, and inside a jit trace
+  # (a prompt initialiser reading the embedding table).
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(state_dir).item_metadata.tree
+  as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
   if "target" not in restored:
     raise ValueError(f"Orbax checkpoint {str(location)!r} holds no 'target' params (keys: {sorted(restored)}).")
   params = _to_numpy(restored["target"])
@@ -68,7 +78,7 @@ class RunCheckpointer:
 
   def __init__(self, model_dir: str, keep: int | None = None, use_async: bool = False,
                export_regexes: Sequence[str] = (".*/prompt/.*",)):
-    self.model_dir = epath.Path(model_dir)
+    self.model_dir = _absolute(model_dir)
     self.export_regexes = tuple(export_regexes)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix="checkpoint", create=True,
                                            enable_async_checkpointing=use_async)
