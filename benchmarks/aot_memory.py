@@ -44,19 +44,21 @@ class Layout:
     return cls(devices, partitions)
 
 
-def compile_one(size: str, mode: str, layout: Layout, shape: StepShape, remat: str, scan: bool) -> dict[str, Any]:
+def compile_one(size: str, mode: str, layout: Layout, shape: StepShape, remat: str, scan: bool,
+                act_dims: int = 1) -> dict[str, Any]:
   """Compile one train step from abstract shapes in this process (which must see `layout.devices` devices)."""
   import jax
   from benchmarks import jax_step
   from benchmarks.flops import step_flops, xla_flops
   from prompt_tuning.models.config import get_config
-  from prompt_tuning.runtime.partitioning import Partitioner
+  from prompt_tuning.runtime.partitioning import Partitioner, prompt_logical_axis_rules, standard_logical_axis_rules
 
   if jax.device_count() != layout.devices:
     raise RuntimeError(f"This process sees {jax.device_count()} devices, the layout needs {layout.devices}; run it "
                        f"with XLA_FLAGS=--xla_force_host_platform_device_count={layout.devices}.")
   config = get_config(size, scan_layers=scan, remat_policy=remat)  # bfloat16 activations, as on TPU
-  partitioner = Partitioner(num_partitions=layout.partitions)
+  rules = standard_logical_axis_rules(act_dims, 1, additional_rules=prompt_logical_axis_rules())
+  partitioner = Partitioner(num_partitions=layout.partitions, logical_axis_rules=rules)
   start = time.perf_counter()
   compiled = jax_step.lower_abstract(config, shape, mode, partitioner).compile()
   mem = compiled.memory_analysis()
@@ -64,11 +66,14 @@ def compile_one(size: str, mode: str, layout: Layout, shape: StepShape, remat: s
                 + mem.temp_size_in_bytes)
   run_shape = jax_step.mode_shape(shape, mode)
   return {"size": size, "mode": mode, "devices": layout.devices, "partitions": layout.partitions, "remat": remat,
-          "scan_layers": scan, "compile_s": round(time.perf_counter() - start, 1),
+          "scan_layers": scan, "activation_partitioning_dims": act_dims,
+          "compile_s": round(time.perf_counter() - start, 1),
           "argument_gib": mem.argument_size_in_bytes / GIB, "output_gib": mem.output_size_in_bytes / GIB,
           "alias_gib": mem.alias_size_in_bytes / GIB, "temp_gib": mem.temp_size_in_bytes / GIB,
           "per_device_gib": per_device / GIB,
-          "xla_flops_per_device": xla_flops(compiled), "analytic_flops": step_flops(config, run_shape, mode),
+          # XLA counts a scanned loop's body once, so its count is only comparable for unrolled layers.
+          "xla_flops_per_device": None if scan else xla_flops(compiled),
+          "analytic_flops": step_flops(config, run_shape, mode),
           **{f"fits_{b}gib": per_device <= b * GIB for b in DEVICE_BUDGETS_GIB}}
 
 
@@ -82,26 +87,31 @@ def _worker(args: argparse.Namespace) -> None:
     for size in args.sizes.split(","):
       for mode in args.modes.split(","):
         for remat in args.remat.split(","):
-          try:
-            row = compile_one(size, mode, layout, shape, remat, not args.unrolled)
-          except Exception as e:  # pylint: disable=broad-except
-            row = {"size": size, "mode": mode, "devices": layout.devices, "partitions": layout.partitions,
-                   "remat": remat, "error": f"{type(e).__name__}: {str(e)[:300]}"}
-          print("AOT " + json.dumps(row), flush=True)
+          for act_dims in (int(d) for d in args.act_dims.split(",")):
+            try:
+              row = compile_one(size, mode, layout, shape, remat, not args.unrolled, act_dims)
+            except Exception as e:  # pylint: disable=broad-except
+              row = {"size": size, "mode": mode, "devices": layout.devices, "partitions": layout.partitions,
+                     "remat": remat, "activation_partitioning_dims": act_dims,
+                     "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            print("AOT " + json.dumps(row), flush=True)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-  lines = ["| model | tuning | devices (data×model) | remat | per-device GiB (args + temp) | fits 16 GiB | "
-           "fits 80 GiB | TFLOP/step (analytic) | TFLOP/step/device (XLA) | compile s |", "|" + "---|" * 10]
+  lines = ["| model | tuning | devices (data×model) | remat | act. dims | per-device GiB (args + temp) | "
+           "fits 16 GiB | fits 80 GiB | TFLOP/step (analytic) | TFLOP/step/device analytic (XLA) | compile s |",
+           "|" + "---|" * 11]
   for r in rows:
     layout = f"{r['devices']} ({r['devices'] // r['partitions']}×{r['partitions']})"
+    head = f"| {r['size'].upper()} | {r['mode']} | {layout} | {r['remat']} | {r['activation_partitioning_dims']} |"
     if "error" in r:
-      lines.append(f"| {r['size']} | {r['mode']} | {layout} | {r['remat']} | error: {r['error']} |")
+      lines.append(f"{head} error: {r['error']} |")
       continue
-    lines.append(f"| {r['size'].upper()} | {r['mode']} | {layout} | {r['remat']} | {r['per_device_gib']:.1f} "
-                 f"({r['argument_gib']:.1f} + {r['temp_gib']:.1f}) | {'yes' if r['fits_16gib'] else 'no'} | "
-                 f"{'yes' if r['fits_80gib'] else 'no'} | {r['analytic_flops'] / 1e12:.1f} | "
-                 f"{r['xla_flops_per_device'] / 1e12:.2f} | {r['compile_s']} |")
+    xla = r["xla_flops_per_device"]
+    lines.append(f"{head} {r['per_device_gib']:.1f} ({r['argument_gib']:.1f} + {r['temp_gib']:.1f}) | "
+                 f"{'yes' if r['fits_16gib'] else 'no'} | {'yes' if r['fits_80gib'] else 'no'} | "
+                 f"{r['analytic_flops'] / 1e12:.1f} | {r['analytic_flops'] / r['devices'] / 1e12:.2f} "
+                 f"({'–' if xla is None else f'{xla / 1e12:.2f}'}) | {r['compile_s']} |")
   return "\n".join(lines)
 
 
@@ -111,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument("--modes", default="prompt,model")
   parser.add_argument("--layouts", default="8x8,32x32,32x8", help="DEVICESxPARTITIONS, comma-separated")
   parser.add_argument("--remat", default="none", help="remat policies to compare, e.g. none,full")
+  parser.add_argument("--act_dims", default="1",
+                      help="activation_partitioning_dims to compare (1: T5X default, 2: also shard 'embed')")
   parser.add_argument("--unrolled", action="store_true", help="unrolled layers instead of nn.scan (slow to compile)")
   # The reference XXL prompt-tuning run (sst2-demo-xxl.sh): batch 32, inputs 512, targets 8, prompt 100.
   parser.add_argument("--batch", type=int, default=32)
@@ -124,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   if args.worker_devices is not None:
     _worker(args)
     return []
-  forwarded = [f"--{k}={getattr(args, k)}" for k in ("sizes", "modes", "layouts", "remat", "batch", "input_length",
-                                                      "target_length", "prompt_length")]
+  names = ("sizes", "modes", "layouts", "remat", "act_dims", "batch", "input_length", "target_length",
+           "prompt_length")
+  forwarded = [f"--{k}={getattr(args, k)}" for k in names]
   forwarded += ["--unrolled"] if args.unrolled else []
   rows = []
   for devices in sorted({Layout.parse(t).devices for t in args.layouts.split(",")}):

@@ -117,10 +117,10 @@ def lower_abstract(config: T5Config, shape: StepShape, mode: str, partitioner: P
   shape = mode_shape(shape, mode)
   model = make_model(config, shape.prompt_length)
   shapes = input_shapes_for({"inputs": shape.input_length, "targets": shape.target_length}, shape.batch)
+  boxed = jax.eval_shape(lambda key: model.get_initial_variables(key, shapes), jax.random.PRNGKey(0))["params"]
+  params = _abstract(nn.meta.unbox(boxed), partitioner.params_shardings(boxed))  # unboxed outside the mesh
+  trainable, frozen = optim.split_trainable(params, trainable_regexes(mode))
   with partitioner.activation_rules_context():
-    boxed = jax.eval_shape(lambda key: model.get_initial_variables(key, shapes), jax.random.PRNGKey(0))["params"]
-    params = _abstract(nn.meta.unbox(boxed), partitioner.params_shardings(boxed))
-    trainable, frozen = optim.split_trainable(params, trainable_regexes(mode))
     tx = make_optimizer(mode)
     # The optimizer state's shardings are what XLA propagates from the parameters, as `jax.jit(tx.init)` in train.
     opt_shardings = jax.jit(tx.init).lower(trainable).compile().output_shardings

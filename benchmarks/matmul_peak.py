@@ -8,6 +8,7 @@ a train step's FLOP/s over it is the share of the attainable compute that the st
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -31,18 +32,26 @@ def _best_rate(run, flops: float, repeats: int) -> float:
   return flops / min(times)
 
 
-def jax_matmul_peak(dtype: str = "float32", sizes: Sequence[int] = DEFAULT_SIZES, repeats: int = 5,
-                    chain: int = 4) -> dict[str, float]:
-  """Best FLOP/s of `chain` dependent n×n matmuls per call (one dispatch, so overhead is amortised)."""
+@functools.lru_cache(maxsize=None)
+def _chained_matmuls(chain: int):
+  """A jitted function of `chain` dependent matmuls (one dispatch, so dispatch overhead is amortised)."""
   import jax
   import jax.numpy as jnp
 
-  @jax.jit
   def chained(a, b):
     for _ in range(chain):
       a = (a @ b) * jnp.asarray(1e-3, a.dtype)  # the scale keeps values finite; its cost is O(n²)
     return a
 
+  return jax.jit(chained)
+
+
+def jax_matmul_peak(dtype: str = "float32", sizes: Sequence[int] = DEFAULT_SIZES, repeats: int = 5,
+                    chain: int = 4) -> dict[str, float]:
+  """Best FLOP/s of `chain` dependent n×n matmuls per call, for each size n."""
+  import jax
+
+  chained = _chained_matmuls(chain)
   rates = {}
   for n in sizes:
     keys = jax.random.split(jax.random.PRNGKey(n))

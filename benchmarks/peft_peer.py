@@ -92,7 +92,9 @@ def build_step(hf_config: Mapping[str, Any], shape: StepShape, mode: str, device
   dev = "cuda" if device == "gpu" else "cpu"
   model = hf_model(hf_config, seed)
   if mode == "prompt":
-    peft_config = peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=shape.prompt_length)
+    # One [P, d] table, as ours: PEFT's seq2seq default (2) adds rows that prompt tuning never reads.
+    peft_config = peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=shape.prompt_length,
+                                          num_transformer_submodules=1)
     model = peft.get_peft_model(model, peft_config)
   else:
     shape = shape.without_prompt()

@@ -32,6 +32,10 @@ FRAMEWORKS = ("ours", "peft", "hf")
 # Pairs whose per-round step-time ratio is reported (ours over the peer doing the same job).
 PEERS = {"prompt": "peft:prompt", "model": "hf:model"}
 GIB = 2.0**30
+# glibc >= 2.35: back large allocations with transparent huge pages. Without it the CPU runtime's per-step
+# temporaries (0.7 GB for the reference shape) are faulted in 4 KiB pages on every step (~170k faults, ~15% of
+# the step's CPU time). Set for all workers (ours and the peer) alike.
+HUGEPAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +133,10 @@ def summarise(specs: list[dict[str, Any]], workers: dict[str, Worker], rounds: l
     stats = w.call(cmd="stats")
     res = {
         "median_step_s": median, "min_step_s": min(times), "max_step_s": max(times), "step_s": times,
+        # Process CPU seconds per step: less sensitive to other users' load than wall time.
+        "median_cpu_s_per_step": statistics.median(r["cpu_s"][spec["label"]] / steps_per_round for r in rounds),
+        "median_minor_faults_per_step": statistics.median(
+            r["minor_faults"][spec["label"]] / steps_per_round for r in rounds),
         "tokens_per_s": spec["tokens"] / median,
         "analytic_gflop": spec["analytic_flops"] / 1e9,
         "analytic_tflops_per_s": spec["analytic_flops"] / median / 1e12,
@@ -154,14 +162,14 @@ def summarise(specs: list[dict[str, Any]], workers: dict[str, Worker], rounds: l
   return {"runs": results, "matmul_peak_tflops_per_s": _median(peaks) and _median(peaks) / 1e12,
           "matmul_peak_by_framework_tflops_per_s": {
               k: statistics.median(r["peak"][k] for r in rounds) / 1e12 for k in (rounds[0].get("peak") or {})},
-          "load_average_1min": [r["load"] for r in rounds]}
+          "load_average_1min": [r["load"] for r in rounds], "rounds": rounds}
 
 
 def format_table(summary: dict[str, Any]) -> str:
-  cols = ("median_step_s", "tokens_per_s", "analytic_tflops_per_s", "xla_tflops_per_s",
+  cols = ("median_step_s", "median_cpu_s_per_step", "tokens_per_s", "analytic_tflops_per_s", "xla_tflops_per_s",
           "utilisation_of_matmul_peak", "peak_rss_gib", "peak_rss_over_imports_gib", "compile_s")
-  lines = ["| run | step s (median) | tokens/s | TFLOP/s (analytic) | TFLOP/s (XLA) | of matmul peak | "
-           "peak RSS GiB | over imports GiB | compile s | vs peer |", "|" + "---|" * 10]
+  lines = ["| run | step s (median) | CPU s/step | tokens/s | TFLOP/s (analytic) | TFLOP/s (XLA) | of matmul peak | "
+           "peak RSS GiB | over imports GiB | compile s | vs peer |", "|" + "---|" * 11]
   for label, res in summary["runs"].items():
     if "skipped" in res:
       lines.append(f"| {label} | skipped: {res['skipped']} |")
@@ -186,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps_per_round", type=int, default=1)
   parser.add_argument("--no_peak", action="store_true", help="skip the per-round matmul-peak measurement")
+  parser.add_argument("--no_hugepages", action="store_true",
+                      help=f"do not set GLIBC_TUNABLES={HUGEPAGES_TUNABLE} for the workers (see docs/benchmarks.md)")
   parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS for our workers")
   parser.add_argument("--json", default=None, help="also write the full results here")
   args = parser.parse_args(argv)
@@ -194,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
   os.environ["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), args.xla_flags) if f)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  if not args.no_hugepages:  # every worker, ours and the peer alike
+    os.environ["GLIBC_TUNABLES"] = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES"), HUGEPAGES_TUNABLE) if t)
   specs = build_specs(args, [parse_run(r) for r in args.runs.split(",") if r.strip()])
   if not args.no_peak:
     specs_all = specs + [{"label": "peak", "framework": "peak", "device": args.device,
@@ -212,11 +224,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   try:
     for r in range(args.rounds):
       order = active[r % len(active):] + active[:r % len(active)] if active else []
-      record: dict[str, Any] = {"load": os.getloadavg()[0], "times": {}}
+      record: dict[str, Any] = {"load": os.getloadavg()[0], "times": {}, "cpu_s": {}, "minor_faults": {}}
       if "peak" in workers and workers["peak"].ok:
         record["peak"] = workers["peak"].call(cmd="run", steps=1)["result"]
       for label in order:
-        record["times"][label] = workers[label].call(cmd="run", steps=args.steps_per_round)["result"]
+        reply = workers[label].call(cmd="run", steps=args.steps_per_round)
+        record["times"][label] = reply["result"]
+        record["cpu_s"][label] = reply["cpu_s"]
+        record["minor_faults"][label] = reply["minor_faults"]
       rounds.append(record)
       print(f"round {r + 1}/{args.rounds} load {record['load']:.1f}: " +
             ", ".join(f"{k} {v / args.steps_per_round:.3f}s" for k, v in record["times"].items()),
@@ -225,9 +240,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   finally:
     for w in workers.values():
       w.stop()
-  summary.update(command=" ".join(["python -m benchmarks.step_time"] + list(argv if argv is not None else sys.argv[1:])),
+  given = list(argv if argv is not None else sys.argv[1:])
+  summary.update(command=" ".join(["python -m benchmarks.step_time"] + given),
                  date=datetime.datetime.now().isoformat(timespec="seconds"), machine=_machine(),
-                 xla_flags=os.environ.get("XLA_FLAGS", ""), shape=specs[0]["shape"] if specs else None)
+                 xla_flags=os.environ.get("XLA_FLAGS", ""), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                 shape=specs[0]["shape"] if specs else None)
   print(format_table(summary))
   print(f"matmul peak (median over rounds): {summary['matmul_peak_tflops_per_s']} TFLOP/s "
         f"{summary['matmul_peak_by_framework_tflops_per_s']}; load average per round: "

@@ -2,7 +2,8 @@
 
 One process per run keeps memory high-water marks apart and lets the parent time the runs alternately. The
 worker imports its framework only after the parent has set the environment (JAX_PLATFORMS, XLA_FLAGS).
-Messages are dicts over a `multiprocessing` pipe: {"cmd": "run", "steps": n} -> {"seconds": s};
+Messages are dicts over a `multiprocessing` pipe: {"cmd": "run", "steps": n} -> {"result": seconds (or matmul
+FLOP/s), "cpu_s": process CPU seconds, "minor_faults": page faults};
 {"cmd": "stats"} -> memory figures; {"cmd": "stop"}.
 """
 from __future__ import annotations
@@ -110,6 +111,7 @@ class _Peak:
     from benchmarks import matmul_peak
     self._mp = matmul_peak
     self._dtype, self._device = spec["dtype"], spec["device"]
+    self._sizes = tuple(spec.get("sizes", matmul_peak.DEFAULT_SIZES))
     try:
       import torch  # noqa: F401  (optional)
       self._torch = True
@@ -119,9 +121,10 @@ class _Peak:
     self.run(1)  # compile and warm up
 
   def run(self, n: int) -> dict[str, float]:
-    out = {"jax": max(self._mp.jax_matmul_peak(self._dtype, repeats=max(n, 1)).values())}
+    repeats = max(n, 1)
+    out = {"jax": max(self._mp.jax_matmul_peak(self._dtype, self._sizes, repeats).values())}
     if self._torch:
-      out["torch"] = max(self._mp.torch_matmul_peak(self._dtype, repeats=max(n, 1), device=self._device).values())
+      out["torch"] = max(self._mp.torch_matmul_peak(self._dtype, self._sizes, repeats, self._device).values())
     return out
 
 
@@ -157,7 +160,11 @@ def serve(conn: Any, spec: dict[str, Any]) -> None:
   while True:
     msg = conn.recv()
     if msg["cmd"] == "run":
-      conn.send({"result": worker.run(msg["steps"])})
+      before = resource.getrusage(resource.RUSAGE_SELF)
+      result = worker.run(msg["steps"])
+      after = resource.getrusage(resource.RUSAGE_SELF)
+      cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+      conn.send({"result": result, "cpu_s": cpu, "minor_faults": after.ru_minflt - before.ru_minflt})
     elif msg["cmd"] == "stats":
       conn.send({"peak_rss_steps": peak_rss_bytes(), "rss_now": rss_bytes(),
                  "device_peak_bytes": getattr(worker, "device_peak_bytes", lambda: None)()})

@@ -2,8 +2,12 @@
 is the CLI runs' MIXTURE_OR_TASK_MODULE), the tiny model in-process, and the CLI flags of an eval/infer run."""
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import pathlib
+import shutil
+import tempfile
 from typing import Any, Callable
 
 import jax
@@ -13,7 +17,7 @@ import seqio
 import tensorflow as tf
 
 import cli_tasks
-from cli_utils import BYTE_VOCAB_ROWS, MODEL_FLAGS
+from cli_utils import BYTE_VOCAB_ROWS, MODEL_FLAGS, write_tiny_t5x_checkpoint
 from prompt_tuning.runtime.checkpoints.restore import load_params
 from prompt_tuning.runtime.evaluation import batched_indexed
 
@@ -56,6 +60,22 @@ def tiny_model(prompt_module: Callable[[], Any]):
 def single_prompt_model(prompt: np.ndarray):
   from prompt_tuning import prompts
   return tiny_model(lambda: prompts.Prompt(length=PROMPT_LENGTH, initializer=prompts.from_array(prompt)))
+
+
+@functools.lru_cache(maxsize=1)
+def pretrained_checkpoint() -> pathlib.Path:
+  """The tiny frozen T5X checkpoint, written once per test process (slow on a busy machine), removed at exit."""
+  root = pathlib.Path(tempfile.mkdtemp(prefix="serving_tests_"))
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
+  return write_tiny_t5x_checkpoint(root)
+
+
+@functools.lru_cache(maxsize=1)
+def reference() -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """Jitted `(score_batch, predict_batch)` of the model with one plain prompt, compiled once per process; pass
+  the prompt in the params (`with_prompt(frozen_params(...), {"prompt": p})`)."""
+  model = single_prompt_model(np.zeros((PROMPT_LENGTH, WIDTH), np.float32))
+  return jax.jit(model.score_batch), jax.jit(model.predict_batch)
 
 
 def cli_flags(checkpoint: pathlib.Path, task: str, *extra: str) -> list[str]:

@@ -15,7 +15,6 @@ calls the factory with `stack=StackInfo(...)` and the module returns a dict of a
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -76,8 +75,9 @@ class PrefixTuning(nn.Module):
 
   Direct mode (`hidden_dim=0`): one parameter per attention, `prefix/<attention>` [L, 2, P, heads*head_dim]
   (2 = keys, values). Reparameterised mode (`hidden_dim>0`, Li & Liang): `prefix/<attention>_embedding`
-  [P, embed_dim] goes through `<attention>_mlp` (Dense -> tanh -> Dense to L*2*heads*head_dim), shared by all
-  layers. `exported_dir` (direct mode) initialises the prefixes from `export_final_prefixes` files.
+  [P, embed_dim] goes through `<attention>_mlp_in` (Dense, tanh) and `<attention>_mlp_out` (Dense to
+  L*2*heads*head_dim), shared by all layers. `exported_dir` (direct mode) initialises the prefixes from
+  `export_final_prefixes` files.
   """
 
   length: int = 10
@@ -102,8 +102,9 @@ class PrefixTuning(nn.Module):
     return (stack.num_layers, 2, self.length, stack.num_heads * stack.head_dim)
 
   def _direct(self, name: str, stack: StackInfo) -> Array:
-    init = self.initializer if not self.exported_dir else prompts.from_array(_exported_loader(self.exported_dir,
-                                                                                             name))
+    init = self.initializer
+    if self.exported_dir:
+      init = prompts.from_array(prompts.np_load(os.path.join(self.exported_dir, f"{name}.npy")))
     return self.param(name, nn.with_logical_partitioning(init, ("layers", None, "prompt", "prompt_embed")),
                       self._shape(stack), jnp.float32)
 
@@ -131,17 +132,6 @@ class PrefixTuning(nn.Module):
     stack = _require_stack(self)
     split = lambda x: x.reshape(x.shape[:2] + (stack.num_heads, stack.head_dim))
     return {name: (split(p[:, 0]), split(p[:, 1])) for name, p in self.final().items()}
-
-
-@functools.lru_cache(maxsize=16)
-def _load(path: str) -> np.ndarray:
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"Exported prefix {path!r} does not exist; write it with deep.export_final_prefixes.")
-  return np.load(path)
-
-
-def _exported_loader(directory: str, name: str) -> Callable[[], np.ndarray]:
-  return lambda: _load(os.path.join(directory, f"{name}.npy"))
 
 
 def final_prefixes(model: EncoderDecoder, params: Mapping[str, Any]) -> dict[str, np.ndarray]:

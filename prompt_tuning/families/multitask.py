@@ -1,13 +1,13 @@
 """Multi-task prompts: a shared prompt plus task-specific parts, chosen per example by a task id.
 
 * `MultiTaskPrompt(mode=...)` — the reference's modes: `shared_prompt` [P_s, H_s] and one flat vector per task
-  in `task_prompts/embedding` [num_tasks, size], combined by "add" (P x d each), "concat" (along length:
-  P_s + P_t), "concat_features" (along features: H_s + H_t = d) or "project" (the task vector is an affine map
-  [H_s x d] + [d] applied to every shared position).
+  in `task_prompts` [num_tasks, size] (the reference's `task_prompts/embedding`), combined by "add" (P x d
+  each), "concat" (along length: P_s + P_t), "concat_features" (along features: H_s + H_t = d) or "project"
+  (the task vector is an affine map [H_s x d] + [d] applied to every shared position).
 * `MPTPrompt` — MPT (Wang et al. 2023, arXiv 2303.02861): shared prompt ⊙ a low-rank task matrix u_k v_kᵀ.
 * `MultiTaskInputs` — the `PROMPT_FACTORY` for these: reads task ids from the first input token (the
   reference's sentinel convention, task k = `<extra_id_k>` = id `vocab_size - 1 - k`, stripped before the
-  prompt is prepended) or from the `task_ids` batch feature (`MultiTaskEncoderDecoderModel` + `add_task_ids`).
+  prompt is prepended) or from the `task_ids` batch feature (`with_task_ids(model)` + `add_task_ids`).
 * `MPTDistillationModel` — MPT's source-training stage: the usual loss plus a distillation term towards
   single-task teacher prompts (.npy files): KL between the teachers' and the student's output distributions
   and the mean squared difference of the encoder outputs.
@@ -17,6 +17,7 @@ silently wrong prompt.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Callable, Mapping, Sequence
 
@@ -202,8 +203,9 @@ class MultiTaskInputs(nn.Module):
     # Shape-only calls (parameter init, KV-cache set-up) carry no features; any real call must.
     if self.is_initializing() or self.is_mutable_collection("cache"):
       return jnp.zeros((tokens.shape[0],), jnp.int32)
-    raise ValueError("task_source='feature' needs a `task_ids` feature in every batch: use "
-                     "multitask.MultiTaskEncoderDecoderModel and tasks with multitask.add_task_ids.")
+    raise ValueError("task_source='feature' needs a `task_ids` feature in every batch: use MODEL = "
+                     "@multitask.with_task_ids() (families/multitask.gin), tasks with multitask.add_task_ids and "
+                     "'task_ids': 1 in TASK_FEATURE_LENGTHS.")
 
   def _strip(self, x: Array) -> Array:
     return x[:, 1:] if self.task_source == "sentinel" else x
@@ -236,17 +238,25 @@ def add_task_ids(dataset: tf.data.Dataset, task_id: int) -> tf.data.Dataset:
 
 
 class TaskIdsFeatureConverter(seqio.EncDecFeatureConverter):
-  """`EncDecFeatureConverter` that passes `task_ids` ([B, 1]) through to the batch."""
+  """`EncDecFeatureConverter` that passes `task_ids` ([B, 1]) through to the batch when the task feature
+  lengths name it (`'task_ids': 1`); without it, it converts exactly as `EncDecFeatureConverter`."""
 
   def __init__(self, pack: bool = False, **kwargs: Any):
     spec = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
     super().__init__(pack=pack, passthrough_features={TASK_IDS: spec}, **kwargs)
+    self._without_ids = seqio.EncDecFeatureConverter(pack=pack, **kwargs)
+
+  def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    if TASK_IDS not in task_feature_lengths:
+      return self._without_ids(ds, task_feature_lengths)
+    return super().__call__(ds, task_feature_lengths)
 
 
-class MultiTaskEncoderDecoderModel(EncoderDecoderModel):
-  """`EncoderDecoderModel` whose batches carry `task_ids` (for `MultiTaskInputs(task_source="feature")`)."""
-
-  FEATURE_CONVERTER_CLS = TaskIdsFeatureConverter
+def with_task_ids(model: EncoderDecoderModel) -> EncoderDecoderModel:
+  """A copy of `model` whose batches carry `task_ids` when the task provides them (its feature converter)."""
+  model = copy.copy(model)
+  model.FEATURE_CONVERTER_CLS = TaskIdsFeatureConverter
+  return model
 
 
 # ------------------------------------------------------------------------------------------ MPT distillation
@@ -279,16 +289,17 @@ def _load_teachers(files: tuple[str, ...]) -> np.ndarray:
 class MPTDistillationModel(EncoderDecoderModel):
   """MPT source training: loss = CE + kl_weight·KL(teacher ‖ student) + hidden_weight·MSE(encoder outputs).
 
-  The module's prompt factory must be a `MultiTaskInputs`; the teacher is the same frozen model with that
-  factory's prompt swapped for `TeacherPrompts(teacher_prompt_files)` (file k is task k's prompt, of the same
-  total length as the student's). KL is summed over target tokens like the cross-entropy (with `temperature`
-  τ, scaled by τ²); the hidden term is the mean squared difference over real encoder positions, summed over
-  examples.
+  Wraps a configured `model` (its module, vocabularies and loss settings). The module's prompt factory must
+  be a `MultiTaskInputs`; the teacher is the same frozen model with that factory's prompt swapped for
+  `TeacherPrompts(teacher_prompt_files)` (file k is task k's prompt, of the same total length as the
+  student's). KL is summed over target tokens like the cross-entropy (with `temperature` τ, scaled by τ²);
+  the hidden term is the mean squared difference over real encoder positions, summed over examples.
   """
 
-  def __init__(self, module: nn.Module, *args: Any, teacher_prompt_files: Sequence[str] = (),
-               kl_weight: float = 1.0, hidden_weight: float = 1.0, temperature: float = 1.0, **kwargs: Any):
-    super().__init__(module, *args, **kwargs)
+  def __init__(self, model: EncoderDecoderModel, teacher_prompt_files: Sequence[str] = (),
+               kl_weight: float = 1.0, hidden_weight: float = 1.0, temperature: float = 1.0):
+    vars(self).update(vars(model))  # the same module, vocabularies, loss settings and decoding
+    module = self.module
     if not teacher_prompt_files:
       raise ValueError("MPTDistillationModel needs TEACHER_PROMPT_FILES: one single-task prompt .npy per task.")
     student_inputs = module.prompt_factory() if module.prompt_factory is not None else None
@@ -299,7 +310,7 @@ class MPTDistillationModel(EncoderDecoderModel):
       raise ValueError(f"Teacher prompts have length {teacher.length} but the student prompt {student_inputs.length};"
                        " set PROMPT_LENGTH to the teachers' length.")
     self.teacher_module = module.clone(prompt_factory=lambda: student_inputs.clone(prompt=teacher),
-                                       layer_prompt_factory=None, prefix_factory=None)
+                                       layer_prompt_factory=None, prefix_factory=None, encoder_first_pass=False)
     self.kl_weight, self.hidden_weight, self.temperature = kl_weight, hidden_weight, temperature
 
   def _forward(self, module: nn.Module, params: Any, batch: Mapping[str, Array],
@@ -316,13 +327,14 @@ class MPTDistillationModel(EncoderDecoderModel):
   def loss_fn(self, params: Any, batch: Mapping[str, Array], dropout_rng: Array | None):
     encoded, logits = self._forward(self.module, params, batch, dropout_rng)
     t_encoded, t_logits = jax.lax.stop_gradient(self._forward(self.teacher_module, params, batch, None))
+    targets = batch["decoder_target_tokens"]
     factor, weights = losses.get_loss_normalizing_factor_and_weights(self.loss_normalizing_factor, batch)
     loss, z_loss, _ = losses.compute_weighted_cross_entropy(
-        logits, batch["decoder_target_tokens"], weights, self.label_smoothing, self.z_loss, factor)
-    metrics = losses.compute_base_metrics(logits, batch["decoder_target_tokens"], weights, loss, z_loss)
+        logits, targets, weights, self.label_smoothing, self.z_loss, factor)
+    metrics = losses.compute_base_metrics(logits, targets, weights, loss, z_loss)
     tau = self.temperature
     kl_tokens = optax.kl_divergence(jax.nn.log_softmax(logits / tau), jax.nn.softmax(t_logits / tau))
-    kl = tau ** 2 * jnp.sum(kl_tokens * weights)
+    kl = tau ** 2 * jnp.sum(kl_tokens * (targets > 0 if weights is None else weights))
     mask_tokens = self.module.apply({"params": params}, batch["encoder_input_tokens"],
                                     method=lambda m, t: m.encoder.mask_tokens(t))
     valid = (mask_tokens > 0).astype(jnp.float32)[..., None]

@@ -5,7 +5,6 @@ import logging
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow as tf

@@ -1,0 +1,1 @@
+"""Multi-node GPU training through `jax.distributed` and SLURM (`python -m launch.gpu`)."""

@@ -1,0 +1,5 @@
+import sys
+
+from launch.gpu.gpu import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Several `jax.distributed` processes on this machine: a multi-host rehearsal on CPU (`python -m launch.local`)."""

@@ -1,0 +1,5 @@
+import sys
+
+from launch.local.local import main
+
+sys.exit(main())

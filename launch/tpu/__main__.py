@@ -1,0 +1,5 @@
+import sys
+
+from launch.tpu.tpu import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from prompt_tuning.sweeps.cli import main
+
+sys.exit(main())

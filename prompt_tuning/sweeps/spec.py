@@ -1,0 +1,230 @@
+"""The sweep spec (JSON) and the runs it expands to: model sizes x methods x tasks x seeds (x prompt lengths x
+prompt initialisers for prompt tuning), each a train or eval CLI command with its own run folder.
+
+Methods: `prompt_tuning` (a soft prompt on the frozen model), `model_tuning` (every weight trains) and
+`prompt_design` (a text prompt with `NUM_SHOTS` solved examples and no training, scored by the eval CLI).
+The format is documented in docs/scaling.md; `{output_dir}` in any string is replaced by the output folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import pathlib
+from typing import Any, Mapping
+
+METHODS = ("prompt_tuning", "model_tuning", "prompt_design")
+PRETRAIN = "pretrain"
+_GRID_KEYS = {"name", "sizes", "tasks", "methods", "seeds", "prompt_lengths", "prompt_inits"}
+_TOP_KEYS = {"name", "output_dir", "gin_search_paths", "gin_files", "bindings", "sizes", "tasks", "methods",
+             "defaults", "grids", "pretrain", "tpu"}
+
+
+class SpecError(ValueError):
+  """A sweep spec that cannot run; the message names the key to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One point of the sweep; `prompt_length` / `prompt_init` only for prompt tuning."""
+
+  task: str
+  size: str
+  method: str
+  seed: int
+  prompt_length: int | None = None
+  prompt_init: str | None = None
+
+  @property
+  def run_id(self) -> str:
+    """The run folder relative to the output folder, e.g. `rte/xl/prompt_tuning-len100-from_class_labels/seed0`."""
+    name = self.method
+    if self.method == "prompt_tuning":
+      name += f"-len{self.prompt_length}-{pathlib.PurePosixPath(self.prompt_init).stem}"
+    return f"{self.task}/{self.size}/{name}/seed{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """A CLI invocation: `python -m prompt_tuning.<module> <flags>`, writing into `run_dir`."""
+
+  run_id: str
+  size: str
+  module: str  # train | eval
+  flags: tuple[str, ...]
+  run_dir: str
+
+
+def gin_value(value: Any) -> str:
+  """A JSON value as a gin literal; strings starting with '@' or '%' stay gin references."""
+  if isinstance(value, str) and value[:1] in ("@", "%"):
+    return value
+  return repr(value)
+
+
+def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
+  if key not in mapping:
+    raise SpecError(f"{where} needs {key!r}.")
+  return mapping[key]
+
+
+class Spec:
+  """A validated sweep spec; `runs()` lists its points, `commands()` the CLI calls that produce them."""
+
+  def __init__(self, raw: Mapping[str, Any], output_dir: str | None = None):
+    output_dir = output_dir or raw.get("output_dir")
+    if not output_dir:
+      raise SpecError("The spec needs 'output_dir' (or pass --output_dir).")
+    self.output_dir = str(output_dir).rstrip("/")
+    raw = _substitute(raw, {"output_dir": self.output_dir})
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+      raise SpecError(f"Unknown spec keys {sorted(unknown)}; the keys are {sorted(_TOP_KEYS)}.")
+    self.raw = raw
+    self.name: str = raw.get("name", "sweep")
+    self.sizes: dict[str, dict] = dict(_require(raw, "sizes", "The spec"))
+    self.tasks: dict[str, dict] = dict(_require(raw, "tasks", "The spec"))
+    self.methods: dict[str, dict] = {m: dict(v or {}) for m, v in raw.get("methods", {}).items()}
+    self.defaults: dict[str, Any] = {"seeds": [0], "prompt_length": 100, "prompt_init": "from_class_labels",
+                                     **raw.get("defaults", {})}
+    self.pretrain: dict | None = raw.get("pretrain")
+    self.grids: list[dict] = list(raw.get("grids") or [{"name": "scaling"}])
+    self._validate()
+
+  @classmethod
+  def load(cls, path: str | pathlib.Path, output_dir: str | None = None) -> "Spec":
+    try:
+      raw = json.loads(pathlib.Path(path).read_text())
+    except json.JSONDecodeError as e:
+      raise SpecError(f"{path} is not valid JSON: {e}") from None
+    return cls(raw, output_dir)
+
+  def _validate(self) -> None:
+    for method in self.methods:
+      if method not in METHODS:
+        raise SpecError(f"Unknown method {method!r} under 'methods'; choose from {list(METHODS)}.")
+    for name, task in self.tasks.items():
+      _require(task, "name", f"Task {name!r}")
+      _require(task, "metric", f"Task {name!r}")
+    for name, size in self.sizes.items():
+      if "checkpoint" not in size and self.pretrain is None:
+        raise SpecError(f"Size {name!r} needs 'checkpoint' (a pretrained model), or add a 'pretrain' section.")
+    if self.pretrain is not None:
+      for key in ("task", "steps"):
+        _require(self.pretrain, key, "The 'pretrain' section")
+    for grid in self.grids:
+      unknown = set(grid) - _GRID_KEYS
+      if unknown:
+        raise SpecError(f"Unknown grid keys {sorted(unknown)} in grid {grid.get('name')!r}; use {sorted(_GRID_KEYS)}.")
+      for key, known in (("sizes", self.sizes), ("tasks", self.tasks), ("methods", METHODS)):
+        bad = [v for v in grid.get(key, []) if v not in known]
+        if bad:
+          raise SpecError(f"Grid {grid.get('name')!r} names unknown {key} {bad}; known: {list(known)}.")
+
+  # ---------------------------------------------------------------------------------------------- runs
+  def runs(self) -> list[Run]:
+    """Every run of every grid, once (grids may share runs, e.g. the default prompt length), in spec order."""
+    out: dict[Run, None] = {}
+    for grid in self.grids:
+      methods = grid.get("methods") or [m for m in METHODS if m in self.methods] or list(METHODS)
+      lengths = grid.get("prompt_lengths") or [self.defaults["prompt_length"]]
+      inits = grid.get("prompt_inits") or [self.defaults["prompt_init"]]
+      for task, size, method, seed in itertools.product(grid.get("tasks") or list(self.tasks),
+                                                        grid.get("sizes") or list(self.sizes), methods,
+                                                        grid.get("seeds") or self.defaults["seeds"]):
+        if method == "prompt_tuning":
+          for length, init in itertools.product(lengths, inits):
+            out[Run(task, size, method, int(seed), int(length), init)] = None
+        else:
+          out[Run(task, size, method, int(seed))] = None
+    return list(out)
+
+  def run_dir(self, run_id: str) -> str:
+    return f"{self.output_dir}/{run_id}"
+
+  def checkpoint(self, size: str) -> str:
+    """The size's pretrained checkpoint: given, or the last step of the sweep's own pretraining run."""
+    given = self.sizes[size].get("checkpoint")
+    if given:
+      return given
+    return f"{self.run_dir(f'{PRETRAIN}/{size}')}/checkpoint_{int(self.pretrain['steps'])}"
+
+  # -------------------------------------------------------------------------------------------- commands
+  def _bindings(self, *extra: Mapping[str, Any]) -> list[str]:
+    merged: dict[str, Any] = {}
+    for part in (self.raw.get("bindings", {}), *extra):
+      merged.update(part)
+    return [f"--gin.{k}={gin_value(v)}" for k, v in merged.items()]
+
+  def _base_flags(self, size: str, model_gin: str) -> list[str]:
+    paths = self.raw.get("gin_search_paths") or []
+    files = [model_gin, *self.sizes[size].get("gin_files", []), *self.raw.get("gin_files", [])]
+    return ([f"--gin_search_paths={','.join(paths)}"] if paths else []) + [f"--gin_file={f}" for f in files]
+
+  def pretrain_commands(self) -> list[Command]:
+    """Model tuning from scratch of each size without a `checkpoint` on the pretraining task."""
+    if self.pretrain is None:
+      return []
+    out = []
+    for size, cfg in self.sizes.items():
+      if cfg.get("checkpoint"):
+        continue
+      run_id = f"{PRETRAIN}/{size}"
+      flags = [*self._base_flags(size, "models/t5_1_1.gin"), "--gin_file=runs/finetune.gin",
+               *self._bindings({"MODEL_DIR": self.run_dir(run_id), "INITIAL_CHECKPOINT_PATH": None,
+                                "MIXTURE_OR_TASK_NAME": self.pretrain["task"],
+                                "MIXTURE_OR_TASK_MODULE": self.pretrain.get("module"),
+                                "TRAIN_STEPS": int(self.pretrain["steps"])},
+                               self.sizes[size].get("bindings", {}), self.pretrain.get("bindings", {}),
+                               cfg.get("pretrain_bindings", {}))]
+      out.append(Command(run_id, size, "train", tuple(flags), self.run_dir(run_id)))
+    return out
+
+  def command(self, run: Run) -> Command:
+    task, size = self.tasks[run.task], self.sizes[run.size]
+    run_dir = self.run_dir(run.run_id)
+    method_bindings = self.methods.get(run.method, {}).get("bindings", {})
+    common = [size.get("bindings", {}), task.get("bindings", {}), method_bindings]
+    if run.method == "prompt_design":
+      flags = [*self._base_flags(run.size, "models/t5_1_1.gin"), "--gin_file=runs/eval.gin",
+               "--gin_file=baselines/prompt_design.gin",
+               *self._bindings({"CHECKPOINT_PATH": self.checkpoint(run.size),
+                                "EVAL_OUTPUT_DIR": f"{run_dir}/inference_eval", "PROMPT_DESIGN_TASK": task["name"],
+                                "MIXTURE_OR_TASK_MODULE": task.get("module"), "SHOTS_SEED": run.seed,
+                                "utils.DatasetConfig.split": task.get("split", "validation")},
+                               *common)]
+      return Command(run.run_id, run.size, "eval", tuple(flags), run_dir)
+    fixed = {"MODEL_DIR": run_dir, "INITIAL_CHECKPOINT_PATH": self.checkpoint(run.size),
+             "MIXTURE_OR_TASK_NAME": task["name"], "MIXTURE_OR_TASK_MODULE": task.get("module"),
+             "RANDOM_SEED": run.seed, "SHUFFLE_SEED": run.seed}
+    if run.method == "model_tuning":
+      flags = [*self._base_flags(run.size, "models/t5_1_1.gin"), "--gin_file=runs/finetune.gin",
+               *self._bindings(fixed, *common)]
+    else:
+      init = run.prompt_init if run.prompt_init.endswith(".gin") else f"prompts/{run.prompt_init}.gin"
+      flags = [*self._base_flags(run.size, "models/t5_1_1_prompt.gin"), f"--gin_file={init}",
+               "--gin_file=runs/prompt_finetune.gin",
+               *self._bindings({**fixed, "PROMPT_LENGTH": run.prompt_length}, *common)]
+    return Command(run.run_id, run.size, "train", tuple(flags), run_dir)
+
+  def model_gin(self, size: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(gin files, bindings, search paths) that define the size's model alone (no prompt, no run)."""
+    files = ("models/t5_1_1.gin", *self.sizes[size].get("gin_files", []), *self.raw.get("gin_files", []))
+    bindings = tuple(f"{k} = {gin_value(v)}" for k, v in self.sizes[size].get("bindings", {}).items())
+    return files, bindings, tuple(self.raw.get("gin_search_paths") or ())
+
+  def commands(self) -> list[Command]:
+    """Pretraining first (the other runs start from its checkpoints), then every run."""
+    return self.pretrain_commands() + [self.command(r) for r in self.runs()]
+
+
+def _substitute(value: Any, names: Mapping[str, str]) -> Any:
+  if isinstance(value, str):
+    for k, v in names.items():
+      value = value.replace("{" + k + "}", v)
+    return value
+  if isinstance(value, list):
+    return [_substitute(v, names) for v in value]
+  if isinstance(value, dict):
+    return {k: _substitute(v, names) for k, v in value.items()}
+  return value

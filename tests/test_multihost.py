@@ -1,0 +1,62 @@
+"""Two `jax.distributed` processes (CPU, gloo) train a prompt through the train CLI, each reading its own input
+shard, save, resume, and end where one process with the same global batch ends."""
+from __future__ import annotations
+
+import pathlib
+import subprocess
+
+import numpy as np
+
+from cli_utils import MODEL_FLAGS, TASK_FLAGS, cli_command, cli_env, write_tiny_t5x_checkpoint
+from launch.local import local
+
+PROMPT_FILE = "numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.prompt.npy"
+# The prompt after a few Adafactor steps at learning rate 0.3 moves by ~0.1-1 per entry; two processes only
+# reorder the batch rows and the gradient all-reduce, which changes float32 sums in the last bits.
+RTOL = ATOL = 1e-5
+SAVED, LAST = 5, 9  # the pretrained checkpoint is at step 3; saves every 2 steps from there
+
+
+def train_flags(model_dir: pathlib.Path, ckpt: pathlib.Path, steps: int) -> list[str]:
+  # Unshuffled data and no dropout: the global batch is then the same rows however many hosts read it (each
+  # host reads every other example: seqio.ShardInfo(process_index, process_count)).
+  return [*MODEL_FLAGS, "--gin_file=prompts/random_uniform.gin", "--gin_file=runs/prompt_finetune.gin",
+          *TASK_FLAGS, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'",
+          f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=8", "--gin.PROMPT_LENGTH=3", "--gin.STATS_PERIOD=2",
+          "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=0", "--gin.DROPOUT_RATE=0.0",
+          "--gin.train/utils.DatasetConfig.shuffle=False"]
+
+
+def two_processes(flags: list[str], log_dir: pathlib.Path, cwd: pathlib.Path) -> list[str]:
+  codes = local.launch(cli_command("train", flags), 2, log_dir=log_dir, env=cli_env(), cwd=cwd, timeout=400)
+  logs = [(log_dir / f"process_{i}.log").read_text() for i in range(2)]
+  assert codes == [0, 0], "\n\n".join(log[-4000:] for log in logs)
+  return logs
+
+
+def prompt(model_dir: pathlib.Path, step: int) -> np.ndarray:
+  return np.load(model_dir / PROMPT_FILE.format(step=step))
+
+
+def test_two_processes_train_resume_and_match_one_process(tmp_path):
+  ckpt = write_tiny_t5x_checkpoint(tmp_path / "pretrained")
+  single, multi = tmp_path / "single", tmp_path / "multi"
+  reference = subprocess.Popen(cli_command("train", train_flags(single, ckpt, LAST)), cwd=tmp_path, env=cli_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    first = two_processes(train_flags(multi, ckpt, SAVED), tmp_path / "logs_first", tmp_path)
+    _, err = reference.communicate(timeout=400)
+  finally:
+    if reference.poll() is None:
+      reference.kill()
+  assert reference.returncode == 0, err[-4000:]
+  for log in first:
+    assert "process 0 of 2" in log or "process 1 of 2" in log, log[-2000:]
+  assert (multi / f"checkpoint_{SAVED}").is_dir()
+  np.testing.assert_allclose(prompt(multi, SAVED), prompt(single, SAVED), rtol=RTOL, atol=ATOL)
+
+  resumed = two_processes(train_flags(multi, ckpt, LAST), tmp_path / "logs_resumed", tmp_path)
+  for log in resumed:
+    assert f"checkpoint_{SAVED} (data position {SAVED - 3})" in log, log[-2000:]
+  assert not np.allclose(prompt(multi, LAST), prompt(multi, SAVED))  # it trained after resuming
+  np.testing.assert_allclose(prompt(multi, LAST), prompt(single, LAST), rtol=RTOL, atol=ATOL)
