@@ -8,6 +8,7 @@ FLOP/s), "cpu_s": process CPU seconds, "minor_faults": page faults};
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import resource
@@ -41,6 +42,14 @@ def peak_rss_bytes() -> int:
   """High-water mark of the resident set since the last `reset_peak_rss` (or since the process started)."""
   kib = _status_kib("VmHWM")
   return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * _KIB
+
+
+def release_free_heap() -> None:
+  """Give memory that setup freed back to the OS (glibc `malloc_trim`), so it does not count as the steps' peak."""
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
 
 
 def reset_peak_rss() -> bool:
@@ -149,8 +158,9 @@ def serve(conn: Any, spec: dict[str, Any]) -> None:
       info["first_step_s"] = time.perf_counter() - start
       if hasattr(worker, "count_flops"):
         info["counted_flops"] = worker.count_flops()
-      info["rss_before_steps"] = rss_bytes()
       info["peak_rss_setup"] = peak_rss_bytes()
+      release_free_heap()
+      info["rss_before_steps"] = rss_bytes()
       info["peak_reset"] = reset_peak_rss()
       getattr(worker, "reset_device_peak", lambda: None)()
     conn.send({"ok": True, "info": info})

@@ -104,13 +104,9 @@ def test_encoder_source_needs_the_first_pass_and_costs_an_encoder_pass():
   factory = lambda: prompts.PromptedInputs(instance.InstancePrompt(GENERATORS["encoder"](), P))
   with pytest.raises(ValueError, match="encoder_first_pass = True"):
     init(EncoderDecoder(config(), factory))
-  flops = lambda m: count.forward_flops(m, 1, 16, 4)
-  base, pooled, encoder = flops(count.without_prompts(model("pooled"))), flops(model("pooled")), flops(
-      model("encoder"))
-  assert base < pooled < encoder
-  assert encoder - pooled > 0.3 * base  # one more encoder pass over the 16 input tokens
+  pooled, encoder = (count.forward_flops(model(kind), 1, 16, 4) for kind in ("pooled", "encoder"))
+  assert encoder - pooled > 0.25 * pooled  # one more encoder pass over the 16 input tokens
 
 
-@pytest.mark.parametrize("kind", ["pooled", "token"])  # encoder + PHM: test_families_cli
-def test_generators_train_alone(kind):
-  assert_trains_only_family(model(kind), REGEXES)
+def test_token_generator_trains_alone():  # the pooled generator (encoder source, PHM): test_families_cli
+  assert_trains_only_family(model("token"), REGEXES)
