@@ -10,7 +10,7 @@ measurement, so that load from other users of the machine hits all of them alike
 taken per round and then the median is reported. Run specs are `framework:mode[:option...]`:
   framework  ours (this project, JAX) | peft (HF PEFT prompt tuning, PyTorch) | hf (HF fine-tuning, PyTorch)
   mode       prompt | model (model tuning trains every weight of the model without a prompt)
-  options    (ours) fused, scan, remat=minimal|full, dtype=float32|bfloat16
+  options    (ours) fused, scan, remat=minimal|full, dtype=float32|bfloat16; (peers) dtype=bfloat16 (autocast)
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import sys
 from typing import Any, Sequence
@@ -56,10 +57,12 @@ def parse_run(text: str) -> RunSpec:
   if parts[0] == "hf" and parts[1] != "model":
     raise ValueError(f"Run spec {text!r}: 'hf' is the model-tuning peer; use 'peft:prompt' for prompt tuning.")
   options = {}
+  allowed = ("fused", "scan", "remat", "dtype") if parts[0] == "ours" else ("dtype",)
   for opt in parts[2:]:
     key, _, value = opt.partition("=")
-    if key not in ("fused", "scan", "remat", "dtype") or parts[0] != "ours":
-      raise ValueError(f"Run spec {text!r}: unknown option {opt!r}; ours takes fused, scan, remat=..., dtype=...")
+    if key not in allowed:
+      raise ValueError(f"Run spec {text!r}: unknown option {opt!r}; ours takes fused, scan, remat=..., dtype=...; "
+                       "the peers take dtype=... (autocast).")
     options[key] = value or "1"
   return RunSpec(text.strip(), parts[0], parts[1], options)
 
@@ -202,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args.dtype = args.dtype or ("bfloat16" if args.device == "gpu" else "float32")
 
   os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
+  if args.device == "gpu":  # JAX would otherwise take 75% of the card up front and starve the PyTorch worker
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   os.environ["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), args.xla_flags) if f)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   if not args.no_hugepages:  # every worker, ours and the peer alike
@@ -212,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                           "dtype": "bfloat16" if args.device == "gpu" else "float32"}]
   else:
     specs_all = specs
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the workers
   ctx = multiprocessing.get_context("spawn")
   workers: dict[str, Worker] = {}
   for spec in specs_all:  # one at a time, so that compilations do not compete with each other

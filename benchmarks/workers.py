@@ -168,7 +168,10 @@ def serve(conn: Any, spec: dict[str, Any]) -> None:
     conn.send({"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
     return
   while True:
-    msg = conn.recv()
+    try:
+      msg = conn.recv()
+    except EOFError:  # the parent is gone
+      return
     if msg["cmd"] == "run":
       before = resource.getrusage(resource.RUSAGE_SELF)
       result = worker.run(msg["steps"])

@@ -69,6 +69,9 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner
   for (task, examples, _), task_outputs in zip(served, outputs):
     vocab = task.output_features["targets"].vocabulary
     path = out_dir / f"{task.name}-{mode}.jsonl-{shard_id:05d}-of-{num_shards:05d}"
+    written.append(str(path))
+    if jax.process_index() != 0:  # every process holds every output; the first one writes them
+      continue
     with path.open("w") as f:
       for i, ex in enumerate(examples):
         row = {"inputs": _text(ex.get("inputs_pretokenized", "")), "targets": _text(ex.get("targets_pretokenized", ""))}
@@ -79,7 +82,6 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner
         f.write(json.dumps(row) + "\n")
     (out_dir / f"{path.name}.COMPLETED").write_text("")
     logging.info("Wrote %d %s rows for %s to %s", len(examples), mode, task.name, path)
-    written.append(str(path))
   return written
 
 

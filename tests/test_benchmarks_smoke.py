@@ -124,7 +124,8 @@ def test_summary_takes_per_round_ratios_and_utilisation():
 def test_run_specs_are_validated():
   spec = step_time.parse_run("ours:prompt:fused:remat=full")
   assert (spec.framework, spec.mode, spec.options) == ("ours", "prompt", {"fused": "1", "remat": "full"})
-  for bad in ("ours", "peft:model", "hf:prompt", "ours:prompt:turbo", "torch:prompt"):
+  assert step_time.parse_run("peft:prompt:dtype=bfloat16").options == {"dtype": "bfloat16"}
+  for bad in ("ours", "peft:model", "hf:prompt", "ours:prompt:turbo", "peft:prompt:fused", "torch:prompt"):
     with pytest.raises(ValueError):
       step_time.parse_run(bad)
 

@@ -116,19 +116,19 @@ def train(tmp_path: pathlib.Path, ckpt: pathlib.Path, families: Sequence[str], *
   return model_dir, {p.name for p in exported.iterdir() if not p.name.endswith(".npy")}
 
 
-def test_instance_prompts_train_from_the_cli(tmp_path, frozen_checkpoint):
-  _, exported = train(tmp_path, frozen_checkpoint, ["instance_encoder"], "--gin.INSTANCE_PHM=2",
-                      "--gin.INSTANCE_HIDDEN_DIM=8", "--gin.LEARNING_RATE=0.05")
-  assert {"encoder.prompt.prompt.prompt", "encoder.prompt.prompt.generator.up.kernel"} <= exported
-
-
-def test_deep_prompts_and_direct_prefixes_train_together_from_the_cli(tmp_path, frozen_checkpoint):
+def test_instance_and_deep_families_train_together_from_the_cli(tmp_path, frozen_checkpoint):
+  """One run for three families: an IPT encoder-pass generator (PHM weights) makes the input prompt, per-layer
+  prompts replace its positions in later layers, and MLP-reparameterised prefixes sit in every attention."""
   regexes = [".*/prompt/.*", ".*/layer_prompts/.*", ".*/prefix/.*"]
-  _, exported = train(tmp_path, frozen_checkpoint, ["layer_prompts", "prefix"],
+  _, exported = train(tmp_path, frozen_checkpoint, ["instance_encoder", "layer_prompts", "prefix"],
                       "--gin.PROMPT_FACTORY=@prompts.PromptedInputs", f"--gin.PROMPT_REGEX={regexes}",
-                      "--gin.PREFIX_HIDDEN_DIM=0", "--gin.LEARNING_RATE=0.1")
-  assert exported == {"encoder.prompt.prompt.prompt", "encoder.layer_prompts.prompt", "encoder.prefix.attention",
-                      "decoder.prefix.self_attention", "decoder.prefix.encoder_decoder_attention"}
+                      "--gin.INSTANCE_PHM=2", "--gin.INSTANCE_HIDDEN_DIM=8", "--gin.PREFIX_HIDDEN_DIM=8",
+                      "--gin.LEARNING_RATE=0.02")
+  assert {"encoder.prompt.prompt.prompt", "encoder.prompt.prompt.generator.up.phm_rule",
+          "encoder.layer_prompts.prompt", "encoder.prefix.attention_embedding",
+          "decoder.prefix.self_attention_mlp_out.kernel", "decoder.prefix.encoder_decoder_attention_mlp_in.bias"
+          } <= exported
+  assert all(re.fullmatch(r"encoder\.(prompt|layer_prompts)\..*|(en|de)coder\.prefix\..*", n) for n in exported)
 
 
 def test_mpt_distillation_with_task_id_features_from_the_cli(tmp_path, frozen_checkpoint):

@@ -169,7 +169,7 @@ def test_mpt_distillation_from_single_task_teachers(tmp_path):
   make = lambda m: multitask.MPTDistillationModel(EncoderDecoderModel(m), files, hidden_weight=10.0)
   _, metrics = make(module).loss_fn(params, BATCH, None)
   assert float(metrics["distill/kl"]) > 1e-3 and float(metrics["distill/hidden_mse"]) > 1e-3
-  assert_trains_only_family(module, REGEXES, make_model=make)
+  # (test_families_cli trains with distillation.)
   np.save(files[0], np.zeros((P + 1, D), np.float32))
   multitask._load_teachers.cache_clear()
   with pytest.raises(ValueError, match="one shape"):

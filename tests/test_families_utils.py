@@ -51,13 +51,13 @@ def new_paths(module: EncoderDecoder) -> set[str]:
 
 
 def train(module: EncoderDecoder, regexes: Sequence[str], steps: int = 30, lr: float = 0.05,
-          batch: dict | None = None, make_model=EncoderDecoderModel, params: dict | None = None):
+          batch: dict | None = None, params: dict | None = None):
   """Train with the real train step (Adafactor, no weight decay) on one batch.
 
   Returns (losses, trainable before, trainable after, frozen before, frozen after).
   """
   batch = batch or BATCH
-  model = make_model(module)
+  model = EncoderDecoderModel(module)
   params = params if params is not None else init(module)
   trainable, frozen = optim.split_trainable(params, regexes)
   frozen_before = jax.tree_util.tree_map(np.array, frozen)

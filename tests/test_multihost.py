@@ -2,6 +2,7 @@
 shard, save, resume, and end where one process with the same global batch ends."""
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 
@@ -14,16 +15,17 @@ PROMPT_FILE = "numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.prompt.
 # The prompt after a few Adafactor steps at learning rate 0.3 moves by ~0.1-1 per entry; two processes only
 # reorder the batch rows and the gradient all-reduce, which changes float32 sums in the last bits.
 RTOL = ATOL = 1e-5
-SAVED, LAST = 5, 9  # the pretrained checkpoint is at step 3; saves every 2 steps from there
+SAVED, LAST = 5, 9
+EVAL_AT_END = 100  # an eval period longer than the run: evaluate only after the last step  # the pretrained checkpoint is at step 3; saves every 2 steps from there
 
 
-def train_flags(model_dir: pathlib.Path, ckpt: pathlib.Path, steps: int) -> list[str]:
+def train_flags(model_dir: pathlib.Path, ckpt: pathlib.Path, steps: int, eval_period: int = 0) -> list[str]:
   # Unshuffled data and no dropout: the global batch is then the same rows however many hosts read it (each
   # host reads every other example: seqio.ShardInfo(process_index, process_count)).
   return [*MODEL_FLAGS, "--gin_file=prompts/random_uniform.gin", "--gin_file=runs/prompt_finetune.gin",
           *TASK_FLAGS, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'",
           f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=8", "--gin.PROMPT_LENGTH=3", "--gin.STATS_PERIOD=2",
-          "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=0", "--gin.DROPOUT_RATE=0.0",
+          "--gin.SAVE_PERIOD=2", f"--gin.EVAL_PERIOD={eval_period}", "--gin.DROPOUT_RATE=0.0",
           "--gin.train/utils.DatasetConfig.shuffle=False"]
 
 
@@ -38,10 +40,17 @@ def prompt(model_dir: pathlib.Path, step: int) -> np.ndarray:
   return np.load(model_dir / PROMPT_FILE.format(step=step))
 
 
+def inference_eval(model_dir: pathlib.Path, step: int) -> tuple[list[str], dict]:
+  """The predictions (in example order) and metrics of the inference evaluation at `step`."""
+  rows = [json.loads(line) for line in (model_dir / f"inference_eval/cli_test_task-{step:06d}.jsonl").open()]
+  metrics = [json.loads(line) for line in (model_dir / "inference_eval/cli_test_task-metrics.jsonl").open()]
+  return [r["prediction"] for r in rows], {m["step"]: m["accuracy"] for m in metrics}
+
+
 def test_two_processes_train_resume_and_match_one_process(tmp_path):
   ckpt = write_tiny_t5x_checkpoint(tmp_path / "pretrained")
   single, multi = tmp_path / "single", tmp_path / "multi"
-  reference = subprocess.Popen(cli_command("train", train_flags(single, ckpt, LAST)), cwd=tmp_path, env=cli_env(),
+  reference = subprocess.Popen(cli_command("train", train_flags(single, ckpt, LAST, EVAL_AT_END)), cwd=tmp_path, env=cli_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     first = two_processes(train_flags(multi, ckpt, SAVED), tmp_path / "logs_first", tmp_path)
@@ -55,8 +64,12 @@ def test_two_processes_train_resume_and_match_one_process(tmp_path):
   assert (multi / f"checkpoint_{SAVED}").is_dir()
   np.testing.assert_allclose(prompt(multi, SAVED), prompt(single, SAVED), rtol=RTOL, atol=ATOL)
 
-  resumed = two_processes(train_flags(multi, ckpt, LAST), tmp_path / "logs_resumed", tmp_path)
+  # The resumed run also evaluates by inference at its end: each process decodes its rows of every batch.
+  resumed = two_processes(train_flags(multi, ckpt, LAST, EVAL_AT_END), tmp_path / "logs_resumed", tmp_path)
   for log in resumed:
     assert f"checkpoint_{SAVED} (data position {SAVED - 3})" in log, log[-2000:]
   assert not np.allclose(prompt(multi, LAST), prompt(multi, SAVED))  # it trained after resuming
   np.testing.assert_allclose(prompt(multi, LAST), prompt(single, LAST), rtol=RTOL, atol=ATOL)
+  predictions, metrics = inference_eval(multi, LAST)
+  assert len(predictions) == 8 and set(metrics) == {LAST}, (predictions, metrics)
+  assert (predictions, metrics) == inference_eval(single, LAST)

@@ -5,6 +5,7 @@ import logging
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -62,36 +63,44 @@ class InferenceRunner:
     self.trainable, self.frozen = trainable, frozen
 
   def _run(self, ds: tf.data.Dataset, fn: Callable[[dict], Any]) -> list[tuple[int, Any]]:
+    """`fn` over global batches of `ds`; returns (example index, fn's row) for every real example.
+
+    Every process iterates the whole dataset (as `seqio.Evaluator` gives it), feeds only its rows of each global
+    batch, and receives all rows back (`process_allgather`), so metrics see every example once.
+    """
+    layout = self.partitioner.get_data_layout(self.batch_size)
+    rows = self.batch_size // layout.num_shards
+    mine = slice(layout.shard_id * rows, (layout.shard_id + 1) * rows)
     results: list[tuple[int, Any]] = []
     with self.partitioner.activation_rules_context():
       for idx, feats in batched_indexed(ds, self.batch_size):
-        batch = self.partitioner.shard_batch(feats)
-        out = jax.device_get(fn(batch))
-        results.extend((int(i), o) for i, o in zip(idx, out) if i >= 0)
+        batch = self.partitioner.shard_batch({k: v[mine] for k, v in feats.items()})
+        out = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(fn(batch), tiled=True))
+        results.extend((int(i), row) for i, row in zip(idx, _rows(out)) if i >= 0)
     return results
 
   def predict_fn(self, ds: tf.data.Dataset, model_feature_shapes: Mapping[str, int] | None = None):
     del model_feature_shapes
     rng = jax.random.PRNGKey(0)
-    return self._run(ds, lambda b: self._predict(self.trainable, self.frozen, b, rng)[0].tolist())
+    return [(i, tokens.tolist()) for i, (tokens, _) in
+            self._run(ds, lambda b: self._predict(self.trainable, self.frozen, b, rng))]
 
   def predict_with_aux_fn(self, ds: tf.data.Dataset, model_feature_shapes: Mapping[str, int] | None = None):
     del model_feature_shapes
     rng = jax.random.PRNGKey(0)
-    outs, scores = [], []
-    for i, (tokens, aux) in self._run(ds, lambda b: _zip_aux(self._predict(self.trainable, self.frozen, b, rng))):
-      outs.append((i, tokens))
-      scores.append(aux)
-    return outs, {"scores": scores}
+    results = self._run(ds, lambda b: self._predict(self.trainable, self.frozen, b, rng))
+    return ([(i, tokens.tolist()) for i, (tokens, _) in results],
+            {"scores": [aux["scores"].tolist() for _, (_, aux) in results]})
 
   def score_fn(self, ds: tf.data.Dataset, model_feature_shapes: Mapping[str, int] | None = None):
     del model_feature_shapes
-    return self._run(ds, lambda b: np.asarray(self._score(self.trainable, self.frozen, b)).tolist())
+    return [(i, score.tolist()) for i, score in self._run(ds, lambda b: self._score(self.trainable, self.frozen, b))]
 
 
-def _zip_aux(result):
-  tokens, aux = result
-  return list(zip(np.asarray(tokens).tolist(), np.asarray(aux["scores"]).tolist()))
+def _rows(tree: Any) -> list[Any]:
+  """Split a tree of [B, ...] arrays into B trees of rows."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  return [jax.tree_util.tree_unflatten(treedef, [leaf[r] for leaf in leaves]) for r in range(leaves[0].shape[0])]
 
 
 def make_evaluator(cfg: DatasetConfig, model: EncoderDecoderModel, log_dir: str | None,
@@ -126,7 +135,7 @@ def run_evaluation(evaluator: seqio.Evaluator, runner: InferenceRunner, step: in
   metrics, _ = evaluator.evaluate(compute_metrics=jax.process_index() == 0, step=step,
                                   predict_fn=runner.predict_fn, score_fn=runner.score_fn,
                                   predict_with_aux_fn=runner.predict_with_aux_fn)
-  result = metrics.result() if metrics is not None else {}
+  result = (metrics.result() if metrics is not None else None) or {}  # None on processes other than the first
   for task, values in result.items():
     shown = {k: v for k, v in values.items() if isinstance(v, (int, float, np.floating))}
     logging.info("eval step %d %s: %s", step, task, shown)
