@@ -21,7 +21,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu bash launch/local/demo.sh
 
-bench: $(STAMP)
+bench: $(STAMP)  # the peer (PyTorch CPU, transformers, peft) comes with the hf extra
+	$(PY) -c "import peft" 2>/dev/null || $(PY) -m pip install -q -e ".[hf]"
 	JAX_PLATFORMS=cpu $(PY) -m benchmarks.step_time
 
 clean:

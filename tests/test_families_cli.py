@@ -120,15 +120,32 @@ def test_instance_and_deep_families_train_together_from_the_cli(tmp_path, frozen
   """One run for three families: an IPT encoder-pass generator (PHM weights) makes the input prompt, per-layer
   prompts replace its positions in later layers, and MLP-reparameterised prefixes sit in every attention."""
   regexes = [".*/prompt/.*", ".*/layer_prompts/.*", ".*/prefix/.*"]
-  _, exported = train(tmp_path, frozen_checkpoint, ["instance_encoder", "layer_prompts", "prefix"],
-                      "--gin.PROMPT_FACTORY=@prompts.PromptedInputs", f"--gin.PROMPT_REGEX={regexes}",
-                      "--gin.INSTANCE_PHM=2", "--gin.INSTANCE_HIDDEN_DIM=8", "--gin.PREFIX_HIDDEN_DIM=8",
-                      "--gin.LEARNING_RATE=0.02")
+  families = ["instance_encoder", "layer_prompts", "prefix"]
+  model_flags = ["--gin.PROMPT_FACTORY=@prompts.PromptedInputs", f"--gin.PROMPT_REGEX={regexes}",
+                 "--gin.INSTANCE_PHM=2", "--gin.INSTANCE_HIDDEN_DIM=8", "--gin.PREFIX_HIDDEN_DIM=8"]
+  model_dir, exported = train(tmp_path, frozen_checkpoint, families, *model_flags, "--gin.LEARNING_RATE=0.02")
   assert {"encoder.prompt.prompt.prompt", "encoder.prompt.prompt.generator.up.phm_rule",
           "encoder.layer_prompts.prompt", "encoder.prefix.attention_embedding",
           "decoder.prefix.self_attention_mlp_out.kernel", "decoder.prefix.encoder_decoder_attention_mlp_in.bias"
           } <= exported
   assert all(re.fullmatch(r"encoder\.(prompt|layer_prompts)\..*|(en|de)coder\.prefix\..*", n) for n in exported)
+
+  # The prefixes in their final form, through the export CLI: the MLP applied to the embedding, laid out
+  # [layers, keys/values, P, heads * head_dim] (tiny model: 2 layers, 2 heads of 2).
+  numpy_dir = model_dir / "numpy_checkpoints" / "checkpoint_19"
+  out_dir = tmp_path / "prefixes"
+  export_flags = [*MODEL_FLAGS, *[f"--gin_file=families/{f}.gin" for f in families], *model_flags,
+                  "--gin_file=runs/export_prefixes.gin", "--gin.PROMPT_LENGTH=3",
+                  f"--gin.NUMPY_CHECKPOINT_DIR='{numpy_dir}'", f"--gin.PREFIX_OUTPUT_DIR='{out_dir}'"]
+  run_cli("scripts.export_prefixes", export_flags, tmp_path)
+  for stack, attention in [("encoder", "attention"), ("decoder", "self_attention"),
+                           ("decoder", "encoder_decoder_attention")]:
+    w = lambda name: np.load(numpy_dir / f"{stack}.prefix.{attention}{name}.npy")
+    hidden = np.tanh(w("_embedding") @ w("_mlp_in.kernel") + w("_mlp_in.bias"))
+    expected = (hidden @ w("_mlp_out.kernel") + w("_mlp_out.bias")).reshape(3, 2, 2, 4).transpose(1, 2, 0, 3)
+    np.testing.assert_allclose(np.load(out_dir / f"{attention}.npy"), expected, rtol=1e-5, atol=1e-6)
+  wrong = run_cli("scripts.export_prefixes", [*export_flags, "--gin.PREFIX_HIDDEN_DIM=16"], tmp_path, check=False)
+  assert wrong.returncode != 0 and "do not match the gin-configured model" in wrong.stderr, wrong.stderr[-2000:]
 
 
 def test_mpt_distillation_with_task_id_features_from_the_cli(tmp_path, frozen_checkpoint):
