@@ -75,6 +75,8 @@ class _QuietLibraries(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     if "/gin/resource_reader.py" in record.pathname:  # "Path not found" while trying each search path
       return False
+    if "/orbax/" in record.pathname and "Metadata file does not exist" in record.getMessage():
+      return False  # reading a run checkpoint's `state/` item, whose metadata Orbax keeps one level up
     return record.levelno >= logging.WARNING or not any(n in record.pathname for n in self.NOISY)
 
 

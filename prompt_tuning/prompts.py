@@ -29,17 +29,6 @@ def _materialise(x: ArrayOrLoader) -> np.ndarray:
   return np.asarray(x() if callable(x) else x)
 
 
-def _cached(load: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
-  """Read once: initialisers run more than once (shape inference, then the sharded init)."""
-  return functools.lru_cache(maxsize=1)(load)
-
-
-def _check_width(name: str, table: np.ndarray, shape: Sequence[int]) -> None:
-  if table.ndim != 2 or table.shape[-1] != shape[-1]:
-    raise ValueError(f"{name}: embedding table of shape {table.shape} does not match the prompt shape "
-                     f"{tuple(shape)}; its last dimension must be the model width {shape[-1]}.")
-
-
 # ----------------------------------------------------------------------------------------------- initialisers
 def random_uniform(scale: float = 0.5, symmetric: bool = True) -> Initializer:
   """U[-scale, scale) as in the paper; `symmetric=False` gives the reference code's U[0, scale)."""
@@ -136,33 +125,42 @@ def from_array(prompt: ArrayOrLoader) -> Initializer:
 def np_load(path: str) -> Callable[[], np.ndarray]:
   """Lazily load an array from a `.npy` file (local or gs://), e.g. a prompt file without suffix."""
 
-  @_cached
   def load() -> np.ndarray:
     from etils import epath  # local import keeps prompts.py importable without etils in minimal uses
     p = epath.Path(path)
     if not p.exists():
       raise FileNotFoundError(f"Prompt/embedding file {path!r} does not exist; check PROMPT_FILE/EMBEDDING_FILE.")
-    with p.open("rb") as f:
-      return np.load(f)
+    stat = p.stat()
+    return _read_npy(path, (stat.mtime, stat.length))  # a rewritten file is read again
 
   return load
 
 
 def t5x_load(checkpoint_path: str, variable_path: str = "token_embedder/embedding") -> Callable[[], np.ndarray]:
   """Lazily read one variable (default the token embedding) from a checkpoint (T5X, our Orbax runs or HF)."""
+  return functools.partial(_read_checkpoint_variable, checkpoint_path, variable_path)
 
-  @_cached
-  def load() -> np.ndarray:
-    from prompt_tuning.runtime.checkpoints import detect_checkpoint_format, load_variable
-    from prompt_tuning.runtime.checkpoints.restore import load_params
-    if detect_checkpoint_format(checkpoint_path) == "t5x":
-      return load_variable(checkpoint_path, variable_path)  # reads just this array
-    value = load_params(checkpoint_path)[0]
-    for key in variable_path.removeprefix("target/").split("/"):
-      value = value[key]
-    return np.asarray(value)
 
-  return load
+# Read once per process: initialisers run at every `init` trace (shape inference, the sharded init, and the
+# decoding cache's init in every predict trace), and gin builds a new loader each time the model is built.
+@functools.lru_cache(maxsize=4)
+def _read_npy(path: str, version: tuple[int, int]) -> np.ndarray:
+  del version  # part of the cache key
+  from etils import epath
+  with epath.Path(path).open("rb") as f:
+    return _read_only(np.load(f))
+
+
+@functools.lru_cache(maxsize=2)
+def _read_checkpoint_variable(checkpoint_path: str, variable_path: str) -> np.ndarray:
+  from prompt_tuning.runtime.checkpoints.restore import load_checkpoint_variable
+  return _read_only(load_checkpoint_variable(checkpoint_path, variable_path))
+
+
+def _read_only(value: np.ndarray) -> np.ndarray:
+  """Cached arrays are shared by every caller: make accidental in-place edits fail loudly."""
+  value.setflags(write=False)
+  return value
 
 
 # ----------------------------------------------------------------------------------------------- combination

@@ -73,6 +73,22 @@ def test_from_file_and_wrong_shape(tmp_path):
     prompts.np_load(str(tmp_path / "missing.npy"))()
 
 
+def test_files_are_read_once_until_rewritten(tmp_path, monkeypatch):
+  path = tmp_path / "table.npy"
+  np.save(path, TABLE)
+  reads = []
+  real_load = np.load
+  monkeypatch.setattr(np, "load", lambda f: reads.append(f) or real_load(f))
+  for _ in range(3):  # e.g. gin builds a new loader each time the model is built and traced
+    np.testing.assert_array_equal(prompts.np_load(str(path))(), TABLE)
+  assert len(reads) == 1
+  with pytest.raises(ValueError, match="read-only"):
+    prompts.np_load(str(path))()[0, 0] = 1.0
+  np.save(path, TABLE[:5] * 2)  # rewritten: read again
+  np.testing.assert_array_equal(prompts.np_load(str(path))(), TABLE[:5] * 2)
+  assert len(reads) == 2
+
+
 def test_released_prompt_file_loads(shared_data):
   arr = prompts.np_load(str(shared_data / "released_prompts" / "t5_1_1_lm100k_base" / "sst2.npy"))()
   assert arr.shape == (100, 768) and arr.dtype == np.float32

@@ -19,7 +19,8 @@ from prompt_tuning.models import EncoderDecoder, get_config
 from prompt_tuning.runtime import decoding, optim
 from prompt_tuning.runtime.checkpoints import load_t5x_params
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
-from prompt_tuning.runtime.checkpoints.restore import ParamTreeMismatchError, load_params, merge_checkpoint_into
+from prompt_tuning.runtime.checkpoints.restore import (ParamTreeMismatchError, load_checkpoint_variable, load_params,
+                                                       merge_checkpoint_into)
 from prompt_tuning.runtime.configs import RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.partitioning import Partitioner
@@ -177,6 +178,12 @@ def test_frozen_weights_from_our_own_orbax_checkpoint(tmp_path, pretrained):
   assert step == 7
   for path, value in traverse_util.flatten_dict(params, sep="/").items():
     assert np.array_equal(traverse_util.flatten_dict(loaded, sep="/")[path], value)
+  # One variable alone (Orbax partial restore), as the vocabulary-based prompt initialisers read it.
+  emb = prompts.t5x_load(str(tmp_path / "run" / "checkpoint_7"), "token_embedder/embedding")()
+  np.testing.assert_array_equal(emb, params["token_embedder"]["embedding"])
+  assert load_checkpoint_variable(str(tmp_path / "run"), "state/step") == 7
+  with pytest.raises(KeyError, match="token_embedder has no 'table'"):
+    load_checkpoint_variable(str(tmp_path / "run"), "token_embedder/table")
 
 
 def test_frozen_weights_from_hugging_face_safetensors(tmp_path, pretrained):
@@ -188,6 +195,8 @@ def test_frozen_weights_from_hugging_face_safetensors(tmp_path, pretrained):
   assert step is None
   for path, value in traverse_util.flatten_dict(params, sep="/").items():
     np.testing.assert_array_equal(traverse_util.flatten_dict(loaded, sep="/")[path], value)
+  np.testing.assert_array_equal(load_checkpoint_variable(str(tmp_path / "hf"), "decoder/logits_dense/kernel"),
+                                params["decoder"]["logits_dense"]["kernel"])
 
 
 def test_targets_longer_than_the_feature_length_are_counted_and_warned(caplog):

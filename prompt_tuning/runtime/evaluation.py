@@ -81,9 +81,7 @@ class InferenceRunner:
 
   def predict_fn(self, ds: tf.data.Dataset, model_feature_shapes: Mapping[str, int] | None = None):
     del model_feature_shapes
-    rng = jax.random.PRNGKey(0)
-    return [(i, tokens.tolist()) for i, (tokens, _) in
-            self._run(ds, lambda b: self._predict(self.trainable, self.frozen, b, rng))]
+    return self.predict_with_aux_fn(ds)[0]
 
   def predict_with_aux_fn(self, ds: tf.data.Dataset, model_feature_shapes: Mapping[str, int] | None = None):
     del model_feature_shapes

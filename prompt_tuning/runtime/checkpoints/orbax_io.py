@@ -7,6 +7,8 @@ INITIAL_CHECKPOINT_PATH. Every save also writes the trainable parameters matchin
 """
 from __future__ import annotations
 
+import functools
+
 import io
 import logging
 import re
@@ -48,6 +50,30 @@ def load_orbax_params(location: epath.PathLike, dtype: str | None = None) -> tup
     params = jax.tree_util.tree_map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
   step = restored.get("state", {}).get("step")
   return params, None if step is None else int(np.asarray(step))
+
+
+def load_orbax_variable(location: epath.PathLike, variable_path: str) -> np.ndarray:
+  """One leaf (e.g. 'token_embedder/embedding', under 'target' unless the path starts with 'state/') of one of our
+  Orbax checkpoints, read alone (Orbax partial restore) as host numpy."""
+  location = _absolute(location)
+  state_dir = location / STATE if (location / STATE).exists() else location
+  keys = [k for k in variable_path.split("/") if k]
+  if keys[:1] not in (["target"], ["state"]):
+    keys = ["target", *keys]
+  checkpointer = ocp.PyTreeCheckpointer()
+  node = checkpointer.metadata(state_dir).item_metadata.tree
+  for depth, key in enumerate(keys):
+    if not isinstance(node, dict) or key not in node:
+      held = sorted(node) if isinstance(node, dict) else "a leaf"
+      raise KeyError(f"No variable {variable_path!r} in {str(location)!r}: {'/'.join(keys[:depth]) or 'the top level'} "
+                     f"has no {key!r} (it holds {held}).")
+    node = node[key]
+  if isinstance(node, dict):
+    raise ValueError(f"{variable_path!r} in {str(location)!r} is a subtree with children {sorted(node)}, not a variable.")
+  nest = lambda leaf: functools.reduce(lambda inner, key: {key: inner}, reversed(keys), leaf)
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=nest(0), restore_args=nest(ocp.RestoreArgs(restore_type=np.ndarray)), partial_restore=True))
+  return np.asarray(functools.reduce(lambda tree, key: tree[key], keys, restored))
 
 
 def export_numpy(model_dir: epath.PathLike, step: int, params: Any, regexes: Sequence[str]) -> list[epath.Path]:

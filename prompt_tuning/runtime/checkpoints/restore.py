@@ -9,7 +9,7 @@ from etils import epath
 from flax import traverse_util
 
 from prompt_tuning.runtime.checkpoints import formats
-from prompt_tuning.runtime.checkpoints.t5x_native import load_t5x_checkpoint
+from prompt_tuning.runtime.checkpoints.t5x_native import load_t5x_checkpoint, load_variable
 
 Params = dict[str, Any]
 
@@ -33,6 +33,20 @@ def load_params(path: str, step: int | None = None, dtype: str | None = None) ->
     params, _ = load_hf_t5(str(location))
     return _cast(params, dtype), None
   raise formats.UnknownCheckpointFormatError(epath.Path(path))
+
+
+def load_checkpoint_variable(path: str, variable_path: str = "token_embedder/embedding") -> np.ndarray:
+  """One variable of a checkpoint of any supported format; T5X and Orbax checkpoints read only that array."""
+  fmt, location = formats.resolve_checkpoint(path, None)
+  if fmt == formats.T5X:
+    return load_variable(location, variable_path)
+  if fmt == formats.ORBAX:
+    from prompt_tuning.runtime.checkpoints.orbax_io import load_orbax_variable
+    return load_orbax_variable(location, variable_path)
+  value = load_params(path)[0]
+  for key in variable_path.removeprefix("target/").split("/"):
+    value = value[key]
+  return np.asarray(value)
 
 
 def _cast(params: Params, dtype: str | None) -> Params:
