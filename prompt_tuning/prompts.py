@@ -29,6 +29,12 @@ def _materialise(x: ArrayOrLoader) -> np.ndarray:
   return np.asarray(x() if callable(x) else x)
 
 
+def _check_width(name: str, table: np.ndarray, shape: Sequence[int]) -> None:
+  if table.ndim != 2 or table.shape[-1] != shape[-1]:
+    raise ValueError(f"{name}: embedding table of shape {table.shape} does not match the prompt shape "
+                     f"{tuple(shape)}; its last dimension must be the model width {shape[-1]}.")
+
+
 # ----------------------------------------------------------------------------------------------- initialisers
 def random_uniform(scale: float = 0.5, symmetric: bool = True) -> Initializer:
   """U[-scale, scale) as in the paper; `symmetric=False` gives the reference code's U[0, scale)."""

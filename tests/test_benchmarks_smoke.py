@@ -2,7 +2,6 @@
 summary maths, the AOT table and the PyTorch peer (skipped without torch/peft). No timing is asserted."""
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import threading
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import seqio
