@@ -29,6 +29,10 @@ def _materialise(x: ArrayOrLoader) -> np.ndarray:
   return np.asarray(x() if callable(x) else x)
 
 
+# Initialisers run at every `init` trace; say each thing once.
+_warn_once = functools.lru_cache(maxsize=None)(logging.warning)
+
+
 def _check_width(name: str, table: np.ndarray, shape: Sequence[int]) -> None:
   if table.ndim != 2 or table.shape[-1] != shape[-1]:
     raise ValueError(f"{name}: embedding table of shape {table.shape} does not match the prompt shape "
@@ -59,12 +63,12 @@ def from_sampled_vocab(embeddings: ArrayOrLoader, population_size: int | None = 
     if population <= 0:
       raise ValueError(f"population_size={population_size} must be positive (or None for the whole vocabulary).")
     if population > table.shape[0]:
-      logging.warning("population_size=%d exceeds the vocabulary (%d rows); using all rows.", population,
-                      table.shape[0])
+      _warn_once("population_size=%d exceeds the vocabulary (%d rows); using all rows.", population,
+                 table.shape[0])
       population = table.shape[0]
     replace = shape[0] > population
     if replace:
-      logging.warning("Prompt length %d > population %d: sampling with replacement.", shape[0], population)
+      _warn_once("Prompt length %d > population %d: sampling with replacement.", shape[0], population)
     idx = jax.random.choice(key, population, (shape[0],), replace=replace)
     return jnp.asarray(table)[idx].astype(dtype)
 
@@ -80,8 +84,8 @@ def from_class_labels(embeddings: ArrayOrLoader, vocab: Vocabulary, class_labels
     _check_width("from_class_labels", table, shape)
     fallback = initializer or from_sampled_vocab(table)
     if len(class_labels) > shape[0]:
-      logging.warning("%d class labels but the prompt has %d rows; labels past row %d are skipped.",
-                      len(class_labels), shape[0], shape[0])
+      _warn_once("%d class labels but the prompt has %d rows; labels past row %d are skipped.",
+                 len(class_labels), shape[0], shape[0])
     rows = []
     for label in list(class_labels)[:shape[0]]:
       ids = list(vocab.encode(label))
