@@ -39,9 +39,14 @@ def rss_bytes() -> int | None:
 
 
 def peak_rss_bytes() -> int:
-  """High-water mark of the resident set since the last `reset_peak_rss` (or since the process started)."""
+  """High-water mark of the resident set since the last `reset_peak_rss` (or since the process started).
+
+  The kernel folds per-thread RSS counters into VmHWM lazily, so a fresh VmRSS can exceed it by a few pages;
+  the peak is never reported below the current resident set.
+  """
   kib = _status_kib("VmHWM")
-  return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * _KIB
+  peak = (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * _KIB
+  return max(peak, rss_bytes() or 0)
 
 
 def release_free_heap() -> None:
@@ -179,7 +184,8 @@ def serve(conn: Any, spec: dict[str, Any]) -> None:
       cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
       conn.send({"result": result, "cpu_s": cpu, "minor_faults": after.ru_minflt - before.ru_minflt})
     elif msg["cmd"] == "stats":
-      conn.send({"peak_rss_steps": peak_rss_bytes(), "rss_now": rss_bytes(),
+      now = rss_bytes()
+      conn.send({"peak_rss_steps": max(peak_rss_bytes(), now or 0), "rss_now": now,
                  "device_peak_bytes": getattr(worker, "device_peak_bytes", lambda: None)()})
     else:
       conn.send({"stopped": True})
