@@ -95,6 +95,10 @@ def build_specs(args: argparse.Namespace, runs: Sequence[RunSpec]) -> list[dict[
   return specs
 
 
+class WorkerDied(RuntimeError):
+  """A worker process exited (a crash inside XLA or PyTorch, the OOM killer) instead of answering."""
+
+
 class Worker:
   def __init__(self, ctx: Any, spec: dict[str, Any]):
     from benchmarks import workers
@@ -102,14 +106,39 @@ class Worker:
     self.conn, child = ctx.Pipe()
     self.process = ctx.Process(target=workers.serve, args=(child, spec), daemon=True)
     self.process.start()
-    reply = self.conn.recv()
+    try:
+      reply = self._recv()
+    except WorkerDied as e:
+      reply = {"ok": False, "error": str(e)}
     self.ok = reply["ok"]
     self.info = reply.get("info", {})
     self.error = reply.get("error")
 
+  def _died(self) -> WorkerDied:
+    self.process.join(timeout=5)
+    return WorkerDied(f"worker {self.spec['label']!r} exited with code {self.process.exitcode} without "
+                      "answering (its stderr above says why)")
+
+  def _recv(self, poll_s: float = 1.0) -> dict[str, Any]:
+    """The worker's next reply; raises `WorkerDied` instead of waiting forever on a dead process."""
+    try:
+      while not self.conn.poll(poll_s):
+        if not self.process.is_alive():
+          raise self._died()
+      return self.conn.recv()
+    except (EOFError, OSError) as e:  # the pipe closed under us
+      raise self._died() from e
+
   def call(self, **msg: Any) -> dict[str, Any]:
-    self.conn.send(msg)
-    return self.conn.recv()
+    try:
+      try:
+        self.conn.send(msg)
+      except OSError as e:  # BrokenPipeError: nobody reads the other end
+        raise self._died() from e
+      return self._recv()
+    except WorkerDied as e:
+      self.ok, self.error = False, str(e)
+      raise
 
   def stop(self) -> None:
     if self.ok and self.process.is_alive():
@@ -232,9 +261,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       order = active[r % len(active):] + active[:r % len(active)] if active else []
       record: dict[str, Any] = {"load": os.getloadavg()[0], "times": {}, "cpu_s": {}, "minor_faults": {}}
       if "peak" in workers and workers["peak"].ok:
-        record["peak"] = workers["peak"].call(cmd="run", steps=1)["result"]
+        try:
+          record["peak"] = workers["peak"].call(cmd="run", steps=1)["result"]
+        except WorkerDied as e:
+          print(f"  {e}", file=sys.stderr, flush=True)
       for label in order:
-        reply = workers[label].call(cmd="run", steps=args.steps_per_round)
+        try:
+          reply = workers[label].call(cmd="run", steps=args.steps_per_round)
+        except WorkerDied as e:  # keep timing the others; this run is reported without its missing rounds
+          print(f"  {e}", file=sys.stderr, flush=True)
+          active.remove(label)
+          continue
         record["times"][label] = reply["result"]
         record["cpu_s"][label] = reply["cpu_s"]
         record["minor_faults"][label] = reply["minor_faults"]

@@ -91,6 +91,19 @@ def test_worker_protocol_runs_and_reports_memory():
   thread.join(timeout=10)
 
 
+def test_a_worker_that_dies_is_reported_not_waited_on_forever():
+  """A worker killed mid-benchmark (OOM killer, a crash inside XLA) must not hang the parent."""
+  spec = {"label": "peak", "framework": "peak", "device": "cpu", "dtype": "float32", "sizes": (64,)}
+  worker = step_time.Worker(multiprocessing.get_context("spawn"), spec)
+  assert worker.ok, worker.error
+  worker.process.kill()
+  worker.process.join(timeout=30)
+  with pytest.raises(step_time.WorkerDied, match=r"'peak' exited with code -9"):
+    worker.call(cmd="run", steps=1)
+  assert not worker.ok and "exited" in worker.error
+  worker.stop()  # a dead worker is not asked to stop
+
+
 class _FakeWorker:
   def __init__(self, info):
     self.ok, self.info, self.error = True, info, None
