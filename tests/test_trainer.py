@@ -1,10 +1,12 @@
 """The train step and run state: what trains, what stays frozen, compilation, microbatches, sharding, loading."""
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -197,6 +199,24 @@ def test_frozen_weights_from_hugging_face_safetensors(tmp_path, pretrained):
     np.testing.assert_array_equal(traverse_util.flatten_dict(loaded, sep="/")[path], value)
   np.testing.assert_array_equal(load_checkpoint_variable(str(tmp_path / "hf"), "decoder/logits_dense/kernel"),
                                 params["decoder"]["logits_dense"]["kernel"])
+  # Any other single variable is read lazily: the whole-file reader must not be called.
+  from prompt_tuning.runtime.checkpoints import hf
+  with mock.patch.object(hf, "read_safetensors", side_effect=AssertionError("read the whole file")):
+    for path in ("token_embedder/embedding", "encoder/layers_0/attention/query/kernel",
+                 "decoder/relpos_bias/rel_embedding", "target/encoder/encoder_norm/scale"):
+      keys = path.removeprefix("target/").split("/")
+      np.testing.assert_array_equal(load_checkpoint_variable(str(tmp_path / "hf"), path),
+                                    functools.reduce(lambda tree, k: tree[k], keys, params))
+  with pytest.raises(KeyError, match="encoder/layers_9/mlp/wo/kernel.*is not a parameter"):
+    load_checkpoint_variable(str(tmp_path / "hf"), "encoder/layers_9/mlp/wo/kernel")
+  # A sharded save (index + shards) is read the same way.
+  shard = "model-00001-of-00001.safetensors"
+  (tmp_path / "hf" / hf.WEIGHTS_FILE).rename(tmp_path / "hf" / shard)
+  names = list(hf._name_map(get_config("tiny", vocab_size=BYTE_VOCAB_ROWS)))  # pylint: disable=protected-access
+  (tmp_path / "hf" / hf.INDEX_FILE).write_text(json.dumps({"weight_map": {n: shard for n in names}}))
+  with mock.patch.object(hf, "read_safetensors", side_effect=AssertionError("read the whole file")):
+    np.testing.assert_array_equal(load_checkpoint_variable(str(tmp_path / "hf"), "token_embedder/embedding"),
+                                  params["token_embedder"]["embedding"])
 
 
 def test_targets_longer_than_the_feature_length_are_counted_and_warned(caplog):

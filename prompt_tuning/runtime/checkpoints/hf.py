@@ -213,6 +213,36 @@ def load_hf_t5(path: epath.PathLike, dtype: Any = np.float32) -> tuple[dict, T5C
   return traverse_util.unflatten_dict(flat, sep="/"), config
 
 
+def load_hf_variable(path: epath.PathLike, variable_path: str, dtype: Any = np.float32) -> np.ndarray:
+  """One parameter (our '/'-joined path) of a Hugging Face T5 dir, as `load_hf_t5` would give it.
+
+  Local files are opened lazily (`safetensors.safe_open`), so only that tensor is read: an initialiser that
+  needs the embedding of an XXL checkpoint does not load the 44 GB model. The output head, which depends on
+  whether `lm_head` is tied (a comparison of two whole tensors), and remote files take the full conversion.
+  """
+  root = epath.Path(path)
+  inverse = {ours: (name, transpose)
+             for name, (ours, transpose) in _name_map(t5_config_from_hf(json.loads(
+                 (root / CONFIG_FILE).read_text()))).items()}
+  if variable_path not in inverse or variable_path.startswith("decoder/logits_dense") or "://" in os.fspath(root):
+    value: Any = load_hf_t5(root, dtype)[0]
+    for key in variable_path.split("/"):
+      if not isinstance(value, Mapping) or key not in value:
+        raise KeyError(f"{variable_path!r} is not a parameter of the Hugging Face checkpoint {os.fspath(root)!r} "
+                       "(paths look like 'token_embedder/embedding' or 'encoder/layers_0/mlp/wo/kernel').")
+      value = value[key]
+    return np.asarray(value)
+  name, transpose = inverse[variable_path]
+  shard = WEIGHTS_FILE
+  if not (root / WEIGHTS_FILE).exists() and (root / INDEX_FILE).exists():
+    shard = json.loads((root / INDEX_FILE).read_text())["weight_map"][name]
+  _safetensors()  # the clear ImportError when the hf extra is missing
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  with safe_open(os.fspath(root / shard), framework="numpy") as f:
+    array = f.get_tensor(name)
+  return np.ascontiguousarray(array.T if transpose else array, dtype=dtype)
+
+
 def save_hf_t5(params: Mapping[str, Any], config: T5Config, out_dir: epath.PathLike) -> epath.Path:
   """Write `config.json` + `model.safetensors` (float32) that `T5ForConditionalGeneration.from_pretrained` loads.
 

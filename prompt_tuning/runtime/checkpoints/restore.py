@@ -36,17 +36,17 @@ def load_params(path: str, step: int | None = None, dtype: str | None = None) ->
 
 
 def load_checkpoint_variable(path: str, variable_path: str = "token_embedder/embedding") -> np.ndarray:
-  """One variable of a checkpoint of any supported format; T5X and Orbax checkpoints read only that array."""
+  """One variable of a checkpoint of any supported format, reading only that array where the format allows."""
   fmt, location = formats.resolve_checkpoint(path, None)
   if fmt == formats.T5X:
     return load_variable(location, variable_path)
   if fmt == formats.ORBAX:
     from prompt_tuning.runtime.checkpoints.orbax_io import load_orbax_variable
     return load_orbax_variable(location, variable_path)
-  value = load_params(path)[0]
-  for key in variable_path.removeprefix("target/").split("/"):
-    value = value[key]
-  return np.asarray(value)
+  if fmt == formats.HF:
+    from prompt_tuning.runtime.checkpoints.hf import load_hf_variable
+    return load_hf_variable(str(location), variable_path.removeprefix("target/"))
+  raise formats.UnknownCheckpointFormatError(epath.Path(path))
 
 
 def _cast(params: Params, dtype: str | None) -> Params:
