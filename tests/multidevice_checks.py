@@ -175,6 +175,43 @@ def check_indivisible_parameter_error():
                 lambda: partitioning.Partitioner(num_partitions=2).params_shardings(abstract))
 
 
+def check_hybrid_mesh_splits_the_batch_over_replica_and_data():
+  """T5X's multi-slice mesh: ('replica', 'data', 'model'); the batch goes over ('replica', 'data')."""
+  model = tiny_model()
+  partitioner = partitioning.Partitioner(ici_mesh_shape=(2, 2, 2), dcn_mesh_shape=(1, 1, 1))
+  mesh = partitioner.mesh
+  assert mesh.axis_names == ("replica", "data", "model"), mesh.axis_names
+  assert dict(mesh.shape) == {"replica": 2, "data": 2, "model": 2}, mesh.shape
+  assert dict(partitioner.logical_axis_rules)["batch"] == ("replica", "data")
+  assert partitioner.data_partition_spec == P(("replica", "data")) and partitioner.num_data_shards == 4
+  abstract = jax.eval_shape(init_fn(model), jax.random.PRNGKey(0))
+  variables = partitioner.initialize(init_fn(model), abstract, jax.random.PRNGKey(0))
+  embedding = next(v for k, v in flat(variables).items() if k.endswith("token_embedder/embedding"))
+  assert embedding.sharding.spec == P("model", None), embedding.sharding
+  batch = partitioner.shard_batch({"enc": ENC, "dec_in": DEC_IN, "tgt": TGT})
+  assert {s.data.shape for s in batch["tgt"].addressable_shards} == {(2, TGT.shape[1])}
+  forward = partitioner.partition(lambda v, b: model.apply(v, b["enc"], b["dec_in"], b["tgt"]),
+                                  in_shardings=(partitioner.params_shardings(abstract), partitioner.data_sharding),
+                                  out_shardings=None)
+  want = jax.jit(model.apply)(jax.jit(init_fn(model))(jax.random.PRNGKey(0)), ENC, DEC_IN, TGT)
+  np.testing.assert_allclose(np.asarray(forward(variables, batch)), np.asarray(want), rtol=1e-5, atol=1e-5)
+  constrained = partitioner.partition(lambda x: nn.with_logical_constraint(x + 1.0, ("batch", "vocab")), None,
+                                      None)(jnp.zeros((8, 4)))
+  assert constrained.sharding.spec == P(("replica", "data"), "model"), constrained.sharding
+  assert_raises(["batch size 6", "4 data-parallel shards"], lambda: partitioner.check_batch_size(6))
+
+
+def check_hybrid_mesh_errors():
+  assert_raises(["both ici_mesh_shape and dcn_mesh_shape", "dcn_mesh_shape=None"],
+                lambda: partitioning.Partitioner(ici_mesh_shape=(2, 2, 2)))
+  assert_raises(["covers 16 devices", "there are 8"],
+                lambda: partitioning.get_mesh(ici_mesh_shape=(2, 2, 2), dcn_mesh_shape=(2, 1, 1)))
+  assert_raises(["asks for 2 slices or processes", "1 process(es)"],
+                lambda: partitioning.get_mesh(ici_mesh_shape=(1, 2, 2), dcn_mesh_shape=(2, 1, 1)))
+  assert_raises(["ici_mesh_shape=(8,)", "(replica, data, model)"],
+                lambda: partitioning.get_mesh(ici_mesh_shape=(8,), dcn_mesh_shape=(1,)))
+
+
 # ------------------------------------------------------------------------------- two processes x 4 devices
 GLOBAL_BATCH = np.arange(24, dtype=np.int32).reshape(8, 3)
 
@@ -194,6 +231,21 @@ def multihost_check_layout_and_shard_batch():
     weighted = partitioner.partition(lambda b: jnp.sum(b["x"] * jnp.arange(1, 9)[:, None]), None, P())(batch)
     want_sum = int(np.sum(GLOBAL_BATCH * np.arange(1, 9)[:, None]))
     assert int(weighted.addressable_data(0)) == want_sum, (num_partitions, weighted, want_sum)
+
+
+def multihost_check_hybrid_mesh_puts_one_process_per_replica():
+  """dcn across processes (T5X multi-slice, processes standing in for slices): each host feeds its replica."""
+  pid = jax.process_index()
+  partitioner = partitioning.Partitioner(ici_mesh_shape=(1, 2, 2), dcn_mesh_shape=(2, 1, 1))
+  mesh = partitioner.mesh
+  assert dict(mesh.shape) == {"replica": 2, "data": 2, "model": 2}, mesh.shape
+  assert [{d.process_index for d in mesh.devices[r].flat} for r in range(2)] == [{0}, {1}]
+  layout = partitioner.get_data_layout(8)
+  assert (layout.num_shards, layout.shard_id, layout.is_first_host_in_replica_set) == (2, pid, True), layout
+  batch = partitioner.shard_batch({"x": GLOBAL_BATCH[pid * 4:(pid + 1) * 4]})
+  assert batch["x"].shape == GLOBAL_BATCH.shape, batch["x"].shape
+  weighted = partitioner.partition(lambda b: jnp.sum(b["x"] * jnp.arange(1, 9)[:, None]), None, P())(batch)
+  assert int(weighted.addressable_data(0)) == int(np.sum(GLOBAL_BATCH * np.arange(1, 9)[:, None])), weighted
 
 
 def multihost_check_initialize():

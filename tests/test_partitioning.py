@@ -124,6 +124,23 @@ def test_gin_wiring_of_prompt_runs():
   assert dict(partitioner.mesh.shape) == {"data": jax.device_count(), "model": 1}
 
 
+def test_gin_wiring_of_a_multi_slice_mesh():
+  """T5X's `ici_mesh_shape` / `dcn_mesh_shape` bindings; `num_partitions` (set by the run gins) is ignored."""
+  with gin.unlock_config():
+    gin.parse_config("""
+        from __gin__ import dynamic_registration
+        import prompt_tuning.runtime.partitioning as partitioning
+        pt_slices/partitioning.PjitPartitioner.num_partitions = 1
+        pt_slices/partitioning.PjitPartitioner.ici_mesh_shape = (1, %s, 1)
+        pt_slices/partitioning.PjitPartitioner.dcn_mesh_shape = (1, 1, 1)
+    """ % jax.device_count())
+  with gin.config_scope("pt_slices"):
+    partitioner = gin.get_configurable(partitioning.PjitPartitioner)()
+  assert dict(partitioner.mesh.shape) == {"replica": 1, "data": jax.device_count(), "model": 1}
+  assert partitioner.data_partition_spec == P(("replica", "data"))
+  assert dict(partitioner.logical_axis_rules)["batch"] == ("replica", "data")
+
+
 def test_params_on_host_is_rejected():
   with pytest.raises(ValueError, match="params_on_devices=False"):
     partitioning.Partitioner(params_on_devices=False)

@@ -109,8 +109,9 @@ def test_train_step_on_8_devices_matches_one_device():
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  np.testing.assert_allclose(out["sharded_losses"], out["single_losses"], rtol=1e-5)
-  np.testing.assert_allclose(out["sharded_prompt"], out["single_prompt"], rtol=1e-4, atol=1e-5)
+  for layout in ("sharded", "multi_slice"):
+    np.testing.assert_allclose(out[f"{layout}_losses"], out["single_losses"], rtol=1e-5, err_msg=layout)
+    np.testing.assert_allclose(out[f"{layout}_prompt"], out["single_prompt"], rtol=1e-4, atol=1e-5, err_msg=layout)
 
 
 def test_predictions_with_a_prompt_match_step_by_step_argmax():

@@ -10,6 +10,7 @@ if __name__ == "__main__":
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import json
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,11 +38,11 @@ def make_batch(seed: int) -> dict[str, np.ndarray]:
           "decoder_loss_weights": (tgt > 0).astype(np.float32)}
 
 
-def run(num_partitions: int, devices) -> tuple[list[float], np.ndarray]:
+def run(devices, **mesh: Any) -> tuple[list[float], np.ndarray]:
   cfg = get_config("tiny", dtype=jnp.float32, vocab_size=128, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16)
   module = EncoderDecoder(cfg, lambda: prompts.PromptedInputs(prompts.Prompt(4)))
   model = EncoderDecoderModel(module)
-  partitioner = Partitioner(num_partitions=num_partitions, devices=devices)
+  partitioner = Partitioner(devices=devices, **mesh)
   shapes = {"encoder_input_tokens": (BATCH, ENC_LEN), "decoder_input_tokens": (BATCH, DEC_LEN)}
   run_params = build_run_params(model, partitioner, shapes, None, [".*/prompt/.*"], jax.random.PRNGKey(0))
   tx = optim.adafactor(0.3)
@@ -58,10 +59,12 @@ def run(num_partitions: int, devices) -> tuple[list[float], np.ndarray]:
 
 def main() -> None:
   assert jax.device_count() == 8, jax.devices()
-  single = run(1, jax.devices()[:1])
-  sharded = run(2, jax.devices())
-  print(json.dumps({"single_losses": single[0], "sharded_losses": sharded[0],
-                    "single_prompt": single[1].tolist(), "sharded_prompt": sharded[1].tolist()}))
+  single = run(jax.devices()[:1], num_partitions=1)
+  sharded = run(jax.devices(), num_partitions=2)
+  multi_slice = run(jax.devices(), ici_mesh_shape=(2, 2, 2), dcn_mesh_shape=(1, 1, 1))  # ('replica','data','model')
+  print(json.dumps({"single_losses": single[0], "sharded_losses": sharded[0], "multi_slice_losses": multi_slice[0],
+                    "single_prompt": single[1].tolist(), "sharded_prompt": sharded[1].tolist(),
+                    "multi_slice_prompt": multi_slice[1].tolist()}))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ Mesh layout (T5X_COMPAT §2.5): `num_partitions` devices form the 'model' axis, 
 'data' axis. `model_parallel_submesh=(x, y, z, c)` picks a physical TPU tile for the 'model' axis; on CPU and GPU,
 where devices have no torus coordinates, it just means `num_partitions = x*y*z*c`. With several processes the mesh
 covers the global `jax.devices()`, and the 'data' axis spans the hosts.
+
+Multi-slice (T5X's hybrid mesh): `ici_mesh_shape` and `dcn_mesh_shape`, both `(replica, data, model)`, give a
+('replica', 'data', 'model') mesh whose size is their product: `ici` within a slice (or a host, on CPU and GPU),
+`dcn` across slices (hosts). The batch is then split over ('replica', 'data') and `num_partitions` is ignored.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 LogicalAxisRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 MESH_AXES = ("data", "model")
+HYBRID_MESH_AXES = ("replica", "data", "model")
 
 # Axes that are never sharded, appended to every standard rules table (after the variant-specific rules).
 _REPLICATED_AXES = ("relpos_buckets", "abspos_buckets", "length", "layers", "stack", "mlp_activations")
@@ -96,17 +101,46 @@ def _device_grid(devices: Sequence[Any], num_partitions: int) -> np.ndarray:
   return np.array(ordered, dtype=object).reshape(shape)
 
 
+def _hybrid_grid(devices: Sequence[Any], ici_mesh_shape: Sequence[int], dcn_mesh_shape: Sequence[int]) -> np.ndarray:
+  """[replica, data, model] grid: `ici` inside each slice (TPU `slice_index`), or else inside each process (CPU,
+  GPU hosts); `dcn` across them."""
+  shapes = {"ici_mesh_shape": tuple(ici_mesh_shape), "dcn_mesh_shape": tuple(dcn_mesh_shape)}
+  for name, shape in shapes.items():
+    if len(shape) != 3 or any(not isinstance(n, int) or n < 1 for n in shape):
+      raise ValueError(f"{name}={shape!r} must be 3 positive ints: (replica, data, model).")
+  ici, dcn = shapes.values()
+  if math.prod(ici) * math.prod(dcn) != len(devices):
+    raise ValueError(f"ici_mesh_shape={ici} times dcn_mesh_shape={dcn} covers {math.prod(ici) * math.prod(dcn)} "
+                     f"devices, but there are {len(devices)}; ici should cover one slice (or host) and dcn count "
+                     "the slices (hosts).")
+  slices = len({getattr(d, "slice_index", None) for d in devices})
+  processes = len({d.process_index for d in devices})
+  if math.prod(dcn) not in (slices, processes):
+    raise ValueError(f"dcn_mesh_shape={dcn} asks for {math.prod(dcn)} slices or processes, but the devices come "
+                     f"from {slices} slice(s) and {processes} process(es); make the product of dcn_mesh_shape "
+                     "one of those.")
+  by_process = math.prod(dcn) != slices or getattr(devices[0], "slice_index", None) is None
+  return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=by_process)
+
+
 def get_mesh(num_partitions: int | None = 1, model_parallel_submesh: tuple[int, ...] | None = None,
-             devices: Sequence[Any] | None = None, backend: str | None = None) -> Mesh:
+             devices: Sequence[Any] | None = None, backend: str | None = None,
+             ici_mesh_shape: Sequence[int] | None = None, dcn_mesh_shape: Sequence[int] | None = None) -> Mesh:
   """A ('data', 'model') mesh over `devices` (default: every device of every process on `backend`).
 
   Give exactly one of `num_partitions` (size of the 'model' axis) and `model_parallel_submesh` (a TPU
-  (x, y, z, cores) tile; on CPU/GPU only its product counts and is used as `num_partitions`).
+  (x, y, z, cores) tile; on CPU/GPU only its product counts and is used as `num_partitions`). With both
+  `ici_mesh_shape` and `dcn_mesh_shape` the mesh is ('replica', 'data', 'model') instead (module docstring).
   """
+  if (ici_mesh_shape is None) != (dcn_mesh_shape is None):
+    raise ValueError(f"Give both ici_mesh_shape and dcn_mesh_shape for a multi-slice mesh, or neither; got "
+                     f"ici_mesh_shape={ici_mesh_shape!r}, dcn_mesh_shape={dcn_mesh_shape!r}.")
+  devices = list(jax.devices(backend) if devices is None else devices)
+  if ici_mesh_shape is not None:
+    return Mesh(_hybrid_grid(devices, ici_mesh_shape, dcn_mesh_shape), HYBRID_MESH_AXES)
   if (num_partitions is None) == (model_parallel_submesh is None):
     raise ValueError(f"Give exactly one of num_partitions={num_partitions!r} and model_parallel_submesh="
                      f"{model_parallel_submesh!r}; set the other to None.")
-  devices = list(jax.devices(backend) if devices is None else devices)
   if model_parallel_submesh is not None:
     submesh = tuple(model_parallel_submesh)
     if len(submesh) != 4 or any(not isinstance(s, int) or s < 1 for s in submesh):
@@ -159,26 +193,37 @@ class Partitioner:
   """Mesh + logical axis rules -> shardings for parameters, batches and jitted functions.
 
   Args (T5X `PjitPartitioner`'s, except `devices`):
-    num_partitions, model_parallel_submesh, backend, devices: as `get_mesh`; the mesh is built on first use.
+    num_partitions, model_parallel_submesh, backend, devices, ici_mesh_shape, dcn_mesh_shape: as `get_mesh`;
+      the mesh is built on first use.
     params_on_devices: only True (parameters live on the accelerators) is supported.
     logical_axis_rules: priority-ordered `(logical name, mesh axis | None)` pairs; `None` gives the standard
-      T5X rules plus the prompt rules.
+      T5X rules plus the prompt rules. With a multi-slice mesh, 'batch' is mapped to ('replica', 'data').
 
-  `data_partition_spec` is `PartitionSpec('data')`: batches are split along their first dimension.
+  `data_partition_spec` is `PartitionSpec('data')` (multi-slice: `PartitionSpec(('replica', 'data'))`): batches
+  are split along their first dimension.
   """
-
-  data_partition_spec = PartitionSpec("data")
 
   def __init__(self, num_partitions: int | None = 1, model_parallel_submesh: tuple[int, ...] | None = None,
                params_on_devices: bool = True, backend: str | None = None,
+               ici_mesh_shape: Sequence[int] | None = None, dcn_mesh_shape: Sequence[int] | None = None,
                logical_axis_rules: Sequence[tuple[str, Any]] | None = None,
                devices: Sequence[Any] | None = None):
     if not params_on_devices:
       raise ValueError("params_on_devices=False (parameters in host memory) is not supported; leave it True.")
+    if (ici_mesh_shape is None) != (dcn_mesh_shape is None):  # raised here, before any mesh is built
+      get_mesh(ici_mesh_shape=ici_mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
     self._mesh_args = dict(num_partitions=num_partitions, model_parallel_submesh=model_parallel_submesh,
-                           devices=devices, backend=backend)
+                           devices=devices, backend=backend, ici_mesh_shape=ici_mesh_shape,
+                           dcn_mesh_shape=dcn_mesh_shape)
+    hybrid = ici_mesh_shape is not None
+    self.data_axes: tuple[str, ...] = ("replica", "data") if hybrid else ("data",)
     rules = default_logical_axis_rules() if logical_axis_rules is None else logical_axis_rules
-    self.logical_axis_rules: LogicalAxisRules = tuple(tuple(rule) for rule in rules)
+    self.logical_axis_rules: LogicalAxisRules = tuple(
+        (rule[0], self.data_axes) if hybrid and rule[0] == "batch" else tuple(rule) for rule in rules)
+
+  @property
+  def data_partition_spec(self) -> PartitionSpec:
+    return PartitionSpec(self.data_axes if len(self.data_axes) > 1 else self.data_axes[0])
 
   @functools.cached_property
   def mesh(self) -> Mesh:
@@ -191,7 +236,7 @@ class Partitioner:
 
   @property
   def num_data_shards(self) -> int:
-    return self.mesh.shape["data"]
+    return math.prod(self.mesh.shape[axis] for axis in self.data_axes)
 
   # ---------------------------------------------------------------------------------------------- parameters
   def params_specs(self, abstract_tree: Any) -> Any:
@@ -254,9 +299,10 @@ class Partitioner:
 
   @functools.cached_property
   def _host_rows(self) -> dict[int, tuple[int, ...]]:
-    """For each process, the 'data' indices (mesh rows) its devices hold."""
+    """For each process, the batch-shard indices (mesh rows over the data axes) its devices hold."""
     rows: dict[int, set[int]] = {}
-    for (row, _), device in np.ndenumerate(self.mesh.devices):
+    grid = self.mesh.devices.reshape(-1, self.mesh.shape["model"])  # ('replica', 'data') flattened, as the batch
+    for (row, _), device in np.ndenumerate(grid):
       rows.setdefault(device.process_index, set()).add(row)
     out = {p: tuple(sorted(r)) for p, r in rows.items()}
     for p, r in out.items():
