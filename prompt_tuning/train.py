@@ -18,6 +18,7 @@ import optax
 from prompt_tuning import cli
 from prompt_tuning.runtime import evaluation, input_pipeline, optim, summaries
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
+from prompt_tuning.runtime.checkpoints.restore import write_frozen_source
 from prompt_tuning.runtime.configs import CheckpointConfig, DatasetConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.state_init import build_run_params, input_shapes_for
@@ -78,6 +79,9 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
 
   shapes = input_shapes_for(train_dataset_cfg.task_feature_lengths, train_dataset_cfg.batch_size)
   run = build_run_params(model, partitioner, shapes, checkpoint_cfg.restore, trainable_regexes, init_rng)
+  restore = checkpoint_cfg.restore
+  if restore is not None and restore.path and jax.tree_util.tree_leaves(run.frozen) and jax.process_index() == 0:
+    write_frozen_source(model_dir, restore.path, restore.step, restore.assignment_map, restore.fallback_to_scratch)
   tx = optimizer(learning_rate=learning_rate_fn)
   save_cfg = checkpoint_cfg.save
   checkpointer = RunCheckpointer(model_dir, keep=save_cfg.keep if save_cfg else None,

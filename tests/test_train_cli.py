@@ -58,6 +58,24 @@ def test_prompt_tuning_train_eval_infer(tmp_path, frozen_checkpoint):
   assert len(rows) == 8 and {"inputs", "prediction", "targets"} <= set(rows[0]) and rows[0]["inputs"] == "is good 0"
   assert (tmp_path / "infer" / (out.name + ".COMPLETED")).exists()
 
+  # T5X's habit: evaluate the run's own checkpoint. It holds only the prompt; frozen_weights.json in MODEL_DIR
+  # names the checkpoint the frozen weights came from, so the result equals the training run's own evaluation.
+  assert json.loads((model_dir / "frozen_weights.json").read_text())["path"] == str(frozen_checkpoint)
+  eval_run = [*MODEL_FLAGS, "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_7'}'",
+              "--gin.PROMPT_LENGTH=3", *TASK_FLAGS[:2], "--gin.utils.DatasetConfig.split='validation'",
+              "--gin.BATCH_SIZE=4", f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval_run'}'"]
+  run_cli("eval", eval_run, tmp_path)
+  run_metrics = json.loads((tmp_path / "eval_run" / "cli_test_task-metrics.jsonl").read_text().splitlines()[-1])
+  assert run_metrics["step"] == 7 and run_metrics["accuracy"] == metrics[0]["accuracy"], (run_metrics, metrics)
+  predictions = lambda path: [json.loads(l)["prediction"] for l in path.open()]
+  during_training = predictions(model_dir / "inference_eval" / "cli_test_task-000007.jsonl")
+  assert predictions(tmp_path / "eval_run" / "cli_test_task-000007.jsonl") == during_training
+  assert len(set(during_training)) > 1  # distinct outputs: equal lists are not a coincidence
+  # Without the record the frozen weights are unknown: a clear error, not random weights.
+  (model_dir / "frozen_weights.json").rename(tmp_path / "frozen_weights.json")
+  proc = run_cli("eval", eval_run, tmp_path, check=False)
+  assert proc.returncode != 0 and "holds only the trained parameters" in proc.stderr, proc.stderr[-3000:]
+
 
 def test_sigkill_then_resume_matches_uninterrupted_run_bit_for_bit(tmp_path, frozen_checkpoint):
   steps, last = 120, 123  # the frozen checkpoint is at step 3

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from prompt_tuning.runtime.checkpoints.restore import load_params, merge_checkpoint_into
+from prompt_tuning.runtime.checkpoints.restore import restore_params
 from prompt_tuning.runtime.configs import RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.optim import split_trainable
@@ -47,8 +47,8 @@ def build_run_params(model: EncoderDecoderModel, partitioner: Any, input_shapes:
 
   ckpt_step = None
   if restore is not None and restore.path:
-    ckpt, ckpt_step = load_params(restore.path, restore.step, restore.dtype)
-    merged = merge_checkpoint_into(abstract, ckpt, restore.assignment_map, restore.fallback_to_scratch)
+    merged, ckpt_step = restore_params(abstract, restore.path, restore.step, restore.dtype, restore.assignment_map,
+                                       restore.fallback_to_scratch)
   else:
     merged = abstract
   flat = traverse_util.flatten_dict(merged, sep="/")

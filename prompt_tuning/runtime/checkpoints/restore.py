@@ -1,6 +1,8 @@
 """Frozen weights from where users keep them (T5X native, our Orbax runs, Hugging Face T5) into a model tree."""
 from __future__ import annotations
 
+import json
+import os
 import re
 from typing import Any, Mapping, Sequence
 
@@ -117,3 +119,66 @@ def merge_checkpoint_into(model_params: Mapping[str, Any], ckpt_params: Mapping[
   if problems:
     raise ParamTreeMismatchError("Checkpoint does not fit the model: " + " | ".join(problems))
   return traverse_util.unflatten_dict(out, sep="/")
+
+
+# ------------------------------------------------------------------------------------ a run's frozen weights
+# A run's checkpoints hold only what trained (the prompt); this file in MODEL_DIR says where the rest came from,
+# so that `CHECKPOINT_PATH=MODEL_DIR/checkpoint_N` evaluates (or seeds a new run) with the right frozen weights.
+FROZEN_SOURCE_FILE = "frozen_weights.json"
+
+
+def write_frozen_source(model_dir: str, path: str, step: int | None,
+                        assignment_map: Sequence[tuple[str, str | None]], fallback_to_scratch: bool) -> None:
+  """Record (atomically) the checkpoint and mapping a run took its frozen weights from."""
+  location = path if "://" in path else os.path.abspath(path)
+  record = {"path": location, "step": step, "assignment_map": [list(rule) for rule in assignment_map],
+            "fallback_to_scratch": bool(fallback_to_scratch)}
+  target = epath.Path(model_dir) / FROZEN_SOURCE_FILE
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.parent / f".{FROZEN_SOURCE_FILE}.tmp"
+  tmp.write_text(json.dumps(record, indent=1))
+  tmp.rename(target)
+
+
+def frozen_source(path: str, step: int | None = None) -> dict[str, Any] | None:
+  """The frozen-weights record of the run that wrote the Orbax checkpoint at `path` (None for other checkpoints)."""
+  fmt, location = formats.resolve_checkpoint(path, step)
+  if fmt != formats.ORBAX:
+    return None
+  record = location.parent / FROZEN_SOURCE_FILE
+  return json.loads(record.read_text()) if record.exists() else None
+
+
+def restore_params(abstract: Params, path: str, step: int | None = None, dtype: str | None = None,
+                   assignment_map: Sequence[tuple[str, str | None]] = (), fallback_to_scratch: bool = False,
+                   ) -> tuple[Params, int | None]:
+  """`abstract` filled from the checkpoint at `path` (`merge_checkpoint_into`), and the checkpoint's step.
+
+  A run checkpoint of ours that has a frozen-weights record stands for the frozen weights it was trained on
+  plus its trained parameters: the recorded checkpoint is merged with the recorded mapping, then every parameter
+  the run checkpoint holds replaces its counterpart (`assignment_map` does not apply to them: they are the
+  result being restored).
+  """
+  ckpt, ckpt_step = load_params(path, step, dtype)
+  source = frozen_source(path, step)
+  if source is None:
+    if (formats.resolve_checkpoint(path, step)[0] == formats.ORBAX and "token_embedder" in abstract
+        and "token_embedder" not in ckpt):
+      raise ParamTreeMismatchError(
+          f"{path!r} is a run checkpoint that holds only the trained parameters "
+          f"({_describe(list(traverse_util.flatten_dict(ckpt, sep='/')), limit=3)}) and its run dir has no "
+          f"{FROZEN_SOURCE_FILE} naming the frozen weights. Evaluate the pretrained checkpoint with the exported "
+          "prompt instead (runs/prompt_eval.gin: CHECKPOINT_PATH=<pretrained>, PROMPT_FILE=<MODEL_DIR>/"
+          f"numpy_checkpoints/checkpoint_<step>/...), or write {FROZEN_SOURCE_FILE} with write_frozen_source().")
+    return merge_checkpoint_into(abstract, ckpt, assignment_map, fallback_to_scratch), ckpt_step
+  base, _ = restore_params(abstract, source["path"], source.get("step"), dtype,
+                           [tuple(rule) for rule in source["assignment_map"]], source["fallback_to_scratch"])
+  flat = traverse_util.flatten_dict(base, sep="/")
+  for name, value in traverse_util.flatten_dict(ckpt, sep="/").items():
+    if name not in flat or tuple(np.shape(flat[name])) != tuple(np.shape(value)):
+      raise ParamTreeMismatchError(
+          f"{name} {tuple(np.shape(value))} in run checkpoint {path!r} does not fit the model "
+          f"({tuple(np.shape(flat[name])) if name in flat else 'no such parameter'}); use the model gin files "
+          "the run was trained with.")
+    flat[name] = value
+  return traverse_util.unflatten_dict(flat, sep="/"), ckpt_step
