@@ -83,6 +83,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
   if restore is not None and restore.path and jax.tree_util.tree_leaves(run.frozen) and jax.process_index() == 0:
     write_frozen_source(model_dir, restore.path, restore.step, restore.assignment_map, restore.fallback_to_scratch)
   tx = optimizer(learning_rate=learning_rate_fn)
+  cli.write_config(model_dir)  # again: gin's operative config now includes the optimizer's settings
   save_cfg = checkpoint_cfg.save
   checkpointer = RunCheckpointer(model_dir, keep=save_cfg.keep if save_cfg else None,
                                  use_async=bool(save_cfg and save_cfg.use_async),
@@ -150,9 +151,10 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
                                   jax.process_index(), jax.process_count(), num_epochs=None)
   batches = input_pipeline.numpy_batches(ds, skip=position)
   preemption = _Preemption()
-  progress = summaries.Progress(start_step=step, end_step=end_step,
-                                tokens_per_step=train_dataset_cfg.batch_size * sum(
-                                    train_dataset_cfg.task_feature_lengths.values()))
+  lengths, batch_size = train_dataset_cfg.task_feature_lengths, train_dataset_cfg.batch_size
+  progress = summaries.Progress(start_step=step, end_step=end_step, tokens_per_step=batch_size * sum(lengths.values()),
+                                batch_size=batch_size, target_tokens_per_step=batch_size * lengths["targets"],
+                                num_devices=jax.device_count())
   period = save_cfg.period if save_cfg and save_cfg.period else None
   metrics_sum, metrics_count = None, 0
   last_good_saved = checkpointer.latest_step()
@@ -179,7 +181,9 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
         check_finite()
         averaged = {k: float(v) / metrics_count for k, v in jax.device_get(metrics_sum).items()}
         progress.log(step, averaged)
-        writers.write_scalars("train", step, {**averaged, **progress.timing(step)})
+        lr = float(learning_rate_fn(step) if callable(learning_rate_fn) else learning_rate_fn)
+        writers.write_scalars("train", step, {**averaged, **progress.timing(step), "learning_rate": lr,
+                                              "learning_rate/current": lr})
         metrics_sum, metrics_count = None, 0
       if save_cfg is not None and ((period and (step - first_step) % period == 0) or final):
         check_finite()
@@ -192,6 +196,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
         break
   checkpointer.wait()
   writers.close()
+  cli.write_config(model_dir)  # and with what the evaluations configured (decoding)
   return {"step": step, "eval": last_eval, "trainable": state.params, "frozen": run.frozen}
 
 

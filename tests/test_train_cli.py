@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from prompt_tuning.runtime import summaries
 from cli_utils import MODEL_FLAGS, TASK_FLAGS, cli_command, cli_env, run_cli, write_tiny_t5x_checkpoint
 
 PROMPT_FILE = "numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.prompt"
@@ -38,7 +39,14 @@ def test_prompt_tuning_train_eval_infer(tmp_path, frozen_checkpoint):
   assert prompt.shape == (3, 4) and prompt.dtype == np.float32
   np.testing.assert_array_equal(np.load(model_dir / (PROMPT_FILE.format(step=7) + ".npy")), prompt)
   assert not np.array_equal(prompt, np.load(model_dir / PROMPT_FILE.format(step=3)))  # it trained
-  assert list((model_dir / "train").glob("events.out.tfevents*"))
+  scalars = summaries.read_scalars(model_dir / "train")  # T5X's train/ scalars, every STATS_PERIOD=2 steps
+  assert [step for step, _ in scalars["loss"]] == [5, 7]
+  assert [lr for _, lr in scalars["learning_rate"]] == pytest.approx([0.3, 0.3])
+  for (_, rate), (_, seqs), (_, targets) in zip(scalars["timing/steps_per_second"], scalars["timing/seqs_per_second"],
+                                                scalars["timing/target_tokens_per_second"]):
+    assert seqs == pytest.approx(4 * rate) and targets == pytest.approx(4 * 4 * rate)  # batch 4, targets 4
+  config = (model_dir / "config.gin").read_text()
+  assert "optim.adafactor.decay_rate = 0.8" in config, config  # the operative config includes the optimizer
   assert list((model_dir / "training_eval" / "cli_test_task").glob("events.out.tfevents*"))
   metrics = [json.loads(l) for l in (model_dir / "inference_eval" / "cli_test_task-metrics.jsonl").open()]
   assert [m["step"] for m in metrics] == [7] and "accuracy" in metrics[0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import pathlib
 import time
 from typing import Mapping
 
@@ -29,19 +30,34 @@ class RunWriters:
 
 
 class Progress:
-  """Throughput and ETA since the first logged step."""
+  """Throughput and ETA since the first logged step.
 
-  def __init__(self, start_step: int, end_step: int, tokens_per_step: int):
+  `tokens_per_step` (inputs + targets) feeds the log line; the TensorBoard `timing/*` scalars use T5X's names
+  and meanings: sequences and target tokens per second, also per device ("core").
+  """
+
+  def __init__(self, start_step: int, end_step: int, tokens_per_step: int, batch_size: int = 0,
+               target_tokens_per_step: int = 0, num_devices: int = 1):
     self.start_step, self.end_step, self.tokens_per_step = start_step, end_step, tokens_per_step
+    self.batch_size, self.target_tokens_per_step = batch_size, target_tokens_per_step
+    self.num_devices = max(num_devices, 1)
     self._t0 = time.time()
     self._last_step, self._last_t = start_step, self._t0
 
   def timing(self, step: int) -> dict[str, float]:
+    """T5X's `timing/*` scalars for the steps since the previous call."""
     now = time.time()
     dt = max(now - self._last_t, 1e-9)
     rate = (step - self._last_step) / dt
     self._last_step, self._last_t = step, now
-    return {"timing/steps_per_second": rate, "timing/target_tokens_per_second": rate * self.tokens_per_step,
+    seqs_per_second = rate * self.batch_size
+    target_tokens_per_second = rate * self.target_tokens_per_step
+    return {"timing/steps_per_second": rate, "timing/seconds": dt,
+            "timing/seqs": float((step - self.start_step) * self.batch_size),
+            "timing/seqs_per_second": seqs_per_second,
+            "timing/seqs_per_second_per_core": seqs_per_second / self.num_devices,
+            "timing/target_tokens_per_second": target_tokens_per_second,
+            "timing/target_tokens_per_second_per_core": target_tokens_per_second / self.num_devices,
             "timing/uptime": now - self._t0}
 
   def log(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -59,3 +75,18 @@ def _fmt_seconds(s: float) -> str:
   m, sec = divmod(int(s), 60)
   h, m = divmod(m, 60)
   return f"{h:d}:{m:02d}:{sec:02d}"
+
+
+def read_scalars(log_dir: str | pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar in the TensorBoard event files of `log_dir`, as tag -> [(step, value), ...] in file order."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out: dict[str, list[tuple[int, float]]] = {}
+  for path in sorted(pathlib.Path(log_dir).glob("events.out.tfevents*")):
+    for record in tf.data.TFRecordDataset(str(path)):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.HasField("tensor") and not value.tensor.string_val:
+          out.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
+        elif value.HasField("simple_value"):
+          out.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return out

@@ -135,14 +135,8 @@ def train_command(family: Family, model_dir: pathlib.Path, checkpoint: str, step
 def median_step_time_ms(model_dir: pathlib.Path) -> float:
   """Median milliseconds per step (TensorBoard `timing/steps_per_second`, logged every step): robust to the
   first step's compilation and to the steps followed by an evaluation."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  rates = []
-  for path in sorted((model_dir / "train").glob("events.out.tfevents*")):
-    for record in tf.data.TFRecordDataset(str(path)):
-      event = tf.compat.v1.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        if value.tag == "timing/steps_per_second":
-          rates.append((event.step, float(tf.make_ndarray(value.tensor))))
+  from prompt_tuning.runtime.summaries import read_scalars  # pylint: disable=g-import-not-at-top
+  rates = read_scalars(model_dir / "train").get("timing/steps_per_second", [])
   if not rates:
     raise ValueError(f"No timing/steps_per_second in {model_dir}/train.")
   return float(np.median([1000.0 / rate for _, rate in rates]))
