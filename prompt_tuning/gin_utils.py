@@ -30,10 +30,25 @@ class ConfigError(ValueError):
   """A gin configuration that cannot run; the message names what to set."""
 
 
+# The reference repository's gin paths (its README and demo scripts) -> ours.
+_REFERENCE_PREFIXES = (("prompt_tuning/configs/models/decoding/", "decoding/"), ("prompt_tuning/configs/", ""),
+                       ("models/decoding/", "decoding/"))
+
+
+def resolve_reference_path(name: str) -> str:
+  """`prompt_tuning/configs/models/t5_1_1_base_prompt.gin` (google-research/prompt-tuning's layout) ->
+  `models/t5_1_1_base_prompt.gin`, so that the reference's commands run as written; other names are unchanged."""
+  for prefix, replacement in _REFERENCE_PREFIXES:
+    if name.startswith(prefix):
+      return replacement + name[len(prefix):]
+  return name
+
+
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
   """Parse gin files (in order) and bindings after adding the search paths (ours appended)."""
   for path in list(search_paths) + default_search_paths():
     gin.add_config_file_search_path(os.path.abspath(path) if not str(path).startswith("gs://") else path)
+  files = [name if os.path.exists(name) else resolve_reference_path(name) for name in files]
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
   except IOError as e:

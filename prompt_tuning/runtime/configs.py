@@ -4,6 +4,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
+# T5X gin files bind `utils.create_learning_rate_scheduler.*` (t5x.utils); our run gins import this module as
+# `utils`, so the same bindings reach the scheduler (gin configures the function object, whatever its alias).
+from prompt_tuning.runtime.schedules import create_learning_rate_scheduler  # noqa: F401  pylint: disable=unused-import
+
 
 
 @dataclasses.dataclass
