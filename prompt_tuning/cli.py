@@ -20,6 +20,9 @@ flags.DEFINE_boolean("multiprocess", False, "Initialise jax.distributed (multi-h
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for jax.distributed.")
 flags.DEFINE_integer("process_count", None, "Number of processes, for jax.distributed.")
 flags.DEFINE_integer("process_index", None, "This process's index, for jax.distributed.")
+flags.DEFINE_boolean("multiprocess_gpu", False, "T5X's name for --multiprocess.")
+flags.DEFINE_integer("initialization_timeout", None, "Seconds jax.distributed waits for every process to join.")
+flags.DEFINE_list("seqio_additional_cache_dirs", [], "More directories to search for cached SeqIO tasks.")
 
 
 def write_config(model_dir: str) -> None:
@@ -29,28 +32,33 @@ def write_config(model_dir: str) -> None:
 
 def initialize_distributed() -> None:
   """Start jax.distributed from the flags (or the environment / SLURM when flags are unset)."""
-  if not (FLAGS.multiprocess or FLAGS.coordinator_address):
+  if not (FLAGS.multiprocess or FLAGS.multiprocess_gpu or FLAGS.coordinator_address):
     return
   kwargs = {k: v for k, v in dict(coordinator_address=FLAGS.coordinator_address,
                                   num_processes=FLAGS.process_count,
-                                  process_id=FLAGS.process_index).items() if v is not None}
+                                  process_id=FLAGS.process_index,
+                                  initialization_timeout=FLAGS.initialization_timeout).items() if v is not None}
   jax.distributed.initialize(**kwargs)
   logging.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(), jax.process_count(),
                jax.device_count())
 
 
-def run_gin_main(argv: Sequence[str], fn: Callable[[], Any]) -> Any:
-  """Parse gin from the flags, then call the gin-configured `fn()`; config mistakes exit with one clear line."""
+def run_gin_main(argv: Sequence[str], fn: Callable[..., Any], **overrides: Any) -> Any:
+  """Parse gin from the flags, then call the gin-configured `fn(**overrides)`; config mistakes exit with one clear
+  line. `overrides` are flags that stand for a binding (infer's `--shard_id`)."""
   del argv
   for handler in logging.getLogger().handlers:  # absl's handler exists once app.run has started
     handler.addFilter(_QuietLibraries())
-  if FLAGS.tfds_data_dir:
+  if FLAGS.tfds_data_dir or FLAGS.seqio_additional_cache_dirs:
     import seqio
-    seqio.set_tfds_data_dir_override(FLAGS.tfds_data_dir)
+    if FLAGS.tfds_data_dir:
+      seqio.set_tfds_data_dir_override(FLAGS.tfds_data_dir)
+    if FLAGS.seqio_additional_cache_dirs:
+      seqio.add_global_cache_dirs(FLAGS.seqio_additional_cache_dirs)
   initialize_distributed()
   try:
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-    return gin.get_configurable(fn)()  # the run gin files bind it as `__main__.<fn>`, like T5X
+    return gin.get_configurable(fn)(**overrides)  # the run gin files bind it as `__main__.<fn>`, like T5X
   except (gin_utils.ConfigError, ValueError, FileNotFoundError, TypeError) as e:
     friendly = gin_utils.explain_missing(e) if isinstance(e, (ValueError, TypeError)) else None
     if friendly is None and not isinstance(e, gin_utils.ConfigError) and not _is_user_error(e):

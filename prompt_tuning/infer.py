@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+from absl import flags
 from etils import epath
 
 from prompt_tuning import cli
@@ -24,6 +25,9 @@ from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.state_init import build_run_params
 from prompt_tuning.serving import prompt_bank
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("shard_id", None, "This job's shard of the input (T5X); the same as binding infer.shard_id.")
 
 MODES = ("predict", "score", "predict_with_aux")
 
@@ -100,7 +104,8 @@ def _run_mixed(run_fn: Callable[[tf.data.Dataset], list[tuple[int, Any]]],
 
 
 def main(argv: Sequence[str]) -> None:
-  cli.run_gin_main(argv, infer)
+  shard = {} if FLAGS.shard_id is None else {"shard_id": FLAGS.shard_id}
+  cli.run_gin_main(argv, infer, **shard)
 
 
 if __name__ == "__main__":

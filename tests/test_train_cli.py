@@ -65,6 +65,11 @@ def test_prompt_tuning_train_eval_infer(tmp_path, frozen_checkpoint):
   rows = [json.loads(l) for l in out.open()]
   assert len(rows) == 8 and {"inputs", "prediction", "targets"} <= set(rows[0]) and rows[0]["inputs"] == "is good 0"
   assert (tmp_path / "infer" / (out.name + ".COMPLETED")).exists()
+  # T5X's --shard_id with infer.num_shards: the second half of the rows, in their own file.
+  run_cli("infer", [*common, "--gin_file=runs/prompt_infer.gin", f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'",
+                    TASK_FLAGS[2], "--gin.infer_script.infer.num_shards=2", "--shard_id=1"], tmp_path)
+  half = [json.loads(l) for l in (tmp_path / "infer" / "cli_test_task-predict.jsonl-00001-of-00002").open()]
+  assert [r["inputs"] for r in half] == [r["inputs"] for r in rows][1::2]
 
   # T5X's habit: evaluate the run's own checkpoint. It holds only the prompt; frozen_weights.json in MODEL_DIR
   # names the checkpoint the frozen weights came from, so the result equals the training run's own evaluation.

@@ -137,7 +137,7 @@ def write_frozen_source(model_dir: str, path: str, step: int | None,
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = target.parent / f".{FROZEN_SOURCE_FILE}.tmp"
   tmp.write_text(json.dumps(record, indent=1))
-  tmp.rename(target)
+  tmp.replace(target)
 
 
 def frozen_source(path: str, step: int | None = None) -> dict[str, Any] | None:
