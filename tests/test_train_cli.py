@@ -118,6 +118,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bit_for_bit(tmp_path, fro
     (["--gin.MODEL_DIR=%gin.REQUIRED"], "MODEL_DIR"),
     (["--gin.MIXTURE_OR_TASK_NAME='cli_test_tsak'"], "cli_test_task"),
     (["--gin.INITIAL_CHECKPOINT_PATH='/nonexistent/checkpoint_1'"], "/nonexistent/checkpoint_1"),
+    (["--gin.utils.SaveCheckpointConfig.dtype='bfloat16'"], "SaveCheckpointConfig.dtype='bfloat16'"),
 ])
 def test_config_errors_are_one_clear_line(tmp_path, frozen_checkpoint, extra, message):
   proc = run_cli("train", train_flags(tmp_path / "run", frozen_checkpoint, 5, *extra), tmp_path, check=False)
@@ -143,3 +144,18 @@ def test_nan_loss_stops_and_names_the_step(tmp_path, frozen_checkpoint):
   assert proc.returncode != 0
   assert "NaN/Inf at step" in proc.stderr and "checkpoint_3" in proc.stderr
   assert not (model_dir / "checkpoint_5").exists()  # nothing non-finite was saved
+
+
+def test_eval_mode_all_evaluates_every_checkpoint_of_a_run(tmp_path, frozen_checkpoint):
+  """T5X's `RestoreCheckpointConfig.mode='all'` on MODEL_DIR: one metrics line per kept checkpoint."""
+  model_dir = tmp_path / "run"
+  run_cli("train", train_flags(model_dir, frozen_checkpoint, 7, "--gin.EVAL_PERIOD=0", "--gin.KEEP_CHECKPOINTS=None"),
+          tmp_path)
+  flags = [*MODEL_FLAGS, "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'", "--gin.PROMPT_LENGTH=3",
+           *TASK_FLAGS[:2], "--gin.utils.DatasetConfig.split='validation'", "--gin.BATCH_SIZE=4",
+           f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'"]
+  run_cli("eval", [*flags, "--gin.utils.RestoreCheckpointConfig.mode='all'"], tmp_path)
+  lines = [json.loads(l) for l in (tmp_path / "eval" / "cli_test_task-metrics.jsonl").open()]
+  assert [l["step"] for l in lines] == [3, 5, 7], lines  # the run also saves its starting point (step 3)
+  proc = run_cli("eval", [*flags, "--gin.utils.RestoreCheckpointConfig.mode='every'"], tmp_path, check=False)
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: RestoreCheckpointConfig.mode='every' is not one of")

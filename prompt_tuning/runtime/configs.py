@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 
 # T5X gin files bind `utils.create_learning_rate_scheduler.*` (t5x.utils); our run gins import this module as
 # `utils`, so the same bindings reach the scheduler (gin configures the function object, whatever its alias).
+from prompt_tuning.gin_utils import ConfigError
 from prompt_tuning.runtime.schedules import create_learning_rate_scheduler  # noqa: F401  pylint: disable=unused-import
 
 
@@ -36,6 +37,12 @@ class SaveCheckpointConfig:
   dtype: str = "float32"
   save_prompt_regexes: Sequence[str] = (".*/prompt/.*",)  # also exported as numpy files
   use_async: bool = False
+
+  def __post_init__(self):
+    if self.dtype != "float32":
+      raise ConfigError(f"SaveCheckpointConfig.dtype={self.dtype!r} is not supported: run checkpoints hold the "
+                       "trained parameters and their optimizer state, which are kept in float32 so that a resumed "
+                       "run is bit-identical. Leave dtype='float32'.")
 
 
 @dataclasses.dataclass
