@@ -7,6 +7,7 @@ r"""Train a prompt (or a whole model) from gin files, T5X style.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 from typing import Any, Callable, Sequence
@@ -123,21 +124,28 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
     evaluator = evaluation.make_evaluator(infer_eval_dataset_cfg, model, f"{model_dir}/inference_eval")
     runner = evaluation.InferenceRunner(model, partitioner, infer_eval_dataset_cfg.batch_size)
 
+  train_eval_names = input_pipeline.training_eval_names(train_eval_dataset_cfg) if train_eval_dataset_cfg else []
+
+  def training_eval(name: str) -> dict[str, float] | None:
+    """Teacher-forced loss/accuracy on `eval_steps` batches of one task (or the mixture), as T5X."""
+    cfg = dataclasses.replace(train_eval_dataset_cfg, mixture_or_task_name=name)
+    ds = input_pipeline.get_dataset(cfg, model.FEATURE_CONVERTER_CLS(pack=False), jax.process_index(),
+                                    jax.process_count(), num_epochs=1)
+    sums, n = None, 0
+    with partitioner.activation_rules_context():
+      for batch in input_pipeline.numpy_batches(ds.take(eval_steps)):
+        m = eval_step(state.params, run.frozen, partitioner.shard_batch(batch))
+        sums = m if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, m)
+        n += 1
+    return {k: float(v) / n for k, v in jax.device_get(sums).items()} if n else None
+
   def evaluate(at_step: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    if train_eval_dataset_cfg is not None:
-      ds = input_pipeline.get_dataset(train_eval_dataset_cfg, model.FEATURE_CONVERTER_CLS(pack=False),
-                                      jax.process_index(), jax.process_count(), num_epochs=1)
-      sums, n = None, 0
-      with partitioner.activation_rules_context():
-        for batch in input_pipeline.numpy_batches(ds.take(eval_steps)):
-          m = eval_step(state.params, run.frozen, partitioner.shard_batch(batch))
-          sums = m if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, m)
-          n += 1
-      if n:
-        te = {k: float(v) / n for k, v in jax.device_get(sums).items()}
-        writers.write_scalars("training_eval/" + train_eval_dataset_cfg.mixture_or_task_name[:113], at_step, te)
-        results["training_eval"] = te
+    for name in train_eval_names:  # every subtask of a mixture, then the mixture (T5X)
+      te = training_eval(name)
+      if te is not None:
+        writers.write_scalars("training_eval/" + name[:113], at_step, te)
+        results.setdefault("training_eval", {})[name] = te
     if evaluator is not None:
       runner.set_params(state.params, run.frozen)
       results["inference_eval"] = evaluation.run_evaluation(evaluator, runner, at_step)

@@ -20,6 +20,7 @@ import cli_tasks
 from cli_utils import MODEL_FLAGS, TESTS_DIR, run_cli, write_tiny_t5x_checkpoint
 from prompt_tuning.data import preprocessors as pt_preprocessors
 from prompt_tuning.families import count, multitask
+from prompt_tuning.runtime import summaries
 
 BYTE_VOCAB_SIZE = cli_tasks.VOCAB.vocab_size  # sentinel <extra_id_k> = BYTE_VOCAB_SIZE - 1 - k
 LENGTHS = {"inputs": 12, "targets": 4}
@@ -159,3 +160,7 @@ def test_mpt_distillation_with_task_id_features_from_the_cli(tmp_path, frozen_ch
   assert {"encoder.prompt.prompt.shared_prompt", "encoder.prompt.prompt.task_u"} <= exported
   for k in (0, 1):  # inference eval reads the task ids too
     assert (model_dir / "inference_eval" / f"families_cli_ids_{k}-metrics.jsonl").exists()
+  # Training evaluation as T5X: each subtask of the mixture, then the mixture itself.
+  for name in ("families_cli_ids_0", "families_cli_ids_1", "families_cli_ids"):
+    scalars = summaries.read_scalars(model_dir / "training_eval" / name)
+    assert [step for step, _ in scalars["loss"]] == [19], (name, scalars)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import seqio
@@ -35,6 +35,15 @@ def get_task_or_mixture(name: str, module: str | None = None) -> seqio.Task | se
         f"Unknown task or mixture {name!r}.{hint} Set MIXTURE_OR_TASK_MODULE to the module that registers it "
         "(e.g. 'prompt_tuning.data.tasks') or check the spelling; "
         "`python -m prompt_tuning.scripts.show_tasks --list` lists registered names.") from None
+
+
+def training_eval_names(cfg: Any) -> list[str]:
+  """What T5X's training evaluation covers: every subtask that has `cfg.split`, then the mixture itself."""
+  mixture_or_task = get_task_or_mixture(cfg.mixture_or_task_name, cfg.module)
+  names = [task.name for task in seqio.get_subtasks(mixture_or_task) if cfg.split in task.splits]
+  if isinstance(mixture_or_task, seqio.Mixture):
+    names.append(mixture_or_task.name)
+  return names
 
 
 def count_truncated(cfg: DatasetConfig, max_examples: int = 1000) -> Mapping[str, int]:
