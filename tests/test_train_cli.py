@@ -45,6 +45,11 @@ def test_prompt_tuning_train_eval_infer(tmp_path, frozen_checkpoint):
   for (_, rate), (_, seqs), (_, targets) in zip(scalars["timing/steps_per_second"], scalars["timing/seqs_per_second"],
                                                 scalars["timing/target_tokens_per_second"]):
     assert seqs == pytest.approx(4 * rate) and targets == pytest.approx(4 * 4 * rate)  # batch 4, targets 4
+  info = (model_dir / "model-info.txt").read_text().splitlines()  # T5X's per-variable table
+  prompt_line = next(l for l in info if "encoder/prompt/prompt/prompt" in l)
+  assert "size 12 " in prompt_line and "(3, 4)" in prompt_line and prompt_line.endswith("trainable"), prompt_line
+  assert any(l.endswith("frozen") and "token_embedder/embedding" in l for l in info)
+  assert info[-1].startswith("Total number of parameters:") and "(12 trainable," in info[-1], info[-1]
   config = (model_dir / "config.gin").read_text()
   assert "optim.adafactor.decay_rate = 0.8" in config, config  # the operative config includes the optimizer
   assert list((model_dir / "training_eval" / "cli_test_task").glob("events.out.tfevents*"))

@@ -1,13 +1,15 @@
-"""Progress lines (step, loss, accuracy, steps/s, tokens/s, ETA) and TensorBoard scalars under MODEL_DIR."""
+"""Progress lines (step, loss, steps/s, ETA), TensorBoard scalars and model-info.txt under MODEL_DIR."""
 from __future__ import annotations
 
 import logging
 import pathlib
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
+import numpy as np
 from clu import metric_writers
+from etils import epath
 
 
 class RunWriters:
@@ -90,3 +92,29 @@ def read_scalars(log_dir: str | pathlib.Path) -> dict[str, list[tuple[int, float
         elif value.HasField("simple_value"):
           out.setdefault(value.tag, []).append((event.step, value.simple_value))
   return out
+
+
+def write_model_info(model_dir: str, trainable: Any, frozen: Any, trainable_shardings: Any,
+                     frozen_shardings: Any) -> str:
+  """T5X's `model-info.txt`: one line per parameter (size, shape, partition spec, trainable or frozen) and
+  the totals. Process 0 writes it; returns the text."""
+  lines, totals = [], {"trainable": 0, "frozen": 0}
+  for kind, params, shardings in (("trainable", trainable, trainable_shardings), ("frozen", frozen, frozen_shardings)):
+    specs = {jax.tree_util.keystr(k): getattr(v, "spec", None)
+             for k, v in jax.tree_util.tree_leaves_with_path(shardings)}
+    for key, value in jax.tree_util.tree_leaves_with_path(params):
+      name = "/".join(str(getattr(k, "key", k)) for k in key)
+      size = int(np.prod(value.shape))
+      totals[kind] += size
+      spec = specs.get(jax.tree_util.keystr(key))
+      lines.append(f"Variable {name:<70} size {size:<12} shape {tuple(value.shape)!s:<18} "
+                   f"partition spec {tuple(spec) if spec is not None else None!s:<20} {kind}")
+  lines.sort()
+  lines.append(f"Total number of parameters: {sum(totals.values())} ({totals['trainable']} trainable, "
+               f"{totals['frozen']} frozen)")
+  text = "\n".join(lines) + "\n"
+  if jax.process_index() == 0:
+    out = epath.Path(model_dir) / "model-info.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+  return text
