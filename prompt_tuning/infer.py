@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -65,8 +65,9 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner
       tid = prompt_bank.task_id(task.name, task_ids)
       features = features.map(lambda ex, tid=tid: evaluation.add_task_id(ex, tid))
     served.append((task, list(raw.as_numpy_iterator()), features))
-  outputs = _run_mixed(runner.score_fn if mode == "score" else runner.predict_fn,
-                       [(len(examples), features) for _, examples, features in served])
+  run_fn = {"score": runner.score_fn, "predict": runner.predict_fn,
+            "predict_with_aux": lambda ds: _with_aux(*runner.predict_with_aux_fn(ds))}[mode]
+  outputs = _run_mixed(run_fn, [(len(examples), features) for _, examples, features in served])
   out_dir = epath.Path(output_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   written = []
@@ -82,11 +83,20 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner
         if mode == "score":
           row["score"] = float(task_outputs[i])
         else:
-          row["prediction"] = vocab.decode([int(t) for t in np.asarray(task_outputs[i])])
+          tokens, aux = task_outputs[i] if mode == "predict_with_aux" else (task_outputs[i], None)
+          row["prediction"] = vocab.decode([int(t) for t in np.asarray(tokens)])
+          if aux is not None:
+            row["aux"] = aux  # T5X: the decoder's auxiliary outputs, e.g. {"scores": log-likelihood}
         f.write(json.dumps(row) + "\n")
     (out_dir / f"{path.name}.COMPLETED").write_text("")
     logging.info("Wrote %d %s rows for %s to %s", len(examples), mode, task.name, path)
   return written
+
+
+def _with_aux(predictions: list[tuple[int, Any]], aux: Mapping[str, list[Any]]) -> list[tuple[int, Any]]:
+  """(index, (tokens, {aux name: that row's value})) from `predict_with_aux_fn`'s two parallel outputs."""
+  return [(i, (tokens, {name: values[row] for name, values in aux.items()}))
+          for row, (i, tokens) in enumerate(predictions)]
 
 
 def _run_mixed(run_fn: Callable[[tf.data.Dataset], list[tuple[int, Any]]],

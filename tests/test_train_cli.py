@@ -75,6 +75,13 @@ def test_prompt_tuning_train_eval_infer(tmp_path, frozen_checkpoint):
                     TASK_FLAGS[2], "--gin.infer_script.infer.num_shards=2", "--shard_id=1"], tmp_path)
   half = [json.loads(l) for l in (tmp_path / "infer" / "cli_test_task-predict.jsonl-00001-of-00002").open()]
   assert [r["inputs"] for r in half] == [r["inputs"] for r in rows][1::2]
+  # mode='predict_with_aux': the same predictions plus the decoder's scores, under "aux" (T5X).
+  run_cli("infer", [*common, "--gin_file=runs/prompt_infer.gin", f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'",
+                    TASK_FLAGS[2], "--gin.infer_script.infer.mode='predict_with_aux'"], tmp_path)
+  aux_rows = [json.loads(l) for l in
+              (tmp_path / "infer" / "cli_test_task-predict_with_aux.jsonl-00000-of-00001").open()]
+  assert [r["prediction"] for r in aux_rows] == [r["prediction"] for r in rows]
+  assert all(isinstance(r["aux"]["scores"], float) and r["aux"]["scores"] <= 0.0 for r in aux_rows), aux_rows[:2]
 
   # T5X's habit: evaluate the run's own checkpoint. It holds only the prompt; frozen_weights.json in MODEL_DIR
   # names the checkpoint the frozen weights came from, so the result equals the training run's own evaluation.
