@@ -1,0 +1,59 @@
+"""The reference's checkpoint scripts, run as a user runs them: `extract_variable` and `diff_checkpoints`."""
+from __future__ import annotations
+
+import json
+
+import ml_dtypes
+import numpy as np
+
+from cli_utils import run_cli, write_tiny_t5x_checkpoint
+from prompt_tuning.runtime.checkpoints import load_t5x_params
+
+
+def test_extracts_one_variable_of_a_t5x_checkpoint(tmp_path):
+  ckpt = write_tiny_t5x_checkpoint(tmp_path / "pretrained")
+  want = load_t5x_params(str(ckpt))["encoder"]["layers_0"]["mlp"]["wo"]["kernel"]
+  out = tmp_path / "out" / "wo.npy"
+  proc = run_cli("scripts.extract_variable", [f"--checkpoint_dir={ckpt}", f"--output_path={out}",
+                                              "--variable_path=target/encoder/layers_0/mlp/wo/kernel"], tmp_path)
+  assert "target/encoder/layers_0/mlp/wo/kernel" in proc.stdout
+  got = np.load(out)
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, want)
+  # Our parameter path (no 'target/') and a bfloat16 copy.
+  run_cli("scripts.extract_variable", [f"--checkpoint_dir={ckpt}", f"--output_path={out}", "--restore_dtype=bfloat16",
+                                       "--variable_path=encoder/layers_0/mlp/wo/kernel"], tmp_path)
+  stored = np.load(out)  # numpy has no bfloat16: the file holds 2-byte records, viewed back with ml_dtypes
+  np.testing.assert_array_equal(stored.view(ml_dtypes.bfloat16), np.asarray(want).astype(ml_dtypes.bfloat16))
+  bad = run_cli("scripts.extract_variable", [f"--checkpoint_dir={ckpt}", f"--output_path={out}",
+                                             "--variable_path=target/encoder/nope"], tmp_path, check=False)
+  assert bad.returncode != 0 and "nope" in bad.stderr.strip().splitlines()[-1], bad.stderr[-2000:]
+
+
+def test_diff_checkpoints_reports_what_differs_and_exits_1(tmp_path):
+  a = write_tiny_t5x_checkpoint(tmp_path / "a", step=3, seed=0)
+  same = write_tiny_t5x_checkpoint(tmp_path / "same", step=5, seed=0)
+  other = write_tiny_t5x_checkpoint(tmp_path / "other", step=3, seed=1)
+  # Same weights at another step: equal unless the step is compared.
+  proc = run_cli("scripts.diff_checkpoints", [str(a), str(same), f"--output={tmp_path / 'same.json'}"], tmp_path)
+  report = json.loads((tmp_path / "same.json").read_text())
+  assert not report["errors"] and set(report["parameters"].values()) == {"Matched!"}
+  assert "target/token_embedder/embedding" in report["parameters"] and "differences" in proc.stdout
+  step = run_cli("scripts.diff_checkpoints", [str(a), str(same), "--compare_step"], tmp_path, check=False)
+  assert step.returncode == 1 and '"parameter": "state/step"' in step.stdout, step.stdout[-2000:]
+  # Other weights: value mismatches, with counts and the largest error; a spot check of half the variables.
+  proc = run_cli("scripts.diff_checkpoints", [str(a), str(other), "--frac=0.5", "--seed=0", "--limit_to_params",
+                                              "--check=target/decoder/logits_dense/kernel",
+                                              f"--output={tmp_path / 'other.json'}"], tmp_path, check=False)
+  report = json.loads((tmp_path / "other.json").read_text())
+  shared = len(load_t5x_params_flat(a))
+  assert proc.returncode == 1 and len(report["parameters"]) in (shared // 2, shared // 2 + 1)
+  logits = report["parameters"]["target/decoder/logits_dense/kernel"]
+  assert logits["error_type"] == "value" and logits["mismatch"] > 0 and logits["max_error"] > 0
+  bad = run_cli("scripts.diff_checkpoints", [str(a), str(other), "--frac=0"], tmp_path, check=False)
+  assert bad.returncode != 0 and "--frac=0.0 must be in (0, 1]" in bad.stderr
+
+
+def load_t5x_params_flat(path) -> dict:
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  return traverse_util.flatten_dict(load_t5x_params(str(path)), sep="/")
