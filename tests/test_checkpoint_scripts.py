@@ -57,3 +57,19 @@ def test_diff_checkpoints_reports_what_differs_and_exits_1(tmp_path):
 def load_t5x_params_flat(path) -> dict:
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   return traverse_util.flatten_dict(load_t5x_params(str(path)), sep="/")
+
+
+def test_subsample_vocab_writes_a_prompt_of_distinct_vocabulary_rows(tmp_path):
+  ckpt = write_tiny_t5x_checkpoint(tmp_path / "pretrained")
+  table = np.asarray(load_t5x_params(str(ckpt))["token_embedder"]["embedding"])
+  out = tmp_path / "init.npy"
+  run_cli("scripts.subsample_vocab", [f"--checkpoint_dir={ckpt}", "--prompt_length=6", "--population_size=10",
+                                      "--seed=3", f"--output_path={out}"], tmp_path)
+  prompt = np.load(out)
+  assert prompt.shape == (6, table.shape[1]) and prompt.dtype == np.float32
+  rows = [int(np.flatnonzero((table[:10] == row).all(axis=1))[0]) for row in prompt]  # each is one of the first 10
+  assert len(set(rows)) == 6, rows  # without replacement
+  again = tmp_path / "again.npy"
+  run_cli("scripts.subsample_vocab", [f"--checkpoint_dir={ckpt}", "--prompt_length=6", "--population_size=10",
+                                      "--seed=3", f"--output_path={again}"], tmp_path)
+  np.testing.assert_array_equal(np.load(again), prompt)  # the seed fixes the draw
