@@ -263,6 +263,10 @@ def test_mrqa_tsv_task_from_converted_jsonl(fake_tfds, tmp_path):
   tsv = tmp_path / "DROP.tsv"
   assert mrqa_to_tsv.main(["--input", str(source), "--output", str(tsv)]) == 0
   assert tsv.read_text().splitlines()[1] == "t1\tTwo cats, (2).\tHow many?\t2\t2|||two cats"
+  first = tsv.read_text()
+  tsv.unlink()
+  assert mrqa_to_tsv.main(["--jsonl", str(source)]) == 0  # the reference's flag; output named after the input
+  assert tsv.read_text() == first
   names = qa.register_mrqa_tsv_task("mrqa_drop_tsv", {"validation": str(tsv)})
   assert names == ["mrqa_drop_tsv", "mrqa_drop_tsv_examples", "mt5_mrqa_drop_tsv",
                    "mt5_mrqa_drop_tsv_examples"]

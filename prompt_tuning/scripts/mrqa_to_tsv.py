@@ -1,6 +1,7 @@
 r"""Converts MRQA shared-task files (.jsonl or .jsonl.gz) to the TSV of `qa.register_mrqa_tsv_task`.
 
   python -m prompt_tuning.scripts.mrqa_to_tsv --input DROP.jsonl.gz --output DROP.tsv
+  python -m prompt_tuning.scripts.mrqa_to_tsv --jsonl DROP.jsonl.gz   # writes DROP.tsv
 
 Writes a header line, then one row per question: `id, context, question,
 answer, answers` separated by tabs, `answers` joined by "|||" and `answer` the
@@ -41,9 +42,11 @@ def mrqa_rows(lines: TextIO) -> Iterator[list[str]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m prompt_tuning.scripts.mrqa_to_tsv",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("--input", required=True, help="MRQA .jsonl or .jsonl.gz file")
-  parser.add_argument("--output", required=True, help="TSV file to write")
+  parser.add_argument("--input", "--jsonl", dest="input", required=True,
+                      help="MRQA .jsonl or .jsonl.gz file (--jsonl: the reference script's name)")
+  parser.add_argument("--output", default=None, help="TSV file to write (default: the input's name, .tsv)")
   args = parser.parse_args(argv)
+  args.output = args.output or re.sub(r"\.jsonl(\.gz)?$", "", args.input) + ".tsv"
   opener = gzip.open if args.input.endswith(".gz") else open
   with opener(args.input, "rt", encoding="utf-8") as source, \
       open(args.output, "w", encoding="utf-8") as sink:
