@@ -158,6 +158,17 @@ def test_real_t5x_checkpoint_tree_equals_model_init_tree(tiny_t5x_checkpoint):
   assert logits.shape == (4, 4, 32128) and np.all(np.isfinite(np.asarray(logits)))
 
 
+def test_t5x_style_assignment_map_rules_name_target_paths(tiny_t5x_checkpoint):
+  """T5X writes rules against 'target/...' keys; ours match either form."""
+  model = EncoderDecoderModel(EncoderDecoder(get_config("tiny", dtype=jnp.float32)))
+  abstract = nn.meta.unbox(jax.eval_shape(lambda k: model.get_initial_variables(k, SHAPES), jax.random.PRNGKey(0))["params"])
+  ckpt, _ = load_params(str(tiny_t5x_checkpoint))
+  rules = ((r"target/encoder/layers_1/(.*)", r"target/encoder/layers_0/\1"), (r"target/decoder/decoder_norm/.*", None))
+  merged = traverse_util.flatten_dict(merge_checkpoint_into(abstract, ckpt, rules), sep="/")
+  np.testing.assert_array_equal(merged["encoder/layers_1/mlp/wo/kernel"], ckpt["encoder"]["layers_0"]["mlp"]["wo"]["kernel"])
+  assert isinstance(merged["decoder/decoder_norm/scale"], jax.ShapeDtypeStruct)  # kept for fresh initialisation
+
+
 def test_tree_mismatch_names_missing_and_extra(tiny_t5x_checkpoint):
   ckpt, _ = load_params(str(tiny_t5x_checkpoint))
   model = EncoderDecoderModel(EncoderDecoder(get_config("tiny", dtype=jnp.float32, num_encoder_layers=3)))

@@ -82,10 +82,10 @@ def merge_checkpoint_into(model_params: Mapping[str, Any], ckpt_params: Mapping[
   for path, value in model_flat.items():
     source = path
     for i, (pattern, repl) in enumerate(assignment_map):
-      match = re.fullmatch(pattern, path)
+      match = re.fullmatch(pattern, path) or re.fullmatch(pattern, f"target/{path}")  # T5X rules name target/...
       if match:
         used_rules.add(i)
-        source = None if repl is None else match.expand(repl)
+        source = None if repl is None else match.expand(repl).removeprefix("target/")
         break
     if source is None:
       out[path] = value
@@ -103,7 +103,8 @@ def merge_checkpoint_into(model_params: Mapping[str, Any], ckpt_params: Mapping[
       continue
     out[path] = got
   unused = [p for i, (p, _) in enumerate(assignment_map) if i not in used_rules]
-  extra = [p for p in ckpt_flat if p not in taken and not any(re.fullmatch(r, p) for r, _ in assignment_map)]
+  extra = [p for p in ckpt_flat if p not in taken
+           and not any(re.fullmatch(r, p) or re.fullmatch(r, f"target/{p}") for r, _ in assignment_map)]
   problems = []
   if unused:
     problems.append(f"assignment_map rules matched no model parameter: {unused}")
