@@ -146,6 +146,15 @@ def np_load(path: str) -> Callable[[], np.ndarray]:
   return load
 
 
+def np_save(path: str, value: np.ndarray) -> None:
+  """Write `value` as a `.npy` file (local or gs://), creating its folder; what `np_load` reads back."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  out = epath.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with out.open("wb") as f:
+    np.save(f, value)
+
+
 def t5x_load(checkpoint_path: str, variable_path: str = "token_embedder/embedding") -> Callable[[], np.ndarray]:
   """Lazily read one variable (default the token embedding) from a checkpoint (T5X, our Orbax runs or HF)."""
   return functools.partial(_read_checkpoint_variable, checkpoint_path, variable_path)

@@ -14,8 +14,8 @@ import sys
 from typing import Sequence
 
 import numpy as np
-from etils import epath
 
+from prompt_tuning import prompts
 from prompt_tuning.runtime.checkpoints.restore import load_checkpoint_variable
 
 RESTORE_DTYPES = ("float32", "bfloat16")
@@ -31,10 +31,7 @@ def extract_variable(checkpoint_dir: str, variable_path: str, output_path: str,
   if np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16":
     import ml_dtypes  # pylint: disable=g-import-not-at-top  (jax's dependency; numpy has no bfloat16)
     value = value.astype(ml_dtypes.bfloat16 if restore_dtype == "bfloat16" else np.float32)
-  out = epath.Path(output_path)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  with out.open("wb") as f:
-    np.save(f, value)
+  prompts.np_save(output_path, value)
   return value
 
 

@@ -17,7 +17,6 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from etils import epath
 
 from prompt_tuning import prompts
 from prompt_tuning.runtime.checkpoints.restore import load_checkpoint_variable
@@ -33,10 +32,7 @@ def subsample_vocab(checkpoint_dir: str, output_path: str, prompt_length: int = 
     raise ValueError(f"{embeddings_path!r} has shape {table.shape}; it should be an embedding table [vocab, d].")
   init = prompts.from_sampled_vocab(table, population_size if population_size > 0 else None)
   prompt = np.asarray(init(jax.random.PRNGKey(seed), (prompt_length, table.shape[1]), np.float32))
-  out = epath.Path(output_path)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  with out.open("wb") as f:
-    np.save(f, prompt)
+  prompts.np_save(output_path, prompt)
   return prompt
 
 
