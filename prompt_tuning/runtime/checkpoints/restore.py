@@ -143,11 +143,12 @@ def write_frozen_source(model_dir: str, path: str, step: int | None,
 
 def frozen_source(path: str, step: int | None = None) -> dict[str, Any] | None:
   """The frozen-weights record of the run that wrote the Orbax checkpoint at `path` (None for other checkpoints)."""
-  fmt, location = formats.resolve_checkpoint(path, step)
-  if fmt != formats.ORBAX:
-    return None
+  return _frozen_record(*formats.resolve_checkpoint(path, step))
+
+
+def _frozen_record(fmt: str, location: epath.Path) -> dict[str, Any] | None:
   record = location.parent / FROZEN_SOURCE_FILE
-  return json.loads(record.read_text()) if record.exists() else None
+  return json.loads(record.read_text()) if fmt == formats.ORBAX and record.exists() else None
 
 
 def restore_params(abstract: Params, path: str, step: int | None = None, dtype: str | None = None,
@@ -161,10 +162,10 @@ def restore_params(abstract: Params, path: str, step: int | None = None, dtype: 
   result being restored).
   """
   ckpt, ckpt_step = load_params(path, step, dtype)
-  source = frozen_source(path, step)
+  fmt, location = formats.resolve_checkpoint(path, step)
+  source = _frozen_record(fmt, location)
   if source is None:
-    if (formats.resolve_checkpoint(path, step)[0] == formats.ORBAX and "token_embedder" in abstract
-        and "token_embedder" not in ckpt):
+    if fmt == formats.ORBAX and "token_embedder" in abstract and "token_embedder" not in ckpt:
       raise ParamTreeMismatchError(
           f"{path!r} is a run checkpoint that holds only the trained parameters "
           f"({_describe(list(traverse_util.flatten_dict(ckpt, sep='/')), limit=3)}) and its run dir has no "
