@@ -32,8 +32,9 @@ def checkpoints_to_evaluate(restore: RestoreCheckpointConfig) -> list[RestoreChe
     return [restore]
   steps = formats.all_steps(restore.path) if restore.path else []
   if not steps:
-    raise gin_utils.ConfigError(f"RestoreCheckpointConfig.mode='all' needs a model dir holding checkpoint_<step> dirs; "
-                     f"{restore.path!r} has none. Give MODEL_DIR as CHECKPOINT_PATH, or use mode='specific'.")
+    raise gin_utils.ConfigError(
+        f"RestoreCheckpointConfig.mode='all' needs a model dir holding checkpoint_<step> dirs; {restore.path!r} has "
+        "none. Give MODEL_DIR as CHECKPOINT_PATH, or use mode='specific'.")
   return [dataclasses.replace(restore, step=step) for step in steps]
 
 

@@ -80,7 +80,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
 
   shapes = input_shapes_for(train_dataset_cfg.task_feature_lengths, train_dataset_cfg.batch_size)
   run = build_run_params(model, partitioner, shapes, checkpoint_cfg.restore, trainable_regexes, init_rng)
-  summaries.write_model_info(model_dir, run.trainable, run.frozen, run.trainable_shardings, run.frozen_shardings)
+  summaries.write_model_info(model_dir, run.trainable, run.frozen)
   restore = checkpoint_cfg.restore
   if restore is not None and restore.path and jax.tree_util.tree_leaves(run.frozen) and jax.process_index() == 0:
     write_frozen_source(model_dir, restore.path, restore.step, restore.assignment_map, restore.fallback_to_scratch)

@@ -94,19 +94,16 @@ def read_scalars(log_dir: str | pathlib.Path) -> dict[str, list[tuple[int, float
   return out
 
 
-def write_model_info(model_dir: str, trainable: Any, frozen: Any, trainable_shardings: Any,
-                     frozen_shardings: Any) -> str:
+def write_model_info(model_dir: str, trainable: Any, frozen: Any) -> str:
   """T5X's `model-info.txt`: one line per parameter (size, shape, partition spec, trainable or frozen) and
   the totals. Process 0 writes it; returns the text."""
   lines, totals = [], {"trainable": 0, "frozen": 0}
-  for kind, params, shardings in (("trainable", trainable, trainable_shardings), ("frozen", frozen, frozen_shardings)):
-    specs = {jax.tree_util.keystr(k): getattr(v, "spec", None)
-             for k, v in jax.tree_util.tree_leaves_with_path(shardings)}
+  for kind, params in (("trainable", trainable), ("frozen", frozen)):
     for key, value in jax.tree_util.tree_leaves_with_path(params):
       name = "/".join(str(getattr(k, "key", k)) for k in key)
       size = int(np.prod(value.shape))
       totals[kind] += size
-      spec = specs.get(jax.tree_util.keystr(key))
+      spec = getattr(getattr(value, "sharding", None), "spec", None)
       lines.append(f"Variable {name:<70} size {size:<12} shape {tuple(value.shape)!s:<18} "
                    f"partition spec {tuple(spec) if spec is not None else None!s:<20} {kind}")
   lines.sort()
