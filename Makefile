@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo clean bench
+.PHONY: venv test demo clean bench profile
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 bench: $(STAMP)  # the peer (PyTorch CPU, transformers, peft) comes with the hf extra
 	$(PY) -c "import peft" 2>/dev/null || $(PY) -m pip install -q -e ".[hf]"
 	JAX_PLATFORMS=cpu $(PY) -m benchmarks.step_time
+
+profile: $(STAMP)  # where our step's time goes, per XLA operation (huge pages as the step-time workers use)
+	JAX_PLATFORMS=cpu GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(PY) -m benchmarks.op_profile
 
 clean:
 	rm -rf $(VENV) artifacts build dist *.egg-info

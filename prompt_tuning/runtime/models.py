@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import seqio
 
 from prompt_tuning.models.t5 import EncoderDecoder
 from prompt_tuning.runtime import decoding, losses
+
+if TYPE_CHECKING:
+  import seqio
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -22,6 +24,14 @@ def prompt_inputs(batch: Batch) -> dict[str, Array]:
   return {k: batch[k] for k in PROMPT_FEATURES if k in batch}
 
 
+class _SeqioEncDecConverter:
+  """`seqio.EncDecFeatureConverter`, looked up on first use: importing the model does not import TensorFlow."""
+
+  def __get__(self, obj: Any, owner: type | None = None) -> type:
+    import seqio  # pylint: disable=import-outside-toplevel
+    return seqio.EncDecFeatureConverter
+
+
 class EncoderDecoderModel:
   """Computes T5X's token-summed cross-entropy (+ z-loss), rank-classification scores and predictions.
 
@@ -29,7 +39,7 @@ class EncoderDecoderModel:
   `decoder_target_tokens`, `decoder_loss_weights`.
   """
 
-  FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
+  FEATURE_CONVERTER_CLS: Any = _SeqioEncDecConverter()  # an instance may set its own (multi-task ids)
 
   def __init__(self, module: EncoderDecoder, input_vocabulary: seqio.Vocabulary | None = None,
                output_vocabulary: seqio.Vocabulary | None = None,
