@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from benchmarks import cli_flags
 from benchmarks.shapes import StepShape
 
 GIB = 2.0**30
@@ -79,7 +80,7 @@ def compile_one(size: str, mode: str, layout: Layout, shape: StepShape, remat: s
 
 def _worker(args: argparse.Namespace) -> None:
   """Inside the subprocess: compile every requested step for this device count, one JSON line each."""
-  shape = StepShape(args.batch, args.input_length, args.target_length, args.prompt_length)
+  shape = cli_flags.shape_from_flags(args)
   for layout_text in args.layouts.split(","):
     layout = Layout.parse(layout_text)
     if layout.devices != args.worker_devices:
@@ -125,10 +126,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                       help="activation_partitioning_dims to compare (1: T5X default, 2: also shard 'embed')")
   parser.add_argument("--unrolled", action="store_true", help="unrolled layers instead of nn.scan (slow to compile)")
   # The reference XXL prompt-tuning run (sst2-demo-xxl.sh): batch 32, inputs 512, targets 8, prompt 100.
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--input_length", type=int, default=512)
-  parser.add_argument("--target_length", type=int, default=8)
-  parser.add_argument("--prompt_length", type=int, default=100)
+  cli_flags.add_shape_flags(parser, batch=32, input_length=512)
   parser.add_argument("--timeout", type=int, default=3600, help="seconds per device count")
   parser.add_argument("--json", default=None)
   parser.add_argument("--worker_devices", type=int, default=None, help=argparse.SUPPRESS)
@@ -153,9 +151,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                          f"{proc.stderr[-3000:]}")
     rows += found
   print(format_table(rows))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=1)
+  cli_flags.write_json(rows, args.json)
   return rows
 
 

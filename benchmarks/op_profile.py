@@ -22,7 +22,6 @@ import argparse
 import collections
 import dataclasses
 import glob
-import json
 import os
 import re
 import sys
@@ -30,7 +29,7 @@ import tempfile
 import time
 from typing import Any, Mapping, Sequence
 
-from benchmarks.shapes import StepShape
+from benchmarks import cli_flags
 
 CATEGORIES = ("matmul", "scan slicing", "transpose/copy", "element-wise/other")
 PHASES = ("forward", "recompute", "backward")
@@ -249,10 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--run", default="ours:prompt:fused:scan:remat=minimal",
                       help="one of our run specs, as in benchmarks.step_time (ours:mode[:option...])")
   parser.add_argument("--size", default="small")
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--input_length", type=int, default=128)
-  parser.add_argument("--target_length", type=int, default=8)
-  parser.add_argument("--prompt_length", type=int, default=100)
+  cli_flags.add_shape_flags(parser)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--dropout", type=float, default=0.0)
   parser.add_argument("--steps", type=int, default=3, help="traced steps (after two untraced warm-up steps)")
@@ -273,16 +269,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   from benchmarks import jax_step  # pylint: disable=import-outside-toplevel
   from prompt_tuning.models.config import T5Config  # pylint: disable=import-outside-toplevel
   config = T5Config(**step_time._config_fields(args, run))  # pylint: disable=protected-access
-  shape = StepShape(args.batch, args.input_length, args.target_length, args.prompt_length)
+  shape = cli_flags.shape_from_flags(args)
   step = jax_step.build_step(config, shape, run.mode)
   step.run(2)
   report = profile_step(step, args.steps, args.top, args.trace_dir)
   report.update(run=args.run, shape=dataclasses.asdict(jax_step.mode_shape(shape, run.mode)),
                 command=" ".join(["python -m benchmarks.op_profile"] + list(argv if argv is not None else sys.argv[1:])))
   print(format_report(report, args.run))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=1)
+  cli_flags.write_json(report, args.json)
   return report
 
 

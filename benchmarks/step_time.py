@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import multiprocessing
 import os
 import platform
@@ -26,7 +25,7 @@ import statistics
 import sys
 from typing import Any, Sequence
 
-from benchmarks.shapes import StepShape
+from benchmarks import cli_flags
 
 DEFAULT_RUNS = "ours:prompt,peft:prompt,ours:model,hf:model"
 FRAMEWORKS = ("ours", "peft", "hf")
@@ -83,7 +82,7 @@ def build_specs(args: argparse.Namespace, runs: Sequence[RunSpec]) -> list[dict[
   from benchmarks.flops import step_flops
   from prompt_tuning.models.config import T5Config
   from prompt_tuning.runtime.checkpoints.hf import hf_config_from_t5
-  shape = StepShape(args.batch, args.input_length, args.target_length, args.prompt_length)
+  shape = cli_flags.shape_from_flags(args)
   specs = []
   for run in runs:
     fields = _config_fields(args, run)
@@ -216,10 +215,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
   parser.add_argument("--size", default="small")
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--input_length", type=int, default=128)
-  parser.add_argument("--target_length", type=int, default=8)
-  parser.add_argument("--prompt_length", type=int, default=100)
+  cli_flags.add_shape_flags(parser)
   parser.add_argument("--dtype", default=None, help="activation dtype; default float32 on CPU, bfloat16 on GPU")
   parser.add_argument("--dropout", type=float, default=0.0)
   parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated run specs (see the module doc)")
@@ -292,9 +288,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(f"matmul peak (median over rounds): {summary['matmul_peak_tflops_per_s']} TFLOP/s "
         f"{summary['matmul_peak_by_framework_tflops_per_s']}; load average per round: "
         f"{[round(x, 1) for x in summary['load_average_1min']]}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(summary, f, indent=1, default=str)
+  cli_flags.write_json(summary, args.json)
   return summary
 
 
