@@ -1,8 +1,11 @@
-"""Flags and output shared by the benchmark scripts: the batch shape, and the optional JSON copy of a result."""
+"""Flags and output shared by the benchmark scripts: the batch shape, the --device check, the JSON copy of a result."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 from benchmarks.shapes import StepShape
@@ -26,3 +29,25 @@ def write_json(data: Any, path: str | None) -> None:
   if path:
     with open(path, "w") as f:
       json.dump(data, f, indent=1, default=str)
+
+
+GPU_INSTALL_HINT = ('pip install -U "jax[cuda12]==$(python -c \'import jax; print(jax.__version__)\')" '
+                    "(see docs/benchmarks.md, 'On a GPU')")
+
+
+def require_jax_gpu(timeout_s: float = 300.0) -> None:
+  """For --device=gpu: fail at once, with the fix, when JAX has no GPU here.
+
+  Without a CUDA plugin, JAX_PLATFORMS=cuda makes JAX raise a bare AssertionError inside every worker; this
+  asks a throw-away process instead (JAX's backend cannot be re-initialised in this one).
+  """
+  code = "import jax; print(len(jax.devices('gpu')))"
+  env = dict(os.environ, JAX_PLATFORMS="cuda")
+  try:
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout_s)
+  except subprocess.TimeoutExpired as e:
+    raise RuntimeError(f"--device=gpu: JAX did not start its CUDA backend within {timeout_s:.0f} s.") from e
+  if proc.returncode != 0 or not proc.stdout.strip().isdigit() or int(proc.stdout.strip()) == 0:
+    last = (proc.stderr.strip().splitlines() or ["no error text"])[-1]
+    raise RuntimeError(f"--device=gpu, but JAX finds no GPU here ({last}). Install the CUDA jaxlib for this jax: "
+                       f"{GPU_INSTALL_HINT}; or run with --device=cpu.")

@@ -15,6 +15,8 @@ import statistics
 import time
 from typing import Sequence
 
+from benchmarks import cli_flags
+
 DEFAULT_SIZES = (1024, 2048)
 
 
@@ -95,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--torch", action="store_true", help="also measure PyTorch's matmul")
   args = parser.parse_args(argv)
+  if args.device == "gpu":
+    cli_flags.require_jax_gpu()
   os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"  # before jax is imported
   dtype = args.dtype or default_dtype(args.device)
   sizes = [int(s) for s in args.sizes.split(",")]

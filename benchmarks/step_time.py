@@ -229,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parser.parse_args(argv)
   args.dtype = args.dtype or ("bfloat16" if args.device == "gpu" else "float32")
 
+  if args.device == "gpu":
+    cli_flags.require_jax_gpu()
   os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
   if args.device == "gpu":  # JAX would otherwise take 75% of the card up front and starve the PyTorch worker
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

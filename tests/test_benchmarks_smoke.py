@@ -3,6 +3,7 @@ summary maths, the AOT table and the PyTorch peer (skipped without torch/peft). 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 
 import jax
@@ -165,3 +166,20 @@ def test_peft_peer_does_the_same_work():
   assert step.run(1) > 0
   counted = step.count_flops()  # PyTorch's counter misses the attention backward: within 15% below ours
   assert 0.85 < counted / flops.step_flops(TOY, SHAPE, "prompt") <= 1.01
+
+
+def test_device_gpu_without_a_gpu_stops_at_once_with_the_fix(monkeypatch):
+  """Without a CUDA jaxlib, JAX raises a bare AssertionError in every worker; the harness says what to install."""
+  from benchmarks import cli_flags, matmul_peak
+  try:
+    cli_flags.require_jax_gpu()
+  except RuntimeError:
+    pass
+  else:
+    pytest.skip("JAX has a GPU on this machine")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  for main, argv in ((step_time.main, ["--device=gpu", "--size=tiny", "--runs=ours:prompt", "--rounds=1"]),
+                     (matmul_peak.main, ["--device=gpu"])):
+    with pytest.raises(RuntimeError, match=r"finds no GPU here.*jax\[cuda12\]"):
+      main(argv)
+  assert os.environ["JAX_PLATFORMS"] == "cpu"  # nothing changed before the check
