@@ -77,7 +77,7 @@ class JaxStep:
   batch: dict[str, jax.Array]
   rng: jax.Array
   compile_s: float
-  xla_flops: float
+  xla_flops: float | None  # None with scan_layers: XLA's cost analysis counts a loop body once
   analytic_flops: float
   memory: Any  # XLA's CompiledMemoryStats
 
@@ -102,7 +102,8 @@ def build_step(config: T5Config, shape: StepShape, mode: str, seed: int = 0) -> 
   start = time.perf_counter()
   compiled = jit_train_step(model, mode).lower(state, frozen, batch, rng).compile()
   compile_s = time.perf_counter() - start
-  return JaxStep(compiled, state, frozen, batch, rng, compile_s, xla_flops(compiled),
+  xla = None if config.scan_layers else xla_flops(compiled)
+  return JaxStep(compiled, state, frozen, batch, rng, compile_s, xla,
                  step_flops(config, shape, mode), compiled.memory_analysis())
 
 

@@ -181,7 +181,7 @@ def summarise(specs: list[dict[str, Any]], workers: dict[str, Worker], rounds: l
         "device_peak_gib": None if stats["device_peak_bytes"] is None else stats["device_peak_bytes"] / GIB,
         **{k: v for k, v in w.info.items() if k not in ("rss_before_steps", "rss_after_imports", "peak_rss_setup")},
     }
-    if "xla_flops" in w.info:
+    if w.info.get("xla_flops") is not None:
       res["xla_gflop"] = w.info["xla_flops"] / 1e9
       res["xla_tflops_per_s"] = w.info["xla_flops"] / median / 1e12
     if "counted_flops" in w.info:

@@ -2,6 +2,7 @@
 summary maths, the AOT table and the PyTorch peer (skipped without torch/peft). No timing is asserted."""
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import threading
@@ -47,6 +48,12 @@ def test_analytic_flops_match_xla_cost_analysis_for_model_tuning():
   assert step.analytic_flops == flops.step_flops(TOY, SHAPE.without_prompt(), "model")
   assert 1.0 <= step.xla_flops / step.analytic_flops < 1.3  # + Adafactor over every parameter
   assert step.memory.alias_size_in_bytes >= 0.9 * step.memory.output_size_in_bytes  # state donated
+
+
+def test_scanned_steps_report_no_xla_flop_count():
+  """XLA's cost analysis counts a while-loop body once, so a scanned step's count would be ~1/layers too low."""
+  step = jax_step.build_step(dataclasses.replace(TOY, scan_layers=True), SHAPE, "prompt")
+  assert step.xla_flops is None and step.analytic_flops == flops.step_flops(TOY, SHAPE, "prompt")
 
 
 def test_step_runs_donates_its_state_and_trains_only_the_prompt(prompt_step):
