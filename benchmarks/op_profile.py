@@ -22,6 +22,7 @@ import argparse
 import collections
 import dataclasses
 import glob
+import math
 import os
 import re
 import sys
@@ -35,7 +36,6 @@ CATEGORIES = ("matmul", "scan slicing", "transpose/copy", "element-wise/other")
 PHASES = ("forward", "recompute", "backward")
 # Control flow contains other thunks: counting it would count its body twice.
 CONTAINERS = {"while", "conditional", "call"}
-MATMUL_OPCODES = ("dot", "convolution")
 STACKS = {"EncoderDecoder.encode": "encoder", "EncoderDecoder.decode": "decoder"}
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+) \(")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
@@ -50,15 +50,13 @@ class Instruction:
   shape: str
   opcode: str
   op_name: str  # JAX's name stack, e.g. ".../transpose(jvp(EncoderDecoder))/.../mlp/wi_0/dot_general"
-  contains_matmul: bool  # a dot itself, or a fusion whose computation holds one
-  matmul_flops: float  # 2·m·n·k summed over the dots it runs, per call
+  matmul_flops: float  # 2·m·n·k summed over the dots it runs (itself, or those of its fused computation), per call
 
   @property
   def category(self) -> str:
-    if self.contains_matmul:
+    if self.matmul_flops > 0:
       return "matmul"
-    if "dynamic-update-slice" in self.name or "dynamic-slice" in self.name or self.opcode in (
-        "dynamic-slice", "dynamic-update-slice"):
+    if any(k in self.name or k == self.opcode for k in ("dynamic-slice", "dynamic-update-slice")):
       return "scan slicing"
     if "transpose" in self.name or self.opcode in ("copy", "transpose") or self.name.startswith("copy"):
       return "transpose/copy"
@@ -101,20 +99,14 @@ def _dot_flops(line: str, out_shape: str, shapes: Mapping[str, str]) -> float:
   """2 · (output elements) · (contracted size) of a `dot` line; its lhs is looked up by name."""
   m = _DOT.search(line)
   lhs = dims(shapes[m.group(1)])
-  contracted = 1
-  for d in (int(x) for x in m.group(2).split(",") if x):
-    contracted *= lhs[d]
-  out = 1
-  for d in dims(out_shape):
-    out *= d
-  return 2.0 * out * contracted
+  contracted = math.prod(lhs[int(d)] for d in m.group(2).split(",") if d)
+  return 2.0 * math.prod(dims(out_shape)) * contracted
 
 
 def parse_hlo(hlo_text: str) -> dict[str, Instruction]:
   """The compiled module's instructions by name (names are unique across its computations)."""
   fields, calls, shapes = {}, {}, {}
-  has_matmul: dict[str, bool] = {}  # computation -> holds a dot
-  flops: dict[str, float] = {}  # computation -> matmul FLOPs of its dots
+  flops: dict[str, float] = collections.defaultdict(float)  # computation -> matmul FLOPs of its dots
   computation = ""
   for line in hlo_text.splitlines():
     c = _COMPUTATION.match(line)
@@ -131,14 +123,9 @@ def parse_hlo(hlo_text: str) -> dict[str, Instruction]:
     calls[name] = called.group(1) if called and opcode == "fusion" else None
     own = _dot_flops(line, shape, shapes) if opcode == "dot" else 0.0
     fields[name] = (shape, opcode, op_name.group(1) if op_name else "", own)
-    has_matmul[computation] = has_matmul.get(computation, False) or opcode in MATMUL_OPCODES
-    flops[computation] = flops.get(computation, 0.0) + own
-  out = {}
-  for name, (shape, opcode, op_name, own) in fields.items():
-    called = calls[name] or ""
-    out[name] = Instruction(name, shape, opcode, op_name, opcode in MATMUL_OPCODES or has_matmul.get(called, False),
-                            own + flops.get(called, 0.0))
-  return out
+    flops[computation] += own
+  return {name: Instruction(name, shape, opcode, op_name, own + flops.get(calls[name] or "", 0.0))
+          for name, (shape, opcode, op_name, own) in fields.items()}
 
 
 def thunk_seconds(xspace_path: str, instructions: Mapping[str, Instruction]) -> tuple[dict[str, float], dict[str, int]]:
@@ -161,35 +148,36 @@ def thunk_seconds(xspace_path: str, instructions: Mapping[str, Instruction]) -> 
   return dict(seconds), dict(calls)
 
 
+def _gflop_per_s(flops: float, seconds: float) -> float:
+  return flops / seconds / 1e9 if seconds else 0.0
+
+
 def summarise(seconds: Mapping[str, float], calls: Mapping[str, int], instructions: Mapping[str, Instruction],
               steps: int, top: int) -> dict[str, Any]:
-  """Per-step seconds by category, by phase, by (category, phase), and the `top` most expensive operations."""
-  by_cat = {c: 0.0 for c in CATEGORIES}
-  by_phase = {p: 0.0 for p in PHASES}
+  """Per-step seconds by category, phase, both, and model component, and the `top` most expensive operations."""
   by_both = {f"{c}/{p}": 0.0 for c in CATEGORIES for p in PHASES}
-  for name, s in seconds.items():
-    inst = instructions[name]
-    by_cat[inst.category] += s / steps
-    by_phase[inst.phase] += s / steps
-    by_both[f"{inst.category}/{inst.phase}"] += s / steps
-  matmul_flops = sum(instructions[n].matmul_flops * c for n, c in calls.items()) / steps
   comp_s: dict[str, float] = collections.defaultdict(float)
   comp_flops: dict[str, float] = collections.defaultdict(float)
   for name, s in seconds.items():
-    comp_s[instructions[name].component] += s / steps
-    comp_flops[instructions[name].component] += instructions[name].matmul_flops * calls[name] / steps
+    inst = instructions[name]
+    by_both[f"{inst.category}/{inst.phase}"] += s / steps
+    comp_s[inst.component] += s / steps
+    comp_flops[inst.component] += inst.matmul_flops * calls[name] / steps
+  by_cat = {c: sum(by_both[f"{c}/{p}"] for p in PHASES) for c in CATEGORIES}
+  by_phase = {p: sum(by_both[f"{c}/{p}"] for c in CATEGORIES) for p in PHASES}
+  matmul_flops = sum(comp_flops.values())
   components = [{"component": c, "seconds_per_step": comp_s[c], "matmul_gflop_per_step": comp_flops[c] / 1e9,
-                 "gflop_per_s": comp_flops[c] / comp_s[c] / 1e9 if comp_s[c] else 0.0}
+                 "gflop_per_s": _gflop_per_s(comp_flops[c], comp_s[c])}
                 for c in sorted(comp_s, key=comp_s.get, reverse=True)]
-  ranked = sorted(seconds, key=seconds.get, reverse=True)[:top]
   top_ops = [{"name": n, "seconds_per_step": seconds[n] / steps, "calls_per_step": calls[n] / steps,
-              "gflop_per_s": instructions[n].matmul_flops * calls[n] / seconds[n] / 1e9 if seconds[n] else 0.0,
+              "gflop_per_s": _gflop_per_s(instructions[n].matmul_flops * calls[n], seconds[n]),
               "category": instructions[n].category, "phase": instructions[n].phase,
-              "shape": instructions[n].shape, "op_name": instructions[n].op_name} for n in ranked]
+              "shape": instructions[n].shape, "op_name": instructions[n].op_name}
+             for n in sorted(seconds, key=seconds.get, reverse=True)[:top]]
   return {"op_seconds_per_step": sum(by_cat.values()), "matmul_flops_per_step": matmul_flops,
-          "matmul_gflop_per_s_while_running": matmul_flops / by_cat["matmul"] / 1e9 if by_cat["matmul"] else 0.0,
-          "by_category": by_cat, "by_phase": by_phase,
-          "by_category_and_phase": by_both, "by_component": components, "top_ops": top_ops}
+          "matmul_gflop_per_s_while_running": _gflop_per_s(matmul_flops, by_cat["matmul"]),
+          "by_category": by_cat, "by_phase": by_phase, "by_category_and_phase": by_both,
+          "by_component": components, "top_ops": top_ops}
 
 
 def profile_step(step: Any, steps: int, top: int, trace_dir: str | None = None) -> dict[str, Any]:
