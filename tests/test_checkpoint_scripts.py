@@ -1,4 +1,5 @@
-"""The reference's checkpoint scripts, run as a user runs them: `extract_variable` and `diff_checkpoints`."""
+"""The reference's checkpoint scripts, run as a user runs them: `extract_variable`, `diff_checkpoints`,
+`subsample_vocab` and `recreate_checkpoint`."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,9 @@ import json
 import ml_dtypes
 import numpy as np
 
-from cli_utils import run_cli, write_tiny_t5x_checkpoint
+from cli_utils import MODEL_FLAGS, TASK_FLAGS, run_cli, write_tiny_t5x_checkpoint
 from prompt_tuning.runtime.checkpoints import load_t5x_params
+from prompt_tuning.runtime.checkpoints.orbax_io import load_orbax_params
 
 
 def test_extracts_one_variable_of_a_t5x_checkpoint(tmp_path):
@@ -73,3 +75,46 @@ def test_subsample_vocab_writes_a_prompt_of_distinct_vocabulary_rows(tmp_path):
   run_cli("scripts.subsample_vocab", [f"--checkpoint_dir={ckpt}", "--prompt_length=6", "--population_size=10",
                                       "--seed=3", f"--output_path={again}"], tmp_path)
   np.testing.assert_array_equal(np.load(again), prompt)  # the seed fixes the draw
+
+
+def test_recreate_checkpoint_rebuilds_an_earlier_step_that_evaluates_like_its_export(tmp_path):
+  frozen = write_tiny_t5x_checkpoint(tmp_path / "pretrained")
+  run = tmp_path / "run"
+  run_cli("train", [*MODEL_FLAGS, "--gin_file=prompts/random_uniform.gin", "--gin_file=runs/prompt_finetune.gin",
+                    *TASK_FLAGS, f"--gin.MODEL_DIR='{run}'", f"--gin.INITIAL_CHECKPOINT_PATH='{frozen}'",
+                    "--gin.TRAIN_STEPS=7", "--gin.BATCH_SIZE=4", "--gin.PROMPT_LENGTH=3", "--gin.SAVE_PERIOD=2",
+                    "--gin.EVAL_PERIOD=0", "--gin.DROPOUT_RATE=0.0"], tmp_path)
+  assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_7"]  # keep=1: step 5 is only an export
+  export = np.load(run / "numpy_checkpoints/checkpoint_5/encoder.prompt.prompt.prompt.npy")
+  assert not np.array_equal(export, np.load(run / "numpy_checkpoints/checkpoint_7/encoder.prompt.prompt.prompt.npy"))
+
+  out = tmp_path / "best"
+  proc = run_cli("scripts.recreate_checkpoint", [f"--model_dir={run}", "--step=5", f"--output_dir={out}"], tmp_path)
+  assert f"wrote {out / 'checkpoint_5'}" in proc.stdout
+  params, step = load_orbax_params(out / "checkpoint_5")
+  assert step == 5
+  np.testing.assert_array_equal(params["encoder"]["prompt"]["prompt"]["prompt"], export)
+
+  # Evaluating the rebuilt checkpoint (T5X's habit) equals evaluating the frozen model with the step-5 export.
+  common = [*MODEL_FLAGS, "--gin.PROMPT_LENGTH=3", *TASK_FLAGS[:2], "--gin.utils.DatasetConfig.split='validation'",
+            "--gin.BATCH_SIZE=4"]
+  run_cli("eval", [*common, "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{out / 'checkpoint_5'}'",
+                   f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval_ckpt'}'"], tmp_path)
+  run_cli("eval", [*common, "--gin_file=runs/prompt_eval.gin", f"--gin.CHECKPOINT_PATH='{frozen}'",
+                   f"--gin.PROMPT_FILE='{run / 'numpy_checkpoints/checkpoint_5/encoder.prompt.prompt.prompt'}'",
+                   f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval_npy'}'"], tmp_path)
+  predictions = lambda d: [json.loads(l)["prediction"] for p in sorted(d.glob("cli_test_task-*.jsonl"))
+                           if "metrics" not in p.name for l in p.open()]
+  from_checkpoint = predictions(tmp_path / "eval_ckpt")
+  assert len(set(from_checkpoint)) > 1 and from_checkpoint == predictions(tmp_path / "eval_npy")
+
+  # A step without an export, and an existing checkpoint, are clear errors; nothing is overwritten.
+  bad = run_cli("scripts.recreate_checkpoint", [f"--model_dir={run}", "--step=4"], tmp_path, check=False)
+  assert bad.returncode != 0 and "No numpy export for step 4" in bad.stderr and "checkpoint_5" in bad.stderr
+  again = run_cli("scripts.recreate_checkpoint", [f"--model_dir={run}", "--step=5", f"--output_dir={out}"], tmp_path,
+                  check=False)
+  assert again.returncode != 0 and "exists already" in again.stderr
+  # Into MODEL_DIR itself: the rebuilt step sits next to the latest, which stays the latest.
+  run_cli("scripts.recreate_checkpoint", [f"--model_dir={run}", "--step=3"], tmp_path)
+  assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_3", "checkpoint_7"]
+  assert load_orbax_params(run / "checkpoint_7")[1] == 7

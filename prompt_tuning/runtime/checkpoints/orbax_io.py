@@ -33,16 +33,19 @@ def _absolute(path: epath.PathLike) -> epath.Path:
   return epath.Path(path) if "://" in str(path) else epath.Path(epath.Path(path).expanduser().resolve())
 
 
-def load_orbax_params(location: epath.PathLike, dtype: str | None = None) -> tuple[dict, int | None]:
-  """`target` params and the step of one of our Orbax checkpoints (a `checkpoint_<step>` dir)."""
-  location = _absolute(location)
-  state_dir = location / STATE if (location / STATE).exists() else location
-  # Read as host numpy: this works whatever processes and devices wrote the checkpoint, and inside a jit trace
-  # (a prompt initialiser reading the embedding table).
+def _restore_as_numpy(state_dir: epath.Path) -> dict:
+  """A saved pytree, whole, as host numpy: this works whatever processes and devices wrote it, and inside a jit
+  trace (a prompt initialiser reading the embedding table)."""
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(state_dir).item_metadata.tree
   as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+
+
+def load_orbax_params(location: epath.PathLike, dtype: str | None = None) -> tuple[dict, int | None]:
+  """`target` params and the step of one of our Orbax checkpoints (a `checkpoint_<step>` dir)."""
+  location = _absolute(location)
+  restored = _restore_as_numpy(location / STATE if (location / STATE).exists() else location)
   if "target" not in restored:
     raise ValueError(f"Orbax checkpoint {str(location)!r} holds no 'target' params (keys: {sorted(restored)}).")
   params = _to_numpy(restored["target"])
@@ -135,6 +138,12 @@ class RunCheckpointer:
         **{STATE: ocp.args.PyTreeRestore(abstract), DATASET: ocp.args.JsonRestore()}))
     state, dataset = restored[STATE], restored[DATASET]
     return state["target"], state["state"]["opt_state"], int(state["state"]["step"]), int(dataset["position"])
+
+  def restore_numpy(self, step: int) -> tuple[Any, Any, int]:
+    """(target, opt_state, data_position) saved at `step`, as host numpy trees shaped as on disk."""
+    state = _restore_as_numpy(self.model_dir / f"checkpoint_{step}" / STATE)
+    dataset = self._manager.restore(step, args=ocp.args.Composite(**{DATASET: ocp.args.JsonRestore()}))[DATASET]
+    return state["target"], state["state"]["opt_state"], int(dataset["position"])
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
