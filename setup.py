@@ -36,6 +36,11 @@ EXTRAS = {
     "gpu": ["jax[cuda12]>=0.4.35", "tensorstore>=0.1.65"],
 }
 
+# The gin files live in gin_configs/ at the top of the repository and ship as prompt_tuning/gin_configs/: each of
+# its folders is a data-only package there.
+GIN_PACKAGES = {"prompt_tuning." + ".".join(d.relative_to(HERE).parts): d.relative_to(HERE).as_posix()
+                for d in [HERE / "gin_configs", *sorted(p for p in (HERE / "gin_configs").rglob("*") if p.is_dir())]}
+
 setuptools.setup(
     name="prompt_tuning",
     version="0.1.0",
@@ -44,8 +49,9 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"]),
-    package_data={"prompt_tuning": ["gin_configs/**/*.gin", "gin_configs/*/*.gin", "gin_configs/*/*/*.gin"]},
+    packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"]) + list(GIN_PACKAGES),
+    package_dir=GIN_PACKAGES,
+    package_data={package: ["*.gin"] for package in GIN_PACKAGES},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import ml_dtypes
 import numpy as np
@@ -118,3 +119,14 @@ def test_recreate_checkpoint_rebuilds_an_earlier_step_that_evaluates_like_its_ex
   run_cli("scripts.recreate_checkpoint", [f"--model_dir={run}", "--step=3"], tmp_path)
   assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_3", "checkpoint_7"]
   assert load_orbax_params(run / "checkpoint_7")[1] == 7
+
+
+def test_find_module_prints_where_a_package_lives(tmp_path):
+  import prompt_tuning  # pylint: disable=g-import-not-at-top
+  proc = run_cli("scripts.find_module", ["prompt_tuning"], tmp_path)
+  folder = proc.stdout.strip()
+  assert folder == str(pathlib.Path(prompt_tuning.__file__).resolve().parent)
+  assert (pathlib.Path(folder) / "gin_configs" / "runs" / "prompt_finetune.gin").exists() or \
+      (pathlib.Path(folder).parent / "gin_configs" / "runs" / "prompt_finetune.gin").exists()
+  bad = run_cli("scripts.find_module", ["no_such_module_here"], tmp_path, check=False)
+  assert bad.returncode != 0 and "no_such_module_here" in bad.stderr
