@@ -51,7 +51,7 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"]) + list(GIN_PACKAGES),
     package_dir=GIN_PACKAGES,
-    package_data={package: ["*.gin"] for package in GIN_PACKAGES},
+    package_data={**{package: ["*.gin"] for package in GIN_PACKAGES}, "prompt_tuning.sweeps": ["specs/*.json"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

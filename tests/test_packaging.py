@@ -1,4 +1,5 @@
-"""The wheel carries the gin files (they live in gin_configs/ at the repository top, outside the package)."""
+"""The wheel carries the gin files (they live in gin_configs/ at the repository top, outside the package) and
+the sweep specs."""
 from __future__ import annotations
 
 import pathlib
@@ -26,6 +27,8 @@ def test_wheel_ships_every_gin_file_where_the_cli_looks(tmp_path):
   assert expected and shipped == expected, sorted(expected ^ shipped)[:10]
   # gin_utils.default_search_paths() looks in <package>/gin_configs first: the installed layout.
   assert "prompt_tuning/gin_configs/runs/prompt_finetune.gin" in shipped
+  specs = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".json")}
+  assert specs == {"prompt_tuning/sweeps/specs/micro.json", "prompt_tuning/sweeps/specs/paper_superglue.json"}
   # Installed from the wheel (no source tree next to it), the CLI's search path finds them.
   site = tmp_path / "site"
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
