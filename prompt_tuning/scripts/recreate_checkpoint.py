@@ -31,10 +31,9 @@ from prompt_tuning.runtime.checkpoints.restore import FROZEN_SOURCE_FILE
 def numpy_exports(model_dir: epath.Path, step: int) -> dict[str, np.ndarray]:
   """`numpy_checkpoints/checkpoint_<step>/<dotted.name>.npy` as {'a/b/c': value}."""
   folder = model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
-  files = sorted(folder.glob("*.npy")) if folder.exists() else []
+  files = sorted(folder.glob("*.npy"))  # a missing folder globs to nothing
   if not files:
-    saved = sorted(p.name for p in (model_dir / "numpy_checkpoints").glob("checkpoint_*") if "." not in p.name) \
-        if (model_dir / "numpy_checkpoints").exists() else []
+    saved = sorted(p.name for p in folder.parent.glob("checkpoint_*") if "." not in p.name)
     raise FileNotFoundError(f"No numpy export for step {step} in {str(folder)!r}; the run exported: "
                             f"{', '.join(saved) or 'nothing'}. Pick --step among them.")
   return {f.name[:-len(".npy")].replace(".", "/"): np.load(f) for f in files}
