@@ -25,7 +25,7 @@ import statistics
 import sys
 from typing import Any, Sequence
 
-from benchmarks import cli_flags
+from benchmarks import cli_flags, matmul_peak
 
 DEFAULT_RUNS = "ours:prompt,peft:prompt,ours:model,hf:model"
 FRAMEWORKS = ("ours", "peft", "hf")
@@ -36,6 +36,8 @@ GIB = 2.0**30
 # temporaries (0.7 GB for the reference shape) are faulted in 4 KiB pages on every step (~170k faults, ~15% of
 # the step's CPU time). Set for all workers (ours and the peer) alike.
 HUGEPAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+# A Small step takes milliseconds on a GPU: time several per round so that one round is not one launch's jitter.
+GPU_STEPS_PER_ROUND = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,12 @@ def build_specs(args: argparse.Namespace, runs: Sequence[RunSpec]) -> list[dict[
                   "shape": dataclasses.asdict(run_shape), "tokens": run_shape.tokens,
                   "analytic_flops": step_flops(T5Config(**fields), run_shape, run.mode)})
   return specs
+
+
+def peak_spec(device: str) -> dict[str, Any]:
+  """The matmul-peak worker: the device's dtype (float32 on CPU, bfloat16 on GPU) and sizes big enough for it."""
+  return {"label": "peak", "framework": "peak", "device": device, "dtype": matmul_peak.default_dtype(device),
+          "sizes": list(matmul_peak.default_sizes(device))}
 
 
 class WorkerDied(RuntimeError):
@@ -220,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--dropout", type=float, default=0.0)
   parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated run specs (see the module doc)")
   parser.add_argument("--rounds", type=int, default=7)
-  parser.add_argument("--steps_per_round", type=int, default=1)
+  parser.add_argument("--steps_per_round", type=int, default=None,
+                      help=f"steps timed together per run and round; default 1 on CPU, {GPU_STEPS_PER_ROUND} on GPU "
+                           "(a Small step there takes milliseconds)")
   parser.add_argument("--no_peak", action="store_true", help="skip the per-round matmul-peak measurement")
   parser.add_argument("--no_hugepages", action="store_true",
                       help=f"do not set GLIBC_TUNABLES={HUGEPAGES_TUNABLE} for the workers (see docs/benchmarks.md)")
@@ -228,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--json", default=None, help="also write the full results here")
   args = parser.parse_args(argv)
   args.dtype = args.dtype or ("bfloat16" if args.device == "gpu" else "float32")
+  args.steps_per_round = args.steps_per_round or (GPU_STEPS_PER_ROUND if args.device == "gpu" else 1)
 
   if args.device == "gpu":
     cli_flags.require_jax_gpu()
@@ -240,8 +251,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     os.environ["GLIBC_TUNABLES"] = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES"), HUGEPAGES_TUNABLE) if t)
   specs = build_specs(args, [parse_run(r) for r in args.runs.split(",") if r.strip()])
   if not args.no_peak:
-    specs_all = specs + [{"label": "peak", "framework": "peak", "device": args.device,
-                          "dtype": "bfloat16" if args.device == "gpu" else "float32"}]
+    specs_all = specs + [peak_spec(args.device)]
   else:
     specs_all = specs
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the workers

@@ -190,3 +190,11 @@ def test_device_gpu_without_a_gpu_stops_at_once_with_the_fix(monkeypatch):
     with pytest.raises(RuntimeError, match=r"finds no GPU here.*jax\[cuda12\]"):
       main(argv)
   assert os.environ["JAX_PLATFORMS"] == "cpu"  # nothing changed before the check
+
+
+def test_gpu_peak_uses_bfloat16_and_sizes_big_enough_for_a_data_centre_card():
+  """2048² bf16 products last about a kernel launch on an H100-class card: the GPU peak needs bigger ones."""
+  from benchmarks import matmul_peak
+  gpu, cpu = step_time.peak_spec("gpu"), step_time.peak_spec("cpu")
+  assert gpu["dtype"] == "bfloat16" and min(gpu["sizes"]) >= 4096
+  assert cpu["dtype"] == "float32" and tuple(cpu["sizes"]) == matmul_peak.DEFAULT_SIZES

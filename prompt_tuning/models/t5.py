@@ -12,13 +12,15 @@ layer's input, and an attention name ("attention", "self_attention", "encoder_de
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
+from prompt_tuning import masks
 from prompt_tuning.models import layers as L
 from prompt_tuning.models.config import T5Config
 
@@ -158,6 +160,7 @@ class Encoder(nn.Module):
   prompt_factory: Callable[[], nn.Module] | None = None
   layer_prompt_factory: Callable[..., nn.Module] | None = None
   prefix_factory: Callable[..., nn.Module] | None = None
+  prompt_attention: Sequence[str] | None = None  # visibility flags (prompt_tuning.masks); None: all visible
 
   def setup(self):
     cfg = self.config
@@ -199,7 +202,12 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=not enable_dropout).astype(cfg.dtype)
     x = L.constrain(x, ("batch", "length", "embed"))
     valid = mtokens > 0
-    mask = L.attention_mask(valid, valid)
+    visibility = masks.normalise_attention(self.prompt_attention) if use_prompt and self.prompt is not None else None
+    if visibility is None:
+      mask = L.attention_mask(valid, valid)
+    else:
+      mask = masks.prompt_attention_mask(mtokens, masks.prompt_positions(self.prompt.combine_tokens, tokens),
+                                         visibility)
     logit_mask = valid[..., None].astype(cfg.dtype)
     length = x.shape[1]
     bias = L.RelativePositionBias(cfg.num_heads, cfg.relpos_num_buckets, cfg.relpos_max_distance, True,
@@ -282,12 +290,23 @@ class EncoderDecoder(nn.Module):
   layer_prompt_factory: Callable[..., nn.Module] | None = None
   prefix_factory: Callable[..., nn.Module] | None = None
   encoder_first_pass: bool = False
+  prompt_attention: Sequence[str] | None = None
+
+  def __post_init__(self):
+    if self.prompt_attention is not None:
+      if self.prompt_factory is None:
+        raise ValueError(f"PROMPT_ATTENTION={self.prompt_attention!r} sets how the input prompt is seen, but the "
+                         "model has no input prompt (PROMPT_FACTORY is None); drop PROMPT_ATTENTION or use a "
+                         "prompt model gin (models/*_prompt.gin).")
+      visibility = masks.normalise_attention(self.prompt_attention, warn=True)
+      logging.info("Prompt attention: %s.", masks.describe(visibility))
+    super().__post_init__()
 
   def setup(self):
     cfg = self.config
     self.token_embedder = L.Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype)
     self.encoder = Encoder(cfg, self.token_embedder, self.prompt_factory, self.layer_prompt_factory,
-                           self.prefix_factory)
+                           self.prefix_factory, self.prompt_attention)
     self.decoder = Decoder(cfg, self.token_embedder, self.prefix_factory)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
