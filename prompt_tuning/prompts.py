@@ -100,6 +100,12 @@ def from_class_labels(embeddings: ArrayOrLoader, vocab: Vocabulary, class_labels
   return init
 
 
+def text_embeddings(embeddings: ArrayOrLoader, vocab: Vocabulary, text: str) -> np.ndarray:
+  """[tokens of `text`, d] float32: the embedding-table rows of `text`'s token ids (no EOS)."""
+  table = _materialise(embeddings)
+  return np.asarray(table[list(vocab.encode(text))], np.float32).reshape(-1, table.shape[-1])
+
+
 def from_string(embeddings: ArrayOrLoader, vocab: Vocabulary, text: str,
                 initializer: Initializer | None = None) -> Initializer:
   """The first rows are the embeddings of `text`'s tokens (truncated to P); the rest from `initializer`."""
@@ -107,11 +113,11 @@ def from_string(embeddings: ArrayOrLoader, vocab: Vocabulary, text: str,
   def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
     table = _materialise(embeddings)
     _check_width("from_string", table, shape)
-    ids = list(vocab.encode(text))[:shape[0]]
+    rows = text_embeddings(table, vocab, text)[:shape[0]]
     fallback = initializer or from_sampled_vocab(table)
     prompt = fallback(key, shape, jnp.float32)
-    if ids:
-      prompt = prompt.at[:len(ids)].set(jnp.asarray(table[ids], jnp.float32))
+    if len(rows):
+      prompt = prompt.at[:len(rows)].set(jnp.asarray(rows))
     return prompt.astype(dtype)
 
   return init
