@@ -74,13 +74,30 @@ class Projection(nn.Module):
     return jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype))
 
 
+class IA3Scaling(nn.Module):
+  """IA³ (Liu et al. 2022, arXiv 2205.05638): `x` times a learned vector over its last `len(axes)` axes.
+
+  The parameter `ia3_scaling` starts at ones (the identity), so a model with it computes what the frozen model
+  does until it trains. Flaxformer places it as the attention's `k_conv`/`v_conv` ([heads, kv]) and the MLP's
+  `intermediate_conv` ([mlp]); our modules use the same names, so the parameter paths match.
+  """
+
+  axes: tuple[str, ...]
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scaling = param(self, "ia3_scaling", nn.initializers.ones, x.shape[-len(self.axes):], self.axes)
+    return x * scaling.astype(x.dtype)
+
+
 class MlpBlock(nn.Module):
-  """Gated MLP: gelu(x·wi_0) * (x·wi_1), dropout broadcast over length, then ·wo."""
+  """Gated MLP: gelu(x·wi_0) * (x·wi_1), dropout broadcast over length, then ·wo. `ia3`: IA³ on the hidden."""
 
   mlp_dim: int
   activations: tuple[str, ...] = ("gelu", "linear")
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  ia3: bool = False
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -94,6 +111,8 @@ class MlpBlock(nn.Module):
       y = acts[act](Projection(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name=name)(x))
       h = y if h is None else h * y
     h = constrain(h, ("batch", "length", "mlp"))
+    if self.ia3:
+      h = IA3Scaling(("mlp",), name="intermediate_conv")(h)
     h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
     return Projection(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="wo")(h)
 
@@ -184,6 +203,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   fused: bool = False
+  ia3: bool = False  # IA³ scaling of the keys and values (`k_conv`, `v_conv`), before the KV cache
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None, bias: Array | None = None,
@@ -200,6 +220,9 @@ class MultiHeadAttention(nn.Module):
     q = constrain(q, ("batch", "length", "heads", "kv"))
     k = constrain(k, ("batch", "length", "heads", "kv"))
     v = constrain(v, ("batch", "length", "heads", "kv"))
+    if self.ia3:
+      k = IA3Scaling(("heads", "kv"), name="k_conv")(k)
+      v = IA3Scaling(("heads", "kv"), name="v_conv")(v)
 
     if decode:
       k, v, mask, bias = self._update_cache(k, v, mask, bias)

@@ -79,11 +79,12 @@ class EncoderLayer(nn.Module):
       x = apply_layer_prompt(x, *hooks["inputs"])
     h = L.RMSNorm(cfg.dtype, name="pre_attention_layer_norm")(x) * logit_mask
     h = L.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype, cfg.fused_attention,
-                             name="attention")(h, h, mask, bias, deterministic=deterministic,
+                             cfg.ia3, name="attention")(h, h, mask, bias, deterministic=deterministic,
                                                prefix_kv=hooks.get("attention"))
     x = x + drop(h)
     h = L.RMSNorm(cfg.dtype, name="pre_mlp_layer_norm")(x) * logit_mask
-    h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")(h, deterministic)
+    h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, cfg.ia3,
+                   name="mlp")(h, deterministic)
     return _layer_output(cfg, L.constrain(x + drop(h), ("batch", "length", "embed")))
 
 
@@ -100,7 +101,7 @@ class DecoderLayer(nn.Module):
     hooks = hooks or {}
     drop = lambda z: nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(z, deterministic=deterministic)
     attn = lambda name: L.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
-                                             cfg.fused_attention, name=name)
+                                             cfg.fused_attention, cfg.ia3, name=name)
     h = L.RMSNorm(cfg.dtype, name="pre_self_attention_layer_norm")(y) * logit_mask
     h = attn("self_attention")(h, h, self_mask, bias, deterministic=deterministic, decode=decode,
                                prefix_kv=hooks.get("self_attention"))
@@ -110,7 +111,8 @@ class DecoderLayer(nn.Module):
                                           prefix_kv=hooks.get("encoder_decoder_attention"))
     y = y + drop(h)
     h = L.RMSNorm(cfg.dtype, name="pre_mlp_layer_norm")(y) * logit_mask
-    h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")(h, deterministic)
+    h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, cfg.ia3,
+                   name="mlp")(h, deterministic)
     return _layer_output(cfg, L.constrain(y + drop(h), ("batch", "length", "embed")))
 
 
