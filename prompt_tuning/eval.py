@@ -14,6 +14,7 @@ import jax
 from prompt_tuning import cli, gin_utils
 from prompt_tuning.runtime import evaluation, input_pipeline
 from prompt_tuning.runtime.checkpoints import formats
+from prompt_tuning.runtime.checkpoints import restore as restore_lib
 from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.state_init import build_run_params
@@ -51,10 +52,12 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitio
   shapes = {"encoder_input_tokens": (dataset_cfg.batch_size, 8), "decoder_input_tokens": (dataset_cfg.batch_size, 8)}
   runner = evaluation.InferenceRunner(model, partitioner, dataset_cfg.batch_size)
   results = {}
-  for restore in restores:
-    run = build_run_params(model, partitioner, shapes, restore, (".*",), jax.random.PRNGKey(random_seed))
-    runner.set_params(run.trainable, run.frozen)
-    results[run.checkpoint_step or 0] = evaluation.run_evaluation(evaluator, runner, step=run.checkpoint_step or 0)
+  with restore_lib.reuse_frozen_base():  # mode='all': the run's frozen weights are read once
+    for restore in restores:
+      run = build_run_params(model, partitioner, shapes, restore, (".*",), jax.random.PRNGKey(random_seed))
+      runner.set_params(run.trainable, run.frozen)
+      results[run.checkpoint_step or 0] = evaluation.run_evaluation(evaluator, runner,
+                                                                    step=run.checkpoint_step or 0)
   return results if restore_checkpoint_cfg.mode == "all" else next(iter(results.values()))
 
 

@@ -166,8 +166,15 @@ def test_eval_mode_all_evaluates_every_checkpoint_of_a_run(tmp_path, frozen_chec
   flags = [*MODEL_FLAGS, "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'", "--gin.PROMPT_LENGTH=3",
            *TASK_FLAGS[:2], "--gin.utils.DatasetConfig.split='validation'", "--gin.BATCH_SIZE=4",
            f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'"]
-  run_cli("eval", [*flags, "--gin.utils.RestoreCheckpointConfig.mode='all'"], tmp_path)
+  proc = run_cli("eval", [*flags, "--gin.utils.RestoreCheckpointConfig.mode='all'"], tmp_path)
   lines = [json.loads(l) for l in (tmp_path / "eval" / "cli_test_task-metrics.jsonl").open()]
   assert [l["step"] for l in lines] == [3, 5, 7], lines  # the run also saves its starting point (step 3)
+  # The frozen weights are read once, and reusing them gives what evaluating checkpoint_5 alone gives.
+  assert proc.stderr.count("Reusing the frozen weights from") == 2, proc.stderr[-3000:]
+  alone = [f for f in flags if not f.startswith(("--gin.CHECKPOINT_PATH", "--gin.EVAL_OUTPUT_DIR"))] + [
+      f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_5'}'", f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval5'}'"]
+  run_cli("eval", alone, tmp_path)
+  single = [json.loads(l) for l in (tmp_path / "eval5" / "cli_test_task-metrics.jsonl").open()]
+  assert single == [lines[1]], (single, lines)
   proc = run_cli("eval", [*flags, "--gin.utils.RestoreCheckpointConfig.mode='every'"], tmp_path, check=False)
   assert proc.stderr.strip().splitlines()[-1].startswith("error: RestoreCheckpointConfig.mode='every' is not one of")

@@ -1,12 +1,14 @@
 """Frozen weights from where users keep them (T5X native, our Orbax runs, Hugging Face T5) into a model tree."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+from absl import logging
 from etils import epath
 from flax import traverse_util
 
@@ -151,6 +153,41 @@ def _frozen_record(fmt: str, location: epath.Path) -> dict[str, Any] | None:
   return json.loads(record.read_text()) if fmt == formats.ORBAX and record.exists() else None
 
 
+# Inside `reuse_frozen_base()`: the last frozen base a run checkpoint was restored onto, by what it was built from.
+_frozen_base_cache: dict[str, Any] | None = None
+
+
+@contextlib.contextmanager
+def reuse_frozen_base() -> Iterator[None]:
+  """Within the block, run checkpoints sharing a frozen-weights record read those frozen weights once.
+
+  For evaluating many checkpoints of one run (eval `mode='all'`): each holds only the trained parameters, and
+  the frozen base (gigabytes for XL/XXL) is the same for all. Outside the block nothing is kept, so a training
+  run does not hold a host copy of the frozen weights after restoring them.
+  """
+  global _frozen_base_cache
+  _frozen_base_cache = {}
+  try:
+    yield
+  finally:
+    _frozen_base_cache = None
+
+
+def _frozen_base(abstract: Params, source: Mapping[str, Any], dtype: str | None) -> Params:
+  build = lambda: restore_params(abstract, source["path"], source.get("step"), dtype,
+                                 [tuple(rule) for rule in source["assignment_map"]], source["fallback_to_scratch"])[0]
+  if _frozen_base_cache is None:
+    return build()
+  shapes = [(k, tuple(np.shape(v))) for k, v in traverse_util.flatten_dict(abstract, sep="/").items()]
+  key = json.dumps([source, dtype, shapes], sort_keys=True, default=str)
+  if _frozen_base_cache.get("key") != key:
+    _frozen_base_cache.clear()  # keep one base at a time
+    _frozen_base_cache.update(key=key, base=build())
+  else:
+    logging.info("Reusing the frozen weights from %s read for the previous checkpoint.", source["path"])
+  return _frozen_base_cache["base"]
+
+
 def restore_params(abstract: Params, path: str, step: int | None = None, dtype: str | None = None,
                    assignment_map: Sequence[tuple[str, str | None]] = (), fallback_to_scratch: bool = False,
                    ) -> tuple[Params, int | None]:
@@ -173,9 +210,7 @@ def restore_params(abstract: Params, path: str, step: int | None = None, dtype: 
           "prompt instead (runs/prompt_eval.gin: CHECKPOINT_PATH=<pretrained>, PROMPT_FILE=<MODEL_DIR>/"
           f"numpy_checkpoints/checkpoint_<step>/...), or write {FROZEN_SOURCE_FILE} with write_frozen_source().")
     return merge_checkpoint_into(abstract, ckpt, assignment_map, fallback_to_scratch), ckpt_step
-  base, _ = restore_params(abstract, source["path"], source.get("step"), dtype,
-                           [tuple(rule) for rule in source["assignment_map"]], source["fallback_to_scratch"])
-  flat = traverse_util.flatten_dict(base, sep="/")
+  flat = dict(traverse_util.flatten_dict(_frozen_base(abstract, source, dtype), sep="/"))
   for name, value in traverse_util.flatten_dict(ckpt, sep="/").items():
     if name not in flat or tuple(np.shape(flat[name])) != tuple(np.shape(value)):
       raise ParamTreeMismatchError(
