@@ -14,6 +14,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import prompt_tuning.data.tasks  # pylint: disable=unused-import
+import tfds_fakes
+from tfds_fakes import examples, texts
 from prompt_tuning.data import glue
 from prompt_tuning.data import glue_transfer
 from prompt_tuning.data import qa
@@ -127,44 +129,10 @@ TFDS_DATA = {
 }
 
 
-class FakeTfds:
-  """Serves TFDS_DATA through `tfds.testing.mock_data`, recording every read."""
-
-  def __init__(self):
-    self.reads: list[tuple[str, str, str]] = []
-
-  def as_dataset_fn(self):
-    def as_dataset(builder, split, **unused_kwargs):
-      name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
-      self.reads.append((name, str(builder.version), split))
-      examples = TFDS_DATA[(name, split)]
-      spec = builder.info.features.get_tensor_spec()
-      if builder.name != "mrqa":  # MRQA's nested token features are not needed
-        assert set(examples[0]) == set(spec), f"{name}: example keys must match TFDS"
-      spec = {key: spec[key] for key in examples[0]}
-      return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
-
-    return as_dataset
-
-
 @pytest.fixture(scope="module")
 def fake_tfds(t5_vocab_path):
-  vocab.set_vocab_path(t5_vocab_path)
-  fake = FakeTfds()
-  with tfds.testing.mock_data(as_dataset_fn=fake.as_dataset_fn()):
+  with tfds_fakes.serving(tfds_fakes.FakeTfds(TFDS_DATA, partial_builders=("mrqa",)), t5_vocab_path) as fake:
     yield fake
-  vocab.set_vocab_path(None)
-
-
-def examples(name: str, split: str = "validation") -> list[dict[str, Any]]:
-  dataset = seqio.get_mixture_or_task(name).get_dataset(
-      sequence_length=None, split=split, shuffle=False, try_in_mem_cache=False)
-  return list(dataset.as_numpy_iterator())
-
-
-def texts(name: str, split: str = "validation") -> list[tuple[str, str]]:
-  return [(ex["inputs_pretokenized"].decode(), ex["targets_pretokenized"].decode())
-          for ex in examples(name, split)]
 
 
 def check_variants(base: str, split: str, expected: list[tuple[str, str]], index: int) -> None:

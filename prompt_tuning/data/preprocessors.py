@@ -23,12 +23,12 @@ def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
   return tf.strings.regex_replace(text, r"\s+", " ")
 
 
-def _join_collapsed(parts: Sequence[tf.Tensor | str]) -> tf.Tensor:
+def join_collapsed(parts: Sequence[tf.Tensor | str]) -> tf.Tensor:
   """Joins with single spaces and collapses runs of whitespace (no strip)."""
   return tf.strings.regex_replace(tf.strings.join(parts, separator=" "), r"\s+", " ")
 
 
-def _label_text(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
+def label_text(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
   """The class name of `label`, or "<unk>" for the unlabeled (-1) test examples."""
   return tf.gather([UNKNOWN_LABEL, *label_names], tf.cast(label, tf.int32) + 1)
 
@@ -60,7 +60,7 @@ def glue_text(
   else:
     out["idx"] = x["idx"]
   out["inputs"] = inputs
-  out["targets"] = _label_text(x["label"], label_names)
+  out["targets"] = label_text(x["label"], label_names)
   return out
 
 
@@ -179,7 +179,7 @@ def dpr_simple_text(x: Mapping[str, tf.Tensor], label: str = "wsc:") -> dict[str
 def _qa_example(question, context, answers) -> dict[str, tf.Tensor]:
   question, context, answers = map(pad_punctuation, (question, context, answers))
   return {
-      "inputs": _join_collapsed(["question:", question, "context:", context]),
+      "inputs": join_collapsed(["question:", question, "context:", context]),
       "targets": answers[0],
       "question": question,
       "context": context,
