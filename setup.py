@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "etils[epath]>=1.7",
     "matplotlib>=3.8",
     "scipy>=1.11",
+    "rouge-score>=0.1.2",  # T5's ROUGE for the summarization tasks
 ]
 
 EXTRAS = {

@@ -226,10 +226,15 @@ def test_nli_accuracy_through_seqio_evaluator(fake_tfds):
   assert results.result()[name] == {"accuracy": 50.0}
 
 
-def test_summarization_has_no_metric():
+def test_summarization_is_scored_with_t5_rouge():
   for name in ("spot_samsum_v100", "spot_cnn_dailymail_v320"):
     task = seqio.get_mixture_or_task(name)
-    assert task.metric_fns == [] and task.postprocess_fn("A summary.") == "A summary."
+    assert task.metric_fns == [metrics.rouge] and task.postprocess_fn("A summary.") == "A summary."
+  scores = metrics.rouge(["the cat sat"], ["the cat ran"])  # unigrams 2/3, bigrams 1/2, LCS 2/3
+  assert scores == pytest.approx({"rouge1": 200 / 3, "rouge2": 50.0, "rougeLsum": 200 / 3})
+  # " . " ends a sentence for rougeLsum: two swapped sentences match fully, though their LCS is half.
+  assert metrics.rouge(["a b . c d"], ["c d . a b"])["rougeLsum"] == pytest.approx(100.0)
+  assert metrics.rouge(["a b"], ["x y"]) == {"rouge1": 0.0, "rouge2": 0.0, "rougeLsum": 0.0}
 
 
 def test_registration_is_idempotent_and_reads_no_data():

@@ -172,6 +172,25 @@ def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[
 
 
 # ========== Rank classification (driven by scores) ==========
+# ========== Summarization ==========
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeLsum")
+
+
+def rouge(targets: Sequence[str], predictions: Sequence[str],
+          score_keys: Sequence[str] = ROUGE_KEYS) -> dict[str, float]:
+  """T5's ROUGE: F-measures (percent, the bootstrap median) of `rouge_score` without stemming; " . " becomes a
+  line break first, so that rougeLsum sees sentences."""
+  from rouge_score import rouge_scorer, scoring  # pylint: disable=import-outside-toplevel
+  _check_lengths(targets, predictions)
+  scorer = rouge_scorer.RougeScorer(list(score_keys))
+  aggregator = scoring.BootstrapAggregator()
+  as_lines = lambda text: text.replace(" . ", " .\n")
+  for target, prediction in zip(targets, predictions):
+    aggregator.add_scores(scorer.score(target=as_lines(target), prediction=as_lines(prediction)))
+  result = aggregator.aggregate()
+  return {key: 100 * float(result[key].mid.fmeasure) for key in score_keys}
+
+
 def _roc_and_pr_auc(is_positive: np.ndarray, scores: np.ndarray,
                     weights: np.ndarray) -> tuple[float, float]:
   """Area under the ROC curve and average precision, as sklearn computes them."""

@@ -26,9 +26,9 @@ once, with the T5 vocabulary (no `mt5_`, `taskless_`, `task_index_` or
   (polarity 0/2/4 -> negative / neutral / positive); accuracy on the text.
 * Summarization: `spot_{aeslc_v100,billsum_v300,gigaword_v120,cnn_dailymail_v320,
   multi_news_v100,samsum_v100,newsroom_v100}`: `"<name> summarize: <source>"` ->
-  summary. No metric: ROUGE needs the `rouge-score` package, which is not a
-  dependency. TFDS 4.9 builds cnn_dailymail only at 3.4.0 and multi_news at 2.1.0,
-  so those two read data already prepared at 3.2.0 / 1.0.0.
+  summary; T5's ROUGE (rouge1, rouge2, rougeLsum). TFDS 4.9 builds cnn_dailymail
+  only at 3.4.0 and multi_news at 2.1.0, so those two read data already prepared
+  at 3.2.0 / 1.0.0.
 """
 from __future__ import annotations
 
@@ -190,12 +190,13 @@ def classification_family(name: str, spec: Classification) -> utils.TaskFamily:
 
 def summarization_family(name: str, tfds_name: str, source_key: str,
                          target_key: str) -> utils.TaskFamily:
-  """`spot_{name}_{ver}`: `"<name> summarize: <source>"` -> summary, no metric."""
+  """`spot_{name}_{ver}`: `"<name> summarize: <source>"` -> summary, ROUGE."""
   return utils.TaskFamily(
       base=f"spot_{name}_{version_tag(tfds_name)}",
       source=seqio.TfdsDataSource(tfds_name=tfds_name),
       text_preprocessors=[functools.partial(
           summarization_text, task_name=name, source_key=source_key, target_key=target_key)],
+      metric_fns=[metrics.rouge],
       summary_name=name)
 
 
