@@ -27,7 +27,9 @@ from typing import Any, Sequence
 
 from benchmarks import cli_flags, matmul_peak
 
-DEFAULT_RUNS = "ours:prompt,peft:prompt,ours:model,hf:model"
+# Each tuning mode as configured by default and in its fastest CPU configuration, next to its peer.
+DEFAULT_RUNS = ("ours:prompt,ours:prompt:fused:scan:remat=minimal,peft:prompt,"
+                "ours:model,ours:model:fused:scan:remat=minimal,hf:model")
 FRAMEWORKS = ("ours", "peft", "hf")
 # Pairs whose per-round step-time ratio is reported (ours over the peer doing the same job).
 PEERS = {"prompt": "peft:prompt", "model": "hf:model"}
