@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -97,3 +96,12 @@ def test_ia3_gin_trains_only_the_scalings_from_the_cli(tmp_path):
   config = (model_dir / "config.gin").read_text()
   assert "T5Config.ia3 = True" in config and re.search(r"\.\*/ia3_scaling\.\*", config)
   assert re.search(r"^LEARNING_RATE = 0\.003$", config, re.M), config
+
+
+def test_family_costs_count_the_scalings_against_the_plain_model():
+  from cli_utils import TESTS_DIR
+  from prompt_tuning.families import count
+  cost = count.costs_from_gin(["models/t5_1_1_tiny.gin", "families/ia3.gin", "byte_vocab_tiny.gin"],
+                              search_paths=[str(TESTS_DIR / "gin")])
+  assert cost.trainable_params == sum(int(np.prod(s)) for s in _ia3_paths().values()) == 80
+  assert cost.extra_flops > 0  # one multiply per scaled element, against the model without IA³

@@ -119,3 +119,10 @@ def test_train_cli_with_prompt_attention(tmp_path):
   bad = run_cli("train", [*flags, f"--gin.MODEL_DIR='{tmp_path / 'bad'}'", "--gin.PROMPT_ATTENTION=['prompt->all']"],
                 tmp_path, check=False)
   assert bad.returncode != 0 and "Unknown prompt attention flag(s) ['prompt->all']" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_family_costs_of_a_model_with_prompt_attention():
+  """The cost model compares with the bare frozen model, which has no prompt to restrict."""
+  cost = count.costs_from_gin(["models/t5_1_1_tiny_prompt.gin", "byte_vocab_tiny.gin"],
+                              [f"PROMPT_LENGTH={P}", "PROMPT_ATTENTION=['prompt->input']"], [str(TESTS_DIR / "gin")])
+  assert cost.trainable_params == P * 4 and cost.extra_flops > 0

@@ -41,6 +41,7 @@ THIS_MODULE = "prompt_tuning.scripts.compare_families"
 PROMPT_MODEL_GIN = "models/t5_1_1_demo_prompt.gin"
 DEMO_DIR = "artifacts/demo"
 PROMPT_LENGTH = 10
+WAYWARD_TEXT = "Is this review positive or negative?"
 
 
 def register_sentinel_task() -> None:
@@ -66,6 +67,7 @@ class Family:
   model_gin: str = PROMPT_MODEL_GIN
   run_gin: str = "runs/prompt_finetune.gin"
   task: str = TASK
+  prompt_length: int | None = PROMPT_LENGTH  # None: the family's gin sets PROMPT_LENGTH (wayward: the text's)
 
 
 def _multitask(*bindings: str) -> tuple[str, ...]:
@@ -88,6 +90,10 @@ FAMILIES = (
     Family("deep prompts (replace)", "Liu et al. 2022", ("families/layer_prompts.gin",)),
     Family("prefix tuning (MLP 64)", "Li & Liang 2021", ("families/prefix.gin",), ("PREFIX_HIDDEN_DIM=64",),
            learning_rate=0.01),
+    Family("wayward prompts (gamma 0.01)", "Khashabi et al. 2022", ("families/wayward.gin",),
+           (f"PROMPT_TEXT='{WAYWARD_TEXT}'",), prompt_length=None),
+    Family("IA³", "Liu et al. 2022", ("families/ia3.gin",), model_gin="models/t5_1_1_demo.gin",
+           run_gin="runs/ia3_finetune.gin", learning_rate=3e-3),
 )
 
 
@@ -118,7 +124,8 @@ def _gin_args(family: Family) -> list[str]:
 
 
 def _bindings(family: Family) -> list[str]:
-  return [f"PROMPT_LENGTH={PROMPT_LENGTH}", *family.bindings]
+  length = [] if family.prompt_length is None else [f"PROMPT_LENGTH={family.prompt_length}"]
+  return [*length, *family.bindings]
 
 
 def train_command(family: Family, model_dir: pathlib.Path, checkpoint: str, steps: int, batch_size: int) -> list[str]:
@@ -172,7 +179,8 @@ def table(results: Sequence[Result], command: str, checkpoint: str, steps: int, 
       f"jax {jax.__version__}). Frozen model: the demo T5 1.1 (`{PROMPT_MODEL_GIN}`, checkpoint "
       f"`{checkpoint}`); task `{TASK}` (validation accuracy after training, one seed, so differences of a few "
       f"points are noise). Every run: {steps} steps, batch {batch_size}, Adafactor, no dropout, prompt length "
-      f"{PROMPT_LENGTH}; step time is the median over the run's steps on this (shared) machine.",
+      f"{PROMPT_LENGTH} (wayward: the text's length); step time is the median over the run's steps on this "
+      "(shared) machine.",
       "",
       f"| family | paper | gin | LR | accuracy (%) after {' / '.join(str(s) for s, _ in results[0].accuracy)} steps "
       "| trainable params | % of model | ms / step | extra fwd FLOPs |",
