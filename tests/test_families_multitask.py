@@ -176,3 +176,29 @@ def test_mpt_distillation_from_single_task_teachers(tmp_path):
     make(module)
   with pytest.raises(ValueError, match="PROMPT_FACTORY = @multitask.MultiTaskInputs"):
     multitask.MPTDistillationModel(EncoderDecoderModel(EncoderDecoder(config())), files)
+
+
+def test_language_task_prompt_reads_two_sentinels_and_concatenates_the_factors():
+  """Factorised multilingual prompts: first token = language, second = task; both dropped; the prompt is the
+  language's rows then the task's rows, so examples sharing a language share the first part."""
+  prompt = multitask.LanguageTaskPrompt(lang_length=2, task_length=3, num_langs=2, num_tasks=2)
+  module = EncoderDecoder(config(), functools.partial(multitask.MultiTaskInputs, prompt, "sentinel", SENTINEL_VOCAB,
+                                                      lang_source="sentinel"))
+  # (language, task) per example: (0, 1), (1, 0), (0, 0), (1, 1); sentinel k = SENTINEL_VOCAB - 1 - k.
+  pairs = [(0, 1), (1, 0), (0, 0), (1, 1)]
+  ids = jnp.array([[SENTINEL_VOCAB - 1 - l, SENTINEL_VOCAB - 1 - t] for l, t in pairs], jnp.int32)
+  tokens = jnp.concatenate([ids, BATCH["encoder_input_tokens"][:, 1:]], axis=1)
+  batch = dict(BATCH, encoder_input_tokens=tokens)
+  params = randomised(init(module, batch=batch))
+  got = prompts_for(module, params, batch)
+  table = prompt_params(params)
+  assert table["lang_prompts"].shape == (2, 2 * D) and table["task_prompts"].shape == (2, 3 * D)
+  for row, (lang, task) in enumerate(pairs):
+    np.testing.assert_allclose(got[row, :2], table["lang_prompts"][lang].reshape(2, D), rtol=1e-6)
+    np.testing.assert_allclose(got[row, 2:], table["task_prompts"][task].reshape(3, D), rtol=1e-6)
+  encoded = module.apply({"params": params}, tokens, method=module.encode)
+  assert encoded.shape == (4, 5 + tokens.shape[1] - 2, D)
+  mask = np.asarray(module.apply({"params": params}, tokens, method=lambda m, t: m.encoder.mask_tokens(t)))
+  np.testing.assert_array_equal(mask[:, 5:], np.asarray(tokens[:, 2:]))
+  with pytest.raises(ValueError, match=r"Unknown lang_source 'first'"):
+    multitask.MultiTaskInputs(prompt, lang_source="first")

@@ -62,7 +62,8 @@ def test_additional_rules_come_last():
 
 def test_prompt_rules():
   assert partitioning.prompt_logical_axis_rules() == (("prompt", None), ("prompt_embed", None))
-  assert partitioning.prompt_logical_axis_rules(multi_task=True)[2:] == (("tasks", None), ("prompt+embed", None))
+  assert partitioning.prompt_logical_axis_rules(multi_task=True)[2:] == (("tasks", None), ("langs", None),
+                                                                         ("prompt+embed", None))
 
 
 def test_default_rules_are_standard_plus_prompt():

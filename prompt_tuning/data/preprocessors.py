@@ -256,6 +256,18 @@ def add_sentinel_to_beginning(
   return dataset.map(prepend, num_parallel_calls=AUTOTUNE)
 
 
+def add_language_and_task_sentinels(
+    dataset: tf.data.Dataset,
+    output_features: Mapping[str, seqio.Feature],
+    language: int,
+    task: int,
+) -> tf.data.Dataset:
+  """Prepends `<extra_id_{language}>` then `<extra_id_{task}>` to `inputs`, for factorised multilingual prompts
+  (`families/multilingual.gin`). A token preprocessor: put it after `seqio.preprocessors.tokenize`."""
+  dataset = add_sentinel_to_beginning(dataset, output_features, offset=task)
+  return add_sentinel_to_beginning(dataset, output_features, offset=language)
+
+
 def rank_classification(
     dataset: tf.data.Dataset, label_names: Sequence[str]
 ) -> tf.data.Dataset:

@@ -5,6 +5,8 @@
   each), "concat" (along length: P_s + P_t), "concat_features" (along features: H_s + H_t = d) or "project"
   (the task vector is an affine map [H_s x d] + [d] applied to every shared position).
 * `MPTPrompt` — MPT (Wang et al. 2023, arXiv 2303.02861): shared prompt ⊙ a low-rank task matrix u_k v_kᵀ.
+* `LanguageTaskPrompt` — factorised multilingual prompts: a language prompt then a task prompt, each looked up
+  by its own sentinel.
 * `MultiTaskInputs` — the `PROMPT_FACTORY` for these: reads task ids from the first input token (the
   reference's sentinel convention, task k = `<extra_id_k>` = id `vocab_size - 1 - k`, stripped before the
   prompt is prepended) or from the `task_ids` batch feature (`with_task_ids(model)` + `add_task_ids`).
@@ -38,6 +40,7 @@ Initializer = Callable[..., Array]
 MODES = ("add", "concat", "concat_features", "project")
 TASK_SOURCES = ("sentinel", "feature")
 TASK_AXES = ("tasks", "prompt+embed")
+LANG_AXES = ("langs", "prompt+embed")
 
 
 def sentinel_to_task(token: Array, vocab_size: int) -> Array:
@@ -172,21 +175,70 @@ class MPTPrompt(nn.Module):
     return (shared[None] * w).astype(self.dtype)
 
 
+class LanguageTaskPrompt(nn.Module):
+  """Factorised multilingual prompts (the reference's `extended/multitask_factorized_prompts`, as in Vu et al.
+  2022, arXiv 2205.12647): the example's language prompt then its task prompt -> [B, P_l + P_t, d].
+
+  `lang_prompts` [num_langs, P_l * d] and `task_prompts` [num_tasks, P_t * d] are looked up by the ids
+  `MultiTaskInputs(lang_source="sentinel")` reads, so a language prompt learnt with one task serves the others.
+  """
+
+  lang_length: int = 50
+  task_length: int = 50
+  num_langs: int = 1
+  num_tasks: int = 1
+  langs_init: Initializer = prompts.random_uniform()
+  tasks_init: Initializer = prompts.random_uniform()
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    for name in ("lang_length", "task_length", "num_langs", "num_tasks"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"LanguageTaskPrompt.{name}={getattr(self, name)} must be positive.")
+    super().__post_init__()
+
+  @property
+  def length(self) -> int:
+    return self.lang_length + self.task_length
+
+  @nn.compact
+  def __call__(self, tokens: Array, embedded: Array, task_ids: Array | None = None, lang_ids: Array | None = None,
+               **unused: Any) -> Array:
+    del tokens
+    if task_ids is None or lang_ids is None:
+      raise ValueError("LanguageTaskPrompt needs language and task ids: wrap it in multitask.MultiTaskInputs with "
+                       "lang_source='sentinel' (families/multilingual.gin).")
+    d = embedded.shape[-1]
+    langs = self.param("lang_prompts", nn.with_logical_partitioning(self.langs_init, LANG_AXES),
+                       (self.num_langs, self.lang_length * d), jnp.float32)
+    tasks = self.param("task_prompts", nn.with_logical_partitioning(self.tasks_init, TASK_AXES),
+                       (self.num_tasks, self.task_length * d), jnp.float32)
+    b = task_ids.shape[0]
+    out = jnp.concatenate([_lookup(langs, lang_ids).reshape(b, self.lang_length, d),
+                           _lookup(tasks, task_ids).reshape(b, self.task_length, d)], axis=1)
+    return out.astype(self.dtype)
+
+
 class MultiTaskInputs(nn.Module):
   """`encoder/prompt`: finds each example's task id, then prepends `prompt(tokens, embedded, task_ids=...)`.
 
   `task_source="sentinel"`: the id is `vocab_size - 1 - tokens[:, 0]` and that token is dropped (the
   encoder sees P + T - 1 positions). `"feature"`: the `task_ids` batch feature ([B] or [B, 1]).
+  `lang_source="sentinel"` (factorised multilingual prompts): the first token is the language's sentinel, passed
+  as `lang_ids`, and the task's sentinel (if `task_source="sentinel"`) comes second; both are dropped.
   """
 
   prompt: nn.Module
   task_source: str = "sentinel"
   vocab_size: int = 32100  # the vocabulary's size without padding rows (T5: 32,100), for sentinel ids
   combination: str = "prefix"  # fixed: the prompt always comes first
+  lang_source: str | None = None
 
   def __post_init__(self):
     if self.task_source not in TASK_SOURCES:
       raise ValueError(f"Unknown task_source {self.task_source!r}; choose one of {TASK_SOURCES}.")
+    if self.lang_source not in (None, "sentinel"):
+      raise ValueError(f"Unknown lang_source {self.lang_source!r}; use 'sentinel' (the first input token) or None.")
     if self.combination != "prefix":
       raise ValueError("MultiTaskInputs only prepends its prompt (combination='prefix').")
     super().__post_init__()
@@ -195,9 +247,14 @@ class MultiTaskInputs(nn.Module):
   def length(self) -> int:
     return self.prompt.length
 
+  @property
+  def _id_tokens(self) -> int:
+    """How many leading sentinel tokens carry ids (and are dropped)."""
+    return (self.lang_source == "sentinel") + (self.task_source == "sentinel")
+
   def _task_ids(self, tokens: Array, task_ids: Array | None) -> Array:
     if self.task_source == "sentinel":
-      return sentinel_to_task(tokens[:, 0], self.vocab_size)
+      return sentinel_to_task(tokens[:, self._id_tokens - 1], self.vocab_size)
     if task_ids is not None:
       return task_ids.reshape(tokens.shape[0])
     # Shape-only calls (parameter init, KV-cache set-up) carry no features; any real call must.
@@ -208,10 +265,12 @@ class MultiTaskInputs(nn.Module):
                      "'task_ids': 1 in TASK_FEATURE_LENGTHS.")
 
   def _strip(self, x: Array) -> Array:
-    return x[:, 1:] if self.task_source == "sentinel" else x
+    return x[:, self._id_tokens:]
 
   def __call__(self, tokens: Array, embedded: Array, task_ids: Array | None = None, **prompt_inputs: Array) -> Array:
     ids = self._task_ids(tokens, task_ids)
+    if self.lang_source == "sentinel":
+      prompt_inputs = {**prompt_inputs, "lang_ids": sentinel_to_task(tokens[:, 0], self.vocab_size)}
     tokens, embedded = self._strip(tokens), self._strip(embedded)
     prompt = self.prompt(tokens, embedded, task_ids=ids, **prompt_inputs).astype(embedded.dtype)
     if prompt.ndim == 2:

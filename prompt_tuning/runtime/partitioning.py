@@ -62,9 +62,9 @@ def standard_logical_axis_rules(activation_partitioning_dims: int = 1, parameter
 
 
 def prompt_logical_axis_rules(multi_task: bool = False) -> LogicalAxisRules:
-  """Prompts stay replicated; `multi_task=True` also covers multi-task prompts ('tasks', 'prompt+embed')."""
+  """Prompts stay replicated; `multi_task=True` also covers multi-task prompts ('tasks', 'langs', 'prompt+embed')."""
   rules = (("prompt", None), ("prompt_embed", None))
-  return rules + ((("tasks", None), ("prompt+embed", None)) if multi_task else ())
+  return rules + ((("tasks", None), ("langs", None), ("prompt+embed", None)) if multi_task else ())
 
 
 def default_logical_axis_rules() -> LogicalAxisRules:
