@@ -162,8 +162,8 @@ def run_family(family: Family, work_dir: pathlib.Path, checkpoint: str, steps: i
   start = rows[-1]["step"] - steps  # the frozen checkpoint's step: the runs count on from it
   accuracy = [(r["step"] - start, r["accuracy"]) for r in rows]
   lengths = demo.SENTIMENT_FEATURE_LENGTHS
-  cost = count.costs_from_gin(_gin_args(family), _bindings(family), input_length=lengths["inputs"],
-                              target_length=lengths["targets"])
+  cost = count.costs_from_gin(_gin_args(family), [*_bindings(family), f"INITIAL_CHECKPOINT_PATH='{checkpoint}'"],
+                              input_length=lengths["inputs"], target_length=lengths["targets"])
   trainable = cost.total_params if family.run_gin == "runs/finetune.gin" else cost.trainable_params
   return Result(family, accuracy, trainable, cost.total_params, median_step_time_ms(model_dir),
                 cost.extra_flops_percent)
