@@ -15,6 +15,7 @@ nothing but itself, which the inputs read.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable
 
 import jax.numpy as jnp
@@ -55,6 +56,15 @@ def normalise_attention(types: Iterable[str] | None, warn: bool = False) -> froz
                       PROMPT_PROMPT_CAUSAL, PROMPT_PROMPT_CAUSAL)
     chosen.discard(PROMPT_PROMPT)
   return frozenset(chosen | ALWAYS_ON)
+
+
+@functools.lru_cache(maxsize=None)
+def announce(types: tuple[str, ...]) -> frozenset[str]:
+  """`normalise_attention` with its warnings, and the result in words, logged once per distinct flag list
+  (Flax rebuilds modules on every apply)."""
+  visibility = normalise_attention(types, warn=True)
+  logging.info("Prompt attention: %s.", describe(visibility))
+  return visibility
 
 
 def describe(types: frozenset[str]) -> str:

@@ -18,7 +18,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from prompt_tuning import masks
 from prompt_tuning.models import layers as L
@@ -300,8 +299,9 @@ class EncoderDecoder(nn.Module):
         raise ValueError(f"PROMPT_ATTENTION={self.prompt_attention!r} sets how the input prompt is seen, but the "
                          "model has no input prompt (PROMPT_FACTORY is None); drop PROMPT_ATTENTION or use a "
                          "prompt model gin (models/*_prompt.gin).")
-      visibility = masks.normalise_attention(self.prompt_attention, warn=True)
-      logging.info("Prompt attention: %s.", masks.describe(visibility))
+      if isinstance(self.prompt_attention, str):
+        masks.normalise_attention(self.prompt_attention)  # raises, naming the fix
+      masks.announce(tuple(self.prompt_attention))
     super().__post_init__()
 
   def setup(self):
