@@ -7,7 +7,6 @@ from unittest import mock
 
 import pytest
 import seqio
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import prompt_tuning.data.tasks  # pylint: disable=unused-import
@@ -15,7 +14,6 @@ import tfds_fakes
 from tfds_fakes import examples, texts
 from prompt_tuning.data import metrics
 from prompt_tuning.data import spot
-from prompt_tuning.data import utils
 from prompt_tuning.data import vocab
 
 # (TFDS name without version, split) -> raw examples (keys must exist in the TFDS features).
@@ -165,20 +163,6 @@ def test_reads_the_pinned_tfds_versions_and_splits(fake_tfds):
           ("anli/r1", "0.1.0", "validation"), ("sentiment140", "1.0.0", "test")} <= set(fake_tfds.reads)
 
 
-def _clone_on_rows(name: str, rows: list[dict[str, Any]]) -> str:
-  """`name`'s preprocessors and evaluation over in-memory rows (a "validation" split)."""
-  task = seqio.get_mixture_or_task(name)
-  columns = {key: [row[key] for row in rows] for key in rows[0]}
-  source = seqio.FunctionDataSource(
-      lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(columns),
-      splits=["validation"])
-  clone = f"test_clone_{name}"
-  utils.add_task(clone, source=source, preprocessors=task.preprocessors,
-                 output_features=task.output_features, postprocess_fn=task.postprocess_fn,
-                 metric_fns=task.metric_fns)
-  return clone
-
-
 @pytest.mark.parametrize("name,rows,expected", [
     ("spot_cnn_dailymail_v320", [{"article": "Rain fell.", "highlights": "Rain."}],
      [("cnn_dailymail summarize: Rain fell.", "Rain.")]),
@@ -187,7 +171,7 @@ def _clone_on_rows(name: str, rows: list[dict[str, Any]]) -> str:
 ])
 def test_summaries_pinned_to_versions_tfds_cannot_build(fake_tfds, name, rows, expected):
   # TFDS 4.9 builds these only at newer versions, so run the pipeline on in-memory rows.
-  assert texts(_clone_on_rows(name, rows)) == expected
+  assert texts(tfds_fakes.clone_on_rows(name, rows)) == expected
 
 
 def test_glue_and_mrqa_postprocessing_and_metrics(fake_tfds):
@@ -215,7 +199,7 @@ def test_nli_accuracy_through_seqio_evaluator(fake_tfds):
   task = seqio.get_mixture_or_task("spot_doc_nli_v100")
   assert task.postprocess_fn("entailment") == "entailment"  # none: accuracy on the label text
   # seqio.Evaluator needs the split names, which a TFDS source only knows with real data.
-  name = _clone_on_rows("spot_doc_nli_v100", TFDS_DATA[("doc_nli", "validation")])
+  name = tfds_fakes.clone_on_rows("spot_doc_nli_v100", TFDS_DATA[("doc_nli", "validation")])
   evaluator = seqio.Evaluator(name, feature_converter=seqio.EncDecFeatureConverter(pack=False))
 
   def predict_fn(dataset):  # always "entailment", padded like a model's decodes

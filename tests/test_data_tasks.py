@@ -10,7 +10,6 @@ from unittest import mock
 import numpy as np
 import pytest
 import seqio
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import prompt_tuning.data.tasks  # pylint: disable=unused-import
@@ -20,7 +19,6 @@ from prompt_tuning.data import glue
 from prompt_tuning.data import glue_transfer
 from prompt_tuning.data import qa
 from prompt_tuning.data import super_glue
-from prompt_tuning.data import utils
 from prompt_tuning.data import vocab
 from prompt_tuning.scripts import mrqa_to_tsv
 from prompt_tuning.scripts import show_tasks
@@ -273,20 +271,6 @@ def test_rank_classification_expands_every_label(fake_tfds):
   assert len(examples("glue_qnli_v200_rank_classification")) == 2
 
 
-def _clone_on_examples(name: str, rows: list[dict[str, Any]]) -> str:
-  """Registers `name`'s pipeline and evaluation over in-memory rows (seqio.Evaluator needs splits)."""
-  task = seqio.get_mixture_or_task(name)
-  columns = {key: [row[key] for row in rows] for key in rows[0]}
-  source = seqio.FunctionDataSource(
-      lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(columns),
-      splits=["validation"])
-  clone = f"test_clone_{name}"
-  utils.add_task(clone, source=source, preprocessors=task.preprocessors,
-                 output_features=task.output_features, postprocess_fn=task.postprocess_fn,
-                 metric_fns=task.metric_fns)
-  return clone
-
-
 def _evaluate(name: str, **model_fns) -> dict[str, Any]:
   evaluator = seqio.Evaluator(name, feature_converter=seqio.EncDecFeatureConverter(pack=False))
   metrics_future, _ = evaluator.evaluate(compute_metrics=True, **model_fns)
@@ -297,7 +281,7 @@ def test_rank_classification_is_scored_by_seqio_evaluator(fake_tfds):
   t5_vocab = vocab.get_t5_vocabulary()
   rows = [{"premise": f"P{i}.", "hypothesis": f"H{i}.", "idx": i, "label": label}
           for i, label in enumerate((0, 2, 0))]
-  name = _clone_on_examples("taskless_super_glue_cb_v102_rank_classification", rows)
+  name = tfds_fakes.clone_on_rows("taskless_super_glue_cb_v102_rank_classification", rows)
   preference = {"entailment": -1.0, "contradiction": -3.0, "neutral": -2.0}
 
   def score_fn(dataset):
@@ -313,7 +297,7 @@ def test_examples_task_reports_metrics_and_text_samples(fake_tfds):
   t5_vocab = vocab.get_t5_vocabulary()
   rows = [{"premise": f"P{i}.", "hypothesis": f"H{i}.", "idx": i, "label": label}
           for i, label in enumerate((0, 1, 0))]
-  name = _clone_on_examples("taskless_super_glue_rte_v102_examples", rows)
+  name = tfds_fakes.clone_on_rows("taskless_super_glue_rte_v102_examples", rows)
   outputs = ["entailment", "not_entailment", "maybe"]
 
   def predict_fn(dataset):  # padded like a model's decodes: tokens, EOS, zeros

@@ -8,7 +8,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from prompt_tuning.data import vocab
+from prompt_tuning.data import utils, vocab
 
 Examples = Mapping[tuple[str, str], list[dict[str, Any]]]
 
@@ -60,3 +60,18 @@ def examples(name: str, split: str = "validation") -> list[dict[str, Any]]:
 def texts(name: str, split: str = "validation") -> list[tuple[str, str]]:
   return [(ex["inputs_pretokenized"].decode(), ex["targets_pretokenized"].decode())
           for ex in examples(name, split)]
+
+
+def clone_on_rows(name: str, rows: list[dict[str, Any]]) -> str:
+  """Registers `name`'s pipeline and evaluation over in-memory rows as a "validation" split (seqio.Evaluator
+  needs named splits); returns the clone's name."""
+  task = seqio.get_mixture_or_task(name)
+  columns = {key: [row[key] for row in rows] for key in rows[0]}
+  source = seqio.FunctionDataSource(
+      lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(columns),
+      splits=["validation"])
+  clone = f"test_clone_{name}"
+  utils.add_task(clone, source=source, preprocessors=task.preprocessors,
+                 output_features=task.output_features, postprocess_fn=task.postprocess_fn,
+                 metric_fns=task.metric_fns)
+  return clone

@@ -93,7 +93,7 @@ FAMILIES = (
     Family("wayward prompts (gamma 0.01)", "Khashabi et al. 2022", ("families/wayward.gin",),
            (f"PROMPT_TEXT='{WAYWARD_TEXT}'",), prompt_length=None),
     Family("IA³", "Liu et al. 2022", ("families/ia3.gin",), model_gin="models/t5_1_1_demo.gin",
-           run_gin="runs/ia3_finetune.gin", learning_rate=3e-3),
+           run_gin="runs/ia3_finetune.gin", learning_rate=0.3),
 )
 
 
