@@ -10,6 +10,7 @@ import jax
 from absl import app, flags
 
 from prompt_tuning import gin_utils
+from prompt_tuning.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order (later ones override).")
@@ -61,18 +62,10 @@ def run_gin_main(argv: Sequence[str], fn: Callable[..., Any], **overrides: Any) 
     return gin.get_configurable(fn)(**overrides)  # the run gin files bind it as `__main__.<fn>`, like T5X
   except (gin_utils.ConfigError, ValueError, FileNotFoundError, TypeError) as e:
     friendly = gin_utils.explain_missing(e) if isinstance(e, (ValueError, TypeError)) else None
-    if friendly is None and not isinstance(e, gin_utils.ConfigError) and not _is_user_error(e):
+    if friendly is None and not isinstance(e, UserError):
       raise
     message = str(friendly or e).split("\n  In call to configurable")[0].split("\n  In file ")[0]
     sys.exit(f"error: {' '.join(message.split())}")
-
-
-def _is_user_error(e: Exception) -> bool:
-  from prompt_tuning.runtime.checkpoints.formats import CheckpointNotFoundError, UnknownCheckpointFormatError
-  from prompt_tuning.runtime.checkpoints.restore import ParamTreeMismatchError
-  from prompt_tuning.runtime.input_pipeline import UnknownTaskError
-  return isinstance(e, (CheckpointNotFoundError, UnknownCheckpointFormatError, ParamTreeMismatchError,
-                        UnknownTaskError))
 
 
 class _QuietLibraries(logging.Filter):

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import gin
 
+from prompt_tuning.errors import UserError
+
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 
 
@@ -26,7 +28,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
   return out
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """A gin configuration that cannot run; the message names what to set."""
 
 

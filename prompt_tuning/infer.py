@@ -1,7 +1,8 @@
 r"""Write predictions (or scores) of a prompt / checkpoint for a task or mixture as JSONL (T5X `infer.py`).
 
-The examples of a mixture's tasks are interleaved, so a batch can mix tasks: with a prompt bank named by task
-(`serving/prompt_bank.gin`) one frozen model serves them all, each example with its task's prompt.
+The examples of a mixture's tasks are interleaved, so a batch can mix tasks: with a family that picks prompts by
+task name (a prompt bank, `serving/prompt_bank.gin`) one frozen model serves them all, each example with its
+task's prompt.
 
 Output: `INFER_OUTPUT_DIR/<task>-<mode>.jsonl-<shard:05>-of-<num:05>` with one JSON object per example
 (`inputs`, `prediction` or `score`, `targets`), then a `.COMPLETED` marker.
@@ -24,7 +25,6 @@ from prompt_tuning.runtime import evaluation, input_pipeline
 from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.state_init import build_run_params
-from prompt_tuning.serving import prompt_bank
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("shard_id", None, "This job's shard of the input (T5X); the same as binding infer.shard_id.")
@@ -52,7 +52,6 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner
   runner = evaluation.InferenceRunner(model, partitioner, dataset_cfg.batch_size)
   runner.set_params(run.trainable, run.frozen)
   converter = model.FEATURE_CONVERTER_CLS(pack=False)
-  task_ids = prompt_bank.task_ids_of(model.module)  # {} unless the prompt is a bank named by task
   served = []
   for task in tasks:
     if dataset_cfg.split not in task.splits:
@@ -61,9 +60,7 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner
     raw = task.get_dataset(sequence_length=dataset_cfg.task_feature_lengths, split=dataset_cfg.split,
                            shuffle=False, use_cached=dataset_cfg.use_cached).shard(num_shards, shard_id)
     features = converter(raw, dataset_cfg.task_feature_lengths)
-    if task_ids:
-      tid = prompt_bank.task_id(task.name, task_ids)
-      features = features.map(lambda ex, tid=tid: evaluation.add_task_id(ex, tid))
+    features = evaluation.with_task_id(features, model.family, task.name)
     served.append((task, list(raw.as_numpy_iterator()), features))
   run_fn = {"score": runner.score_fn, "predict": runner.predict_fn,
             "predict_with_aux": lambda ds: _with_aux(*runner.predict_with_aux_fn(ds))}[mode]

@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from prompt_tuning import prompts
+from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder, get_config
 from prompt_tuning.models import layers
 from prompt_tuning.models import t5 as t5_lib
@@ -62,7 +63,7 @@ def expected_spec(path: str) -> P:
 def tiny_model() -> EncoderDecoder:
   """The tiny T5 with every sharded dimension divisible by 2, and a 3-token prompt."""
   cfg = get_config("tiny", dtype=jnp.float32, num_heads=2, head_dim=4, emb_dim=8, mlp_dim=16)
-  return EncoderDecoder(cfg, lambda: prompts.PromptedInputs(prompts.Prompt(length=3)))
+  return EncoderDecoder(cfg, PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(length=3))))
 
 
 def init_fn(model: EncoderDecoder) -> Callable[[jax.Array], dict]:

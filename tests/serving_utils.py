@@ -18,6 +18,7 @@ import tensorflow as tf
 
 import cli_tasks
 from cli_utils import BYTE_VOCAB_ROWS, MODEL_FLAGS, write_tiny_t5x_checkpoint
+from prompt_tuning.family import TASK_IDS, PromptFamily
 from prompt_tuning.runtime.checkpoints.restore import load_params
 from prompt_tuning.runtime.evaluation import batched_indexed
 
@@ -47,14 +48,22 @@ def random_prompts(count: int, seed: int = 0, scale: float = 3.0) -> list[np.nda
   return [rng.uniform(-scale, scale, (PROMPT_LENGTH, WIDTH)).astype(np.float32) for _ in range(count)]
 
 
-def tiny_model(prompt_module: Callable[[], Any]):
-  """The CLI tests' tiny byte-vocabulary model with `prompt_module()` as its prompt."""
+def tiny_model(prompt_module: Callable[[], Any], **family: Any):
+  """The CLI tests' tiny byte-vocabulary model with `prompt_module()` as its prompt (`family`: more of the
+  `PromptFamily`'s fields)."""
   from prompt_tuning import prompts
   from prompt_tuning.models import EncoderDecoder, get_config
   from prompt_tuning.runtime.models import EncoderDecoderModel
   config = get_config("tiny", vocab_size=BYTE_VOCAB_ROWS, dtype=jnp.float32)
-  module = EncoderDecoder(config, lambda: prompts.PromptedInputs(prompt_module()))
+  module = EncoderDecoder(config, PromptFamily(lambda: prompts.PromptedInputs(prompt_module()), **family))
   return EncoderDecoderModel(module, cli_tasks.VOCAB)
+
+
+def bank_model(prompts_by_task: Any, length: int = PROMPT_LENGTH, **family: Any):
+  """The tiny model serving a bank of prompts, as serving/prompt_bank.gin (and ensemble.gin) build it."""
+  from prompt_tuning.serving import prompt_bank
+  return tiny_model(lambda: prompt_bank.PromptBank(prompts_by_task, length), batch_features=[TASK_IDS],
+                    task_names=prompt_bank.task_names(prompts_by_task), **family)
 
 
 def single_prompt_model(prompt: np.ndarray):

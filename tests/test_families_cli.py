@@ -19,8 +19,9 @@ from flax import traverse_util
 import cli_tasks
 from cli_utils import MODEL_FLAGS, TESTS_DIR, run_cli, write_tiny_t5x_checkpoint
 from prompt_tuning.data import preprocessors as pt_preprocessors
-from prompt_tuning.families import count, multitask
-from prompt_tuning.runtime import summaries
+from prompt_tuning.families import count, distillation
+from prompt_tuning.family import TASK_IDS
+from prompt_tuning.runtime import feature_converters, summaries
 
 BYTE_VOCAB_SIZE = cli_tasks.VOCAB.vocab_size  # sentinel <extra_id_k> = BYTE_VOCAB_SIZE - 1 - k
 LENGTHS = {"inputs": 12, "targets": 4}
@@ -38,8 +39,8 @@ def _register() -> None:
     seqio.TaskRegistry.remove(f"families_cli_ids_{k}")
     seqio.TaskRegistry.add(
         f"families_cli_ids_{k}", source=base.source, metric_fns=base.metric_fns,
-        output_features={**features, multitask.TASK_IDS: multitask.TASK_IDS_FEATURE},
-        preprocessors=[*steps, seqio.preprocessors.tokenize, functools.partial(multitask.add_task_ids, task_id=k),
+        output_features={**features, TASK_IDS: pt_preprocessors.TASK_IDS_FEATURE},
+        preprocessors=[*steps, seqio.preprocessors.tokenize, functools.partial(pt_preprocessors.add_task_ids, task_id=k),
                        seqio.preprocessors.append_eos_after_trim])
     seqio.TaskRegistry.remove(f"families_cli_sentinel_{k}")
     seqio.TaskRegistry.add(
@@ -91,7 +92,7 @@ def test_family_gin_trains_exactly_the_family_parameters(name, bindings, marker)
     added_size = sum(int(np.prod(v.shape)) for k, v in traverse_util.flatten_dict(params, sep="/").items()
                      if k in added)
     assert marker in added and trainable == added_size
-    assert module.encoder_first_pass == (name == "instance_encoder")
+    assert module.family.encoder_first_pass == (name == "instance_encoder")
 
 
 def test_mpt_distill_gin_wraps_the_model(tmp_path):
@@ -99,8 +100,11 @@ def test_mpt_distill_gin_wraps_the_model(tmp_path):
   for f in files:
     np.save(f, np.zeros((3, 4), np.float32))
   with family_gin("mpt_distill", f"TEACHER_PROMPT_FILES={files}", "NUM_TASKS=2") as (model, _):
-    assert isinstance(model, multitask.MPTDistillationModel)
-    assert model.FEATURE_CONVERTER_CLS is multitask.TaskIdsFeatureConverter
+    (term,) = model.family.loss_terms
+    assert isinstance(term, distillation.Distillation)
+    converter = model.FEATURE_CONVERTER_CLS(pack=False)  # passes the task ids through
+    assert isinstance(converter, feature_converters.PassThroughEncDecFeatureConverter)
+    assert converter._features == (TASK_IDS,)
 
 
 # ------------------------------------------------------------------------------------------- CLI runs

@@ -10,6 +10,7 @@ from flax import traverse_util
 
 from prompt_tuning import prompts
 from prompt_tuning.families import count, deep
+from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder
 from prompt_tuning.models.layers import prepend_prefix
 from prompt_tuning.models.scan_utils import stack_layers
@@ -26,15 +27,20 @@ def input_prompt(combination: str = "prefix"):
   return lambda: prompts.PromptedInputs(prompts.Prompt(P), combination)
 
 
+def family(prompt=None, layer_prompts=None, prefix=None) -> PromptFamily:
+  """A family with an input prompt and the given per-stack hooks (as families/*.gin build it)."""
+  hooks = {name: make for name, make in (("layer_prompts", layer_prompts), ("prefix", prefix)) if make}
+  return PromptFamily(prompt, stack_hooks=hooks)
+
+
 def layer_model(mode: str = "replace", layers: int = 3, **kw) -> EncoderDecoder:
-  return EncoderDecoder(config(num_encoder_layers=layers, **kw), input_prompt(),
-                        layer_prompt_factory=functools.partial(deep.LayerPrompts, P, mode))
+  return EncoderDecoder(config(num_encoder_layers=layers, **kw),
+                        family(input_prompt(), functools.partial(deep.LayerPrompts, P, mode)))
 
 
 def prefix_model(hidden_dim: int = 0, **kw) -> EncoderDecoder:
   prefix_kw = {k: kw.pop(k) for k in ("attentions", "exported_dir") if k in kw}
-  return EncoderDecoder(config(**kw), prefix_factory=functools.partial(deep.PrefixTuning, P, hidden_dim,
-                                                                       **prefix_kw))
+  return EncoderDecoder(config(**kw), family(prefix=functools.partial(deep.PrefixTuning, P, hidden_dim, **prefix_kw)))
 
 
 def test_apply_layer_prompt_replaces_or_adds_the_first_positions():
@@ -58,7 +64,7 @@ def test_layer_prompt_parameters_and_count():
 
 
 def test_add_mode_starts_as_plain_prompt_tuning_and_replace_does_not():
-  plain = EncoderDecoder(config(num_encoder_layers=3), input_prompt())
+  plain = EncoderDecoder(config(num_encoder_layers=3), family(input_prompt()))
   add, replace = layer_model("add"), layer_model("replace")
   params = init(add)
   assert not np.any(params["encoder"]["layer_prompts"]["prompt"])  # "add" starts at zero
@@ -68,14 +74,13 @@ def test_add_mode_starts_as_plain_prompt_tuning_and_replace_does_not():
 
 def test_layer_prompts_need_a_prefix_input_prompt_of_the_same_length():
   cfg = config()
-  no_prompt = EncoderDecoder(cfg, layer_prompt_factory=functools.partial(deep.LayerPrompts, P))
+  no_prompt = EncoderDecoder(cfg, family(layer_prompts=functools.partial(deep.LayerPrompts, P)))
   with pytest.raises(ValueError, match="need an input prompt"):
     init(no_prompt)
-  suffix = EncoderDecoder(cfg, input_prompt("suffix_before_eos"),
-                          layer_prompt_factory=functools.partial(deep.LayerPrompts, P))
+  suffix = EncoderDecoder(cfg, family(input_prompt("suffix_before_eos"), functools.partial(deep.LayerPrompts, P)))
   with pytest.raises(ValueError, match="combination 'prefix'"):
     init(suffix)
-  other = EncoderDecoder(cfg, input_prompt(), layer_prompt_factory=functools.partial(deep.LayerPrompts, P + 1))
+  other = EncoderDecoder(cfg, family(input_prompt(), functools.partial(deep.LayerPrompts, P + 1)))
   with pytest.raises(ValueError, match="length 4 differs from the input prompt length 3"):
     init(other)
   with pytest.raises(ValueError, match="Unknown layer prompt mode 'swap'"):
@@ -166,10 +171,9 @@ def test_exported_prefixes_serve_the_reparameterised_model_without_the_mlp(tmp_p
 
 def test_scanned_layers_match_unrolled_with_layer_prompts_and_prefixes():
   def make(scan):
-    return EncoderDecoder(config(scan_layers=scan), input_prompt(),
-                          layer_prompt_factory=functools.partial(deep.LayerPrompts, P, "add",
-                                                                 prompts.random_uniform(0.5)),
-                          prefix_factory=functools.partial(deep.PrefixTuning, P, 6))
+    return EncoderDecoder(config(scan_layers=scan), family(
+        input_prompt(), functools.partial(deep.LayerPrompts, P, "add", prompts.random_uniform(0.5)),
+        functools.partial(deep.PrefixTuning, P, 6)))
   unrolled = make(False)
   params = init(unrolled)
   np.testing.assert_allclose(logits(make(True), stack_layers(params)), logits(unrolled, params), atol=1e-5)

@@ -1,4 +1,4 @@
-"""IA³ (`families/ia3.gin`, `T5Config.ia3`): scaling vectors on keys, values and MLP hiddens; only they train."""
+"""IA³ (`families/ia3.gin`, site hooks of a `PromptFamily`): scaling vectors on keys, values and MLP hiddens."""
 from __future__ import annotations
 
 import re
@@ -8,10 +8,13 @@ import numpy as np
 from flax import traverse_util
 
 from cli_utils import MODEL_FLAGS, TASK_FLAGS, run_cli, write_tiny_t5x_checkpoint
+from prompt_tuning.families import ia3
+from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder
 from prompt_tuning.models.scan_utils import stack_layers
 from test_t5_model import DEC_IN, ENC, TGT, _decode_step_by_step, init_params, tiny
 
+IA3 = PromptFamily(site_hooks=ia3.site_hooks(), trainable_regexes=ia3.TRAINABLE_REGEXES)
 ATTENTIONS = {"encoder": ("attention",), "decoder": ("self_attention", "encoder_decoder_attention")}
 
 
@@ -37,7 +40,7 @@ def _with_ia3(params, ia3_params):
 
 def test_ia3_adds_exactly_the_scalings_and_starts_as_the_identity():
   plain_model, plain = init_params(tiny())
-  model, params = init_params(tiny(ia3=True))
+  model, params = init_params(tiny(), family=IA3)
   added = {k: v.shape for k, v in _flat(params).items() if k not in _flat(plain)}
   assert added == _ia3_paths()
   assert all(np.all(_flat(params)[k] == 1.0) for k in added)
@@ -48,7 +51,7 @@ def test_ia3_adds_exactly_the_scalings_and_starts_as_the_identity():
 def test_scalings_act_as_rescaled_key_value_and_output_kernels():
   """IA³ on keys/values/hiddens equals folding the vectors into the key, value and wo kernels."""
   plain_model, plain = init_params(tiny())
-  model, params = init_params(tiny(ia3=True))
+  model, params = init_params(tiny(), family=IA3)
   rng = np.random.default_rng(0)
   scaled = dict(_flat(_with_ia3(plain, params)))
   folded = dict(_flat(plain))
@@ -72,7 +75,7 @@ def test_scalings_act_as_rescaled_key_value_and_output_kernels():
   p = traverse_util.unflatten_dict(scaled, sep="/")
   np.testing.assert_allclose(_decode_step_by_step(model, p, ENC, dec_in), model.apply({"params": p}, ENC, dec_in, tgt),
                              rtol=2e-5, atol=2e-5)
-  scanned = EncoderDecoder(tiny(ia3=True, scan_layers=True, remat_policy="minimal"))
+  scanned = EncoderDecoder(tiny(scan_layers=True, remat_policy="minimal"), IA3)
   np.testing.assert_allclose(scanned.apply({"params": stack_layers(p)}, ENC, DEC_IN, TGT), out, rtol=1e-5, atol=1e-5)
 
 
@@ -94,7 +97,7 @@ def test_ia3_gin_trains_only_the_scalings_from_the_cli(tmp_path):
   assert any(np.abs(np.load(model_dir / "numpy_checkpoints" / "checkpoint_19" / f"{n}.npy") - 1.0).max() > 1e-3
              for n in exported)
   config = (model_dir / "config.gin").read_text()
-  assert "T5Config.ia3 = True" in config and re.search(r"\.\*/ia3_scaling\.\*", config)
+  assert "site_hooks = @ia3.site_hooks()" in config and re.search(r"\.\*/ia3_scaling\.\*", config)
   assert re.search(r"^LEARNING_RATE = 0\.003$", config, re.M), config
 
 

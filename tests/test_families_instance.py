@@ -8,6 +8,7 @@ import pytest
 
 from prompt_tuning import prompts
 from prompt_tuning.families import count, instance
+from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder
 
 from test_families_utils import BATCH, assert_trains_only_family, config, init, logits
@@ -24,14 +25,14 @@ GENERATORS = {
 
 def model(kind: str, combine: str = "add") -> EncoderDecoder:
   factory = lambda: prompts.PromptedInputs(instance.InstancePrompt(GENERATORS[kind](), P, combine))
-  return EncoderDecoder(config(), factory, encoder_first_pass=kind == "encoder")
+  return EncoderDecoder(config(), PromptFamily(factory, encoder_first_pass=kind == "encoder"))
 
 
 def generated(module: EncoderDecoder, params: dict, tokens: jax.Array) -> np.ndarray:
   """The prompt module's output [B, P, d] for `tokens`."""
   def run(m, t):
     x = m.token_embedder(t)
-    inputs = {"first_pass": m.encoder(t, use_prompt=False)} if m.encoder_first_pass else {}
+    inputs = {"first_pass": m.encoder(t, use_prompt=False)} if m.family.encoder_first_pass else {}
     return m.encoder.prompt.prompt(t, x, **inputs)
   return np.asarray(module.apply({"params": params}, tokens, method=run))
 
@@ -103,7 +104,7 @@ def test_phm_kernel_is_a_sum_of_kronecker_products():
 def test_encoder_source_needs_the_first_pass_and_costs_an_encoder_pass():
   factory = lambda: prompts.PromptedInputs(instance.InstancePrompt(GENERATORS["encoder"](), P))
   with pytest.raises(ValueError, match="encoder_first_pass = True"):
-    init(EncoderDecoder(config(), factory))
+    init(EncoderDecoder(config(), PromptFamily(factory)))
   pooled, encoder = (count.forward_flops(model(kind), 1, 16, 4) for kind in ("pooled", "encoder"))
   assert encoder - pooled > 0.25 * pooled  # one more encoder pass over the 16 input tokens
 

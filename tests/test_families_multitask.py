@@ -10,7 +10,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from prompt_tuning.families import count, multitask
+from prompt_tuning.data import preprocessors
+from prompt_tuning.families import count, distillation, multitask
+from prompt_tuning.family import TASK_IDS, PromptFamily, family_of
 from prompt_tuning.models import EncoderDecoder
 from prompt_tuning.runtime.models import EncoderDecoderModel
 
@@ -24,8 +26,19 @@ def inputs(prompt, source: str = "sentinel"):
   return functools.partial(multitask.MultiTaskInputs, prompt, source, SENTINEL_VOCAB)
 
 
+def family(prompt_factory) -> PromptFamily:
+  """As families/multitask.gin builds it."""
+  return PromptFamily(prompt_factory, batch_features=[TASK_IDS], logical_axis_rules=multitask.logical_axis_rules())
+
+
 def model(prompt, source: str = "sentinel") -> EncoderDecoder:
-  return EncoderDecoder(config(), inputs(prompt, source))
+  return EncoderDecoder(config(), family(inputs(prompt, source)))
+
+
+def distilled(module: EncoderDecoder, files: list[str], **kwargs) -> EncoderDecoderModel:
+  """The model with MPT's distillation loss term (families/mpt_distill.gin)."""
+  term = distillation.Distillation(files, **kwargs)
+  return EncoderDecoderModel(module.clone(family=family_of(module).replace(loss_terms=[term])))
 
 
 def prompt_params(params: dict) -> dict:
@@ -134,15 +147,16 @@ def test_task_ids_from_the_feature():
 def test_feature_converter_passes_task_ids_through():
   ds = tf.data.Dataset.from_tensors({"inputs": tf.constant([5, 6, 1]), "targets": tf.constant([7, 1]),
                                      "task_ids": tf.constant([1])})
-  model_ = multitask.with_task_ids(EncoderDecoderModel(model(multitask.MPTPrompt(P, TASKS), "feature")))
-  assert EncoderDecoderModel.FEATURE_CONVERTER_CLS is seqio.EncDecFeatureConverter  # the original is untouched
+  model_ = EncoderDecoderModel(model(multitask.MPTPrompt(P, TASKS), "feature"))
+  plain = EncoderDecoderModel(EncoderDecoder(config()))
+  assert plain.FEATURE_CONVERTER_CLS is seqio.EncDecFeatureConverter  # a model without the feature is untouched
   converted = model_.FEATURE_CONVERTER_CLS(pack=False)(ds, {"inputs": 4, "targets": 3, "task_ids": 1})
   ex = next(converted.as_numpy_iterator())
   assert ex["task_ids"].tolist() == [1] and ex["encoder_input_tokens"].tolist() == [5, 6, 1, 0]
   without = model_.FEATURE_CONVERTER_CLS(pack=False)(ds.map(lambda x: {k: x[k] for k in ("inputs", "targets")}),
                                                      {"inputs": 4, "targets": 3})
   assert "task_ids" not in next(without.as_numpy_iterator())  # tasks without ids convert as usual
-  ds = multitask.add_task_ids(tf.data.Dataset.from_tensors({"inputs": tf.constant([5])}), 3)
+  ds = preprocessors.add_task_ids(tf.data.Dataset.from_tensors({"inputs": tf.constant([5])}), 3)
   assert next(ds.as_numpy_iterator())["task_ids"].tolist() == [3]
 
 
@@ -157,7 +171,7 @@ def test_mpt_distillation_from_single_task_teachers(tmp_path):
   per_task = prompts_for(module, params)
   files = [str(tmp_path / f"task{k}.npy") for k in range(TASKS)]
   np.save(files[0], per_task[1]), np.save(files[1], per_task[0])  # rows 1 and 0 are tasks 0 and 1
-  distill = multitask.MPTDistillationModel(EncoderDecoderModel(module), files)
+  distill = distilled(module, files)
   total, metrics = distill.loss_fn(params, BATCH, None)
   assert abs(float(metrics["distill/kl"])) < 1e-4 and float(metrics["distill/hidden_mse"]) < 1e-8
   np.testing.assert_allclose(float(total), float(metrics["distill/cross_ent_loss"]), rtol=1e-5)
@@ -165,25 +179,27 @@ def test_mpt_distillation_from_single_task_teachers(tmp_path):
   rng = np.random.default_rng(0)
   for f in files:
     np.save(f, rng.uniform(-0.5, 0.5, (P, D)).astype(np.float32))
-  multitask._load_teachers.cache_clear()
-  make = lambda m: multitask.MPTDistillationModel(EncoderDecoderModel(m), files, hidden_weight=10.0)
+  distillation._load_teachers.cache_clear()
+  make = lambda m: distilled(m, files, hidden_weight=10.0)
   _, metrics = make(module).loss_fn(params, BATCH, None)
   assert float(metrics["distill/kl"]) > 1e-3 and float(metrics["distill/hidden_mse"]) > 1e-3
   # (test_families_cli trains with distillation.)
   np.save(files[0], np.zeros((P + 1, D), np.float32))
-  multitask._load_teachers.cache_clear()
+  distillation._load_teachers.cache_clear()
   with pytest.raises(ValueError, match="one shape"):
     make(module)
+  np.save(files[0], np.zeros((P, D), np.float32))
+  distillation._load_teachers.cache_clear()
   with pytest.raises(ValueError, match="PROMPT_FACTORY = @multitask.MultiTaskInputs"):
-    multitask.MPTDistillationModel(EncoderDecoderModel(EncoderDecoder(config())), files)
+    distilled(EncoderDecoder(config()), files).loss_fn(params, BATCH, None)
 
 
 def test_language_task_prompt_reads_two_sentinels_and_concatenates_the_factors():
   """Factorised multilingual prompts: first token = language, second = task; both dropped; the prompt is the
   language's rows then the task's rows, so examples sharing a language share the first part."""
   prompt = multitask.LanguageTaskPrompt(lang_length=2, task_length=3, num_langs=2, num_tasks=2)
-  module = EncoderDecoder(config(), functools.partial(multitask.MultiTaskInputs, prompt, "sentinel", SENTINEL_VOCAB,
-                                                      lang_source="sentinel"))
+  module = EncoderDecoder(config(), family(functools.partial(multitask.MultiTaskInputs, prompt, "sentinel",
+                                                             SENTINEL_VOCAB, lang_source="sentinel")))
   # (language, task) per example: (0, 1), (1, 0), (0, 0), (1, 1); sentinel k = SENTINEL_VOCAB - 1 - k.
   pairs = [(0, 1), (1, 0), (0, 0), (1, 1)]
   ids = jnp.array([[SENTINEL_VOCAB - 1 - l, SENTINEL_VOCAB - 1 - t] for l, t in pairs], jnp.int32)

@@ -45,8 +45,9 @@ def _target(ckpt: pathlib.Path) -> np.ndarray:
 def test_gin_builds_the_wayward_model_and_its_loss(frozen_checkpoint):
   target = _target(frozen_checkpoint)
   with _gin_model(frozen_checkpoint, "WAYWARD_GAMMA=0.5") as (model, regexes):
-    assert isinstance(model, wayward.WaywardModel) and regexes == [".*/prompt/.*"]
-    np.testing.assert_array_equal(model.discrete_prompt, target)
+    (term,) = model.family.loss_terms
+    assert isinstance(term, wayward.WaywardLoss) and regexes == [".*/prompt/.*"]
+    np.testing.assert_array_equal(term.discrete_prompt, target)
     shapes = {k: v.shape for k, v in BATCH.items()}
     params = nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"])
     prompt = params["encoder"]["prompt"]["prompt"]["prompt"]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder
 from prompt_tuning.runtime.checkpoints import hf
 
@@ -73,7 +74,7 @@ def hf_logits(model, inputs: np.ndarray, decoder_inputs: np.ndarray, **kwargs) -
 
 
 def our_logits(params, config, inputs, decoder_inputs, targets, prompt_factory=None) -> np.ndarray:
-  model = EncoderDecoder(config.replace(dtype=jnp.float32), prompt_factory)
+  model = EncoderDecoder(config.replace(dtype=jnp.float32), PromptFamily(prompt_factory))
   return np.asarray(jax.jit(model.apply)({"params": params}, inputs, decoder_inputs, targets))  # jit: faster on CPU
 
 

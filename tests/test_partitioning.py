@@ -22,6 +22,8 @@ from jax.sharding import PartitionSpec as P
 
 import multidevice_checks
 from prompt_tuning import prompts
+from prompt_tuning.families import multitask
+from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import get_config
 from prompt_tuning.models import t5 as t5_lib
 from prompt_tuning.runtime import partitioning
@@ -62,8 +64,14 @@ def test_additional_rules_come_last():
 
 def test_prompt_rules():
   assert partitioning.prompt_logical_axis_rules() == (("prompt", None), ("prompt_embed", None))
-  assert partitioning.prompt_logical_axis_rules(multi_task=True)[2:] == (("tasks", None), ("langs", None),
-                                                                         ("prompt+embed", None))
+  assert multitask.logical_axis_rules()[2:] == (("tasks", None), ("langs", None), ("prompt+embed", None))
+
+
+def test_a_family_adds_its_rules_and_the_configured_ones_win():
+  partitioner = partitioning.Partitioner(logical_axis_rules=(("tasks", "model"), ("batch", "data")))
+  partitioner.add_logical_axis_rules(multitask.logical_axis_rules())
+  assert partitioner.logical_axis_rules == (("tasks", "model"), ("batch", "data"), ("prompt", None),
+                                            ("prompt_embed", None), ("langs", None), ("prompt+embed", None))
 
 
 def test_default_rules_are_standard_plus_prompt():
@@ -73,7 +81,7 @@ def test_default_rules_are_standard_plus_prompt():
 
 def test_tiny_model_parameter_specs():
   cfg = get_config("tiny", dtype=jnp.float32, num_heads=2, head_dim=4, emb_dim=8, mlp_dim=16)
-  abstract = t5_lib.abstract_variables(cfg, lambda: prompts.PromptedInputs(prompts.Prompt(length=3)))
+  abstract = t5_lib.abstract_variables(cfg, PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(length=3))))
   specs = multidevice_checks.flat(partitioning.Partitioner(num_partitions=2).params_specs(abstract))
   assert len(specs) == len(jax.tree_util.tree_leaves(nn.meta.unbox(abstract)))
   for path, spec in specs.items():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import prompts
+from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder, get_config
 
 KEY = jax.random.PRNGKey(0)
@@ -127,7 +128,7 @@ def test_mask_tokens_mark_prompt_positions_as_real(combination):
 
 def test_prompted_model_masks_padding_but_sees_the_prompt():
   cfg = get_config("tiny", dtype=jnp.float32)
-  model = EncoderDecoder(cfg, lambda: prompts.PromptedInputs(prompts.Prompt(3)))
+  model = EncoderDecoder(cfg, PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(3))))
   dec = jnp.array([[0, 3], [0, 4]])
   tgt = jnp.array([[3, 1], [4, 1]])
   variables = model.init(KEY, TOKENS, dec, tgt)

@@ -8,6 +8,7 @@ import numpy as np
 import seqio
 
 from prompt_tuning import prompts
+from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder, get_config
 from prompt_tuning.runtime.checkpoints import load_variable
 from prompt_tuning.runtime.checkpoints.restore import load_params, merge_checkpoint_into
@@ -20,8 +21,8 @@ def test_readme_python_api(tiny_t5x_checkpoint, t5_vocab_path):
   assert step == 3
   embeddings = load_variable(str(tiny_t5x_checkpoint), "token_embedder/embedding")
   init = prompts.from_class_labels(embeddings, vocab, ["positive", "negative"])
-  module = EncoderDecoder(get_config("tiny"),
-                          prompt_factory=lambda: prompts.PromptedInputs(prompts.Prompt(5, initializer=init)))
+  family = PromptFamily(prompt=lambda: prompts.PromptedInputs(prompts.Prompt(5, initializer=init)))
+  module = EncoderDecoder(get_config("tiny"), family)
   model = EncoderDecoderModel(module, vocab)
   shapes = {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 3)}
   fresh = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]

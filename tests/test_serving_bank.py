@@ -21,7 +21,7 @@ TASKS = ("cli_test_task", "serving_task_b")
 def setup():
   """The frozen tiny model, one prompt per task, a bank of them and the jitted single-prompt reference."""
   prompts = dict(zip(TASKS, su.random_prompts(2)))
-  bank = su.tiny_model(lambda: prompt_bank.PromptBank(prompts, su.PROMPT_LENGTH))
+  bank = su.bank_model(prompts)
   frozen = su.frozen_params(su.pretrained_checkpoint())
   return dict(prompts=prompts, frozen=frozen, bank=bank, bank_score=jax.jit(bank.score_batch),
               bank_params=su.with_prompt(frozen, {"prompts": np.stack(list(prompts.values()))}))
@@ -49,7 +49,7 @@ def test_bank_errors_name_the_fix(setup):
     short.get_initial_variables(jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 4),
                                                         "decoder_input_tokens": (1, 4)})
   with pytest.raises(ValueError, match="BANK_PROMPTS"):
-    prompt_bank.task_id("glue_rte", prompt_bank.task_ids_of(setup["bank"].module))
+    setup["bank"].family.task_id("glue_rte")
 
 
 def test_load_prompt_reads_npy_files_and_checkpoints(tmp_path):
@@ -68,13 +68,13 @@ def test_load_prompt_reads_npy_files_and_checkpoints(tmp_path):
 def test_evaluator_tags_each_task_with_its_bank_id(setup):
   ids = {"serving_task_b": 0, "cli_test_task": 1}  # not the mixture's order
   prompts = setup["prompts"]
-  bank = su.tiny_model(lambda: prompt_bank.PromptBank({t: prompts[t] for t in ids}, su.PROMPT_LENGTH))
+  bank = su.bank_model({t: prompts[t] for t in ids})
   cfg = DatasetConfig("serving_test_mixture", None, "validation", 4, module="serving_utils")
   evaluator = evaluation.make_evaluator(cfg, bank, None)
   for task in evaluator.eval_tasks:
     tags = {int(ex["task_ids"]) for _, ex in evaluator.cached_model_datasets[task.name].as_numpy_iterator()}
     assert tags == {ids[task.name]}
-  one_task = su.tiny_model(lambda: prompt_bank.PromptBank({"cli_test_task": prompts["cli_test_task"]}, 3))
+  one_task = su.bank_model({"cli_test_task": prompts["cli_test_task"]})
   with pytest.raises(ValueError, match="'serving_task_b' has no prompt in the bank"):
     evaluation.make_evaluator(cfg, one_task, None)
 

@@ -9,8 +9,7 @@ import pytest
 
 import serving_utils as su
 from cli_utils import run_cli
-from prompt_tuning.serving import prompt_bank
-from prompt_tuning.serving.ensemble import PromptEnsembleModel, majority_vote
+from prompt_tuning.serving.ensemble import PromptEnsemble, majority_vote
 
 EOS = 1
 
@@ -18,7 +17,7 @@ EOS = 1
 @pytest.fixture(scope="module")
 def setup():
   prompts = su.random_prompts(3, seed=1)
-  model = PromptEnsembleModel(su.tiny_model(lambda: prompt_bank.PromptBank(prompts, su.PROMPT_LENGTH)))
+  model = su.bank_model(prompts, inference=PromptEnsemble(prompts))
   frozen = su.frozen_params(su.pretrained_checkpoint())
   return dict(prompts=prompts, frozen=frozen, score=jax.jit(model.score_batch), predict=jax.jit(model.predict_batch),
               batches=su.task_batches("cli_test_task"))
@@ -71,9 +70,8 @@ def test_majority_vote_counts_up_to_eos_and_breaks_ties_by_member_order():
 
 
 def test_ensemble_needs_a_list_of_prompts(setup):
-  named = su.tiny_model(lambda: prompt_bank.PromptBank({"cli_test_task": setup["prompts"][0]}, su.PROMPT_LENGTH))
   with pytest.raises(ValueError, match="ENSEMBLE_PROMPTS"):
-    PromptEnsembleModel(named)
+    PromptEnsemble({"cli_test_task": setup["prompts"][0]})
 
 
 def test_infer_cli_ensemble_is_the_vote_of_each_prompt_alone(setup, tmp_path):

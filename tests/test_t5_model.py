@@ -9,6 +9,7 @@ import pytest
 from flax import traverse_util
 
 from prompt_tuning import prompts
+from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder, T5Config, get_config
 from prompt_tuning.models import t5 as t5_lib
 from prompt_tuning.models.layers import relative_position_buckets
@@ -23,8 +24,8 @@ def tiny(**kw) -> T5Config:
   return get_config("tiny", dtype=jnp.float32, **kw)
 
 
-def init_params(cfg: T5Config, prompt_factory=None, seed: int = 0):
-  model = EncoderDecoder(cfg, prompt_factory)
+def init_params(cfg: T5Config, prompt_factory=None, seed: int = 0, family: PromptFamily | None = None):
+  model = EncoderDecoder(cfg, family or PromptFamily(prompt_factory))
   variables = model.init(jax.random.PRNGKey(seed), ENC, DEC_IN, TGT)
   return model, nn.meta.unbox(variables["params"])
 
@@ -63,7 +64,7 @@ def test_small_has_non_square_attention_kernels():
 
 
 def test_every_parameter_has_logical_axes():
-  variables = t5_lib.abstract_variables(tiny(), lambda: prompts.PromptedInputs(prompts.Prompt(3)))
+  variables = t5_lib.abstract_variables(tiny(), PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(3))))
   flat = traverse_util.flatten_dict(variables["params"], sep="/")
   for path, leaf in flat.items():
     assert isinstance(leaf, nn.LogicallyPartitioned), path

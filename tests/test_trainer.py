@@ -16,6 +16,7 @@ import pytest
 from flax import traverse_util
 
 from cli_utils import BYTE_VOCAB_ROWS, cli_env, write_tiny_t5x_checkpoint
+from prompt_tuning.family import PromptFamily
 from prompt_tuning import prompts
 from prompt_tuning.models import EncoderDecoder, get_config
 from prompt_tuning.runtime import decoding, optim
@@ -47,7 +48,7 @@ def batch(seed: int = 0) -> dict[str, np.ndarray]:
 
 def prompt_model(length: int = 3, **cfg) -> EncoderDecoderModel:
   config = get_config("tiny", dtype=jnp.float32, vocab_size=BYTE_VOCAB_ROWS, **cfg)
-  return EncoderDecoderModel(EncoderDecoder(config, lambda: prompts.PromptedInputs(prompts.Prompt(length))))
+  return EncoderDecoderModel(EncoderDecoder(config, PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(length)))))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import prompts
+from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder, get_config
 from prompt_tuning.runtime import optim
 from prompt_tuning.runtime.models import EncoderDecoderModel
@@ -40,7 +41,7 @@ def make_batch(seed: int) -> dict[str, np.ndarray]:
 
 def run(devices, **mesh: Any) -> tuple[list[float], np.ndarray]:
   cfg = get_config("tiny", dtype=jnp.float32, vocab_size=128, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16)
-  module = EncoderDecoder(cfg, lambda: prompts.PromptedInputs(prompts.Prompt(4)))
+  module = EncoderDecoder(cfg, PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(4))))
   model = EncoderDecoderModel(module)
   partitioner = Partitioner(devices=devices, **mesh)
   shapes = {"encoder_input_tokens": (BATCH, ENC_LEN), "decoder_input_tokens": (BATCH, DEC_LEN)}

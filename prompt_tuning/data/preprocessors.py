@@ -12,6 +12,8 @@ from typing import Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.family import TASK_IDS
+
 AUTOTUNE = tf.data.AUTOTUNE
 UNKNOWN_LABEL = "<unk>"
 
@@ -289,3 +291,14 @@ def rank_classification(
     }
 
   return dataset.enumerate().map(expand, num_parallel_calls=AUTOTUNE).unbatch()
+
+
+# ========== Task ids as a feature ==========
+TASK_IDS_FEATURE = seqio.Feature(seqio.PassThroughVocabulary(size=0), add_eos=False, required=False,
+                                 dtype=tf.int32)  # the output feature `family.TASK_IDS` of such tasks
+
+
+def add_task_ids(dataset: tf.data.Dataset, task_id: int) -> tf.data.Dataset:
+  """Every example gets `task_ids = [task_id]` (declare `TASK_IDS_FEATURE` as the output feature
+  `prompt_tuning.family.TASK_IDS` and give TASK_FEATURE_LENGTHS a `'task_ids': 1` entry)."""
+  return dataset.map(lambda ex: {**ex, TASK_IDS: tf.constant([task_id], tf.int32)}, num_parallel_calls=AUTOTUNE)

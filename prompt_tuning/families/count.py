@@ -65,9 +65,8 @@ def forward_flops(module: EncoderDecoder, batch_size: int, input_length: int, ta
 
 
 def without_prompts(module: EncoderDecoder) -> EncoderDecoder:
-  """The frozen model alone: no prompt modules, per-layer hooks, visibility flags or IA³ vectors."""
-  return module.clone(config=module.config.replace(ia3=False), prompt_factory=None, layer_prompt_factory=None,
-                      prefix_factory=None, encoder_first_pass=False, prompt_attention=None)
+  """The frozen model alone: no prompt family (prompt modules, hooks, visibility flags, IA³ vectors)."""
+  return module.clone(family=None)
 
 
 def family_costs(module: EncoderDecoder, trainable_regexes: Sequence[str], batch_size: int = 1,

@@ -1,12 +1,12 @@
 """Deep prompts: per-layer prompts (P-tuning v2 style) and prefix tuning (Li & Liang 2021).
 
-Both are per-layer hook modules for `t5.EncoderDecoder` (`layer_prompt_factory`, `prefix_factory`): the stack
-calls the factory with `stack=StackInfo(...)` and the module returns a dict of arrays with a leading layer axis
-(see `prompt_tuning.models.t5`).
+Both are per-stack hook modules of a `PromptFamily` (`stack_hooks = {'layer_prompts': ..., 'prefix': ...}`):
+each stack calls the factory with `stack=StackInfo(...)` and the module returns a dict of arrays with a leading
+layer axis (see `prompt_tuning.family`).
 
 * `LayerPrompts` (`encoder/layer_prompts/prompt`, [L-1, P, d]): before encoder layers 1..L-1 the first P
   positions (the input prompt's) are replaced by, or added to, that layer's prompt. Layer 0 reads the input
-  prompt, which still comes from `PROMPT_FACTORY`.
+  prompt, which still comes from `PROMPT_FACTORY`. The decoder gets none.
 * `PrefixTuning` (`{encoder,decoder}/prefix/...`): learned keys and values prepended in every layer's
   attention (encoder self-attention, decoder self-attention, cross-attention). They are learned directly, or
   through Li & Liang's reparameterisation (a small embedding fed to a shared MLP); `final_prefixes` /
@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import prompts
-from prompt_tuning.models.t5 import EncoderDecoder, StackInfo
+from prompt_tuning.family import StackInfo
+from prompt_tuning.models.t5 import EncoderDecoder
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -34,8 +35,8 @@ LAYER_PROMPT_MODES = {"replace": 0.0, "add": 1.0}  # the `keep` factor on the hi
 
 def _require_stack(module: nn.Module) -> StackInfo:
   if module.stack is None:
-    raise ValueError(f"{type(module).__name__} is a per-layer hook: give it to t5.EncoderDecoder as a factory "
-                     "(e.g. `layer_prompt_factory = @deep.LayerPrompts`, no parentheses), which passes `stack`.")
+    raise ValueError(f"{type(module).__name__} is a per-stack hook: give it to PromptFamily.stack_hooks as a "
+                     "factory (e.g. `{'layer_prompts': @deep.LayerPrompts}`, no parentheses), which passes `stack`.")
   return module.stack
 
 
@@ -58,9 +59,20 @@ class LayerPrompts(nn.Module):
       raise ValueError(f"LayerPrompts.length={self.length} must be positive.")
     super().__post_init__()
 
+  def _check(self, stack: StackInfo) -> None:
+    if stack.prompt_length is None or (stack.prompt_combination or "prefix") != "prefix":
+      raise ValueError("Per-layer prompts rewrite the input prompt's positions at every layer: they need an input "
+                       "prompt (PROMPT_FACTORY) with combination 'prefix'.")
+    if stack.prompt_length != self.length:
+      raise ValueError(f"Per-layer prompt length {self.length} differs from the input prompt length "
+                       f"{stack.prompt_length}; give both PROMPT_LENGTH.")
+
   @nn.compact
   def __call__(self) -> dict[str, tuple[Array, Array]]:
     stack = _require_stack(self)
+    if stack.name != "encoder":
+      return {}
+    self._check(stack)
     init = self.initializer or (prompts.random_uniform(0.5) if self.mode == "replace" else nn.initializers.zeros)
     n = stack.num_layers - 1
     value = self.param("prompt", nn.with_logical_partitioning(init, ("layers", "prompt", "prompt_embed")),
@@ -135,18 +147,16 @@ class PrefixTuning(nn.Module):
 
 
 def final_prefixes(model: EncoderDecoder, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """`{attention: [L, 2, P, heads*head_dim]}` of a model with `prefix_factory`, from its (trained) params."""
-  if model.prefix_factory is None:
-    raise ValueError("The model has no prefix_factory: there are no prefixes to export.")
+  """`{attention: [L, 2, P, heads*head_dim]}` of a model whose family has a `PrefixTuning` stack hook."""
 
-  def run(m: EncoderDecoder) -> dict[str, Array]:
-    out = {}
-    for stack in (m.encoder, m.decoder):
-      if stack.prefix is not None:
-        out.update(stack.prefix.final())
-    return out
+  def run(m: EncoderDecoder) -> dict[str, Array] | None:
+    hooks = [getattr(stack, name) for stack in (m.encoder, m.decoder) for name in stack.hook_names]
+    prefixes = [h for h in hooks if isinstance(h, PrefixTuning)]
+    return {k: v for h in prefixes for k, v in h.final().items()} if prefixes else None
 
   values = model.apply({"params": params}, method=run)
+  if values is None:
+    raise ValueError("The model's family has no PrefixTuning stack hook: there are no prefixes to export.")
   return {k: np.asarray(v, np.float32) for k, v in values.items()}
 
 

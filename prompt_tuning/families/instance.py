@@ -7,7 +7,7 @@ it (`combine="add"`, P_i = P_t) or placed after it (`"concat"`, P = P_t + P_i). 
 * `PooledGenerator(source="embeddings")` — IDPG (Wu et al. 2022, arXiv 2204.04497): mean of the frozen input
   embeddings over real tokens -> bottleneck MLP (optionally PHM-factorised weights) -> P_i x d.
 * `PooledGenerator(source="encoder")` — the same from a first pass of the frozen encoder (needs
-  `t5.EncoderDecoder.encoder_first_pass = True`): one more encoder forward per example, richer features
+  `PromptFamily.encoder_first_pass = True`): one more encoder forward per example, richer features
   (IPT, Jiang et al. 2022, arXiv 2206.01958, sentence-level).
 * `TokenQueryGenerator` — token level (IPT): P_i learned queries attend over the input embeddings through
   low-rank projections; each prompt position is its own mixture of the example's tokens.
@@ -96,7 +96,7 @@ class PooledGenerator(nn.Module):
     if self.source == "encoder":
       if first_pass is None:
         raise ValueError("PooledGenerator(source='encoder') reads the frozen encoder's first pass: set "
-                         "t5.EncoderDecoder.encoder_first_pass = True (families/instance_encoder.gin does).")
+                         "PromptFamily.encoder_first_pass = True (families/instance_encoder.gin does).")
       features = first_pass
     else:
       features = embedded

@@ -9,31 +9,24 @@
   by its own sentinel.
 * `MultiTaskInputs` — the `PROMPT_FACTORY` for these: reads task ids from the first input token (the
   reference's sentinel convention, task k = `<extra_id_k>` = id `vocab_size - 1 - k`, stripped before the
-  prompt is prepended) or from the `task_ids` batch feature (`with_task_ids(model)` + `add_task_ids`).
-* `MPTDistillationModel` — MPT's source-training stage: the usual loss plus a distillation term towards
-  single-task teacher prompts (.npy files): KL between the teachers' and the student's output distributions
-  and the mean squared difference of the encoder outputs.
+  prompt is prepended) or from the `task_ids` batch feature (the family's `batch_features`, filled by the
+  `data.preprocessors.add_task_ids` preprocessor).
+* MPT's source-training stage (distillation from single-task teacher prompts) is `families.distillation`.
 
 An id outside [0, num_tasks) gives NaN prompts (so the loss becomes NaN and training stops) rather than a
 silently wrong prompt.
 """
 from __future__ import annotations
 
-import copy
-import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import seqio
-import tensorflow as tf
 
 from prompt_tuning import prompts
-from prompt_tuning.runtime import losses
-from prompt_tuning.runtime.models import EncoderDecoderModel, prompt_inputs
+from prompt_tuning.family import MULTI_TASK_AXIS_RULES, PROMPT_AXIS_RULES
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -48,7 +41,7 @@ def sentinel_to_task(token: Array, vocab_size: int) -> Array:
   return vocab_size - 1 - token
 
 
-def _lookup(table: Array, task_ids: Array) -> Array:
+def lookup(table: Array, task_ids: Array) -> Array:
   """Rows of `table` for each id; out-of-range ids give NaN rows."""
   return jnp.take(table, task_ids.astype(jnp.int32), axis=0, mode="fill", fill_value=jnp.nan)
 
@@ -123,7 +116,7 @@ class MultiTaskPrompt(nn.Module):
                         (self.shared_length, hs), jnp.float32)
     table = self.param("task_prompts", nn.with_logical_partitioning(self._tasks_init(hs, d), TASK_AXES),
                        (self.num_tasks, size), jnp.float32)
-    tasks = _lookup(table, task_ids)  # [B, size]
+    tasks = lookup(table, task_ids)  # [B, size]
     b, p = tasks.shape[0], self.shared_length
     shared_b = jnp.broadcast_to(shared[None], (b,) + shared.shape)
     if self.mode == "add":
@@ -171,7 +164,7 @@ class MPTPrompt(nn.Module):
                    (self.num_tasks, self.shared_length, self.rank), jnp.float32)
     v = self.param("task_v", nn.with_logical_partitioning(near_one, ("tasks", None, "prompt_embed")),
                    (self.num_tasks, self.rank, d), jnp.float32)
-    w = jnp.einsum("bpr,brd->bpd", _lookup(u, task_ids), _lookup(v, task_ids))
+    w = jnp.einsum("bpr,brd->bpd", lookup(u, task_ids), lookup(v, task_ids))
     return (shared[None] * w).astype(self.dtype)
 
 
@@ -214,8 +207,8 @@ class LanguageTaskPrompt(nn.Module):
     tasks = self.param("task_prompts", nn.with_logical_partitioning(self.tasks_init, TASK_AXES),
                        (self.num_tasks, self.task_length * d), jnp.float32)
     b = task_ids.shape[0]
-    out = jnp.concatenate([_lookup(langs, lang_ids).reshape(b, self.lang_length, d),
-                           _lookup(tasks, task_ids).reshape(b, self.task_length, d)], axis=1)
+    out = jnp.concatenate([lookup(langs, lang_ids).reshape(b, self.lang_length, d),
+                           lookup(tasks, task_ids).reshape(b, self.task_length, d)], axis=1)
     return out.astype(self.dtype)
 
 
@@ -260,9 +253,9 @@ class MultiTaskInputs(nn.Module):
     # Shape-only calls (parameter init, KV-cache set-up) carry no features; any real call must.
     if self.is_initializing() or self.is_mutable_collection("cache"):
       return jnp.zeros((tokens.shape[0],), jnp.int32)
-    raise ValueError("task_source='feature' needs a `task_ids` feature in every batch: use MODEL = "
-                     "@multitask.with_task_ids() (families/multitask.gin), tasks with multitask.add_task_ids and "
-                     "'task_ids': 1 in TASK_FEATURE_LENGTHS.")
+    raise ValueError("task_source='feature' needs a `task_ids` feature in every batch: tasks preprocessed with "
+                     "data.preprocessors.add_task_ids and 'task_ids': 1 in TASK_FEATURE_LENGTHS (families/multitask.gin "
+                     "declares the feature).")
 
   def _strip(self, x: Array) -> Array:
     return x[:, self._id_tokens:]
@@ -283,123 +276,6 @@ class MultiTaskInputs(nn.Module):
     return jnp.concatenate([jnp.ones((tokens.shape[0], self.length), tokens.dtype), tokens], axis=1)
 
 
-# ------------------------------------------------------------------------------------------ task ids as a feature
-TASK_IDS = "task_ids"
-TASK_IDS_FEATURE = seqio.Feature(seqio.PassThroughVocabulary(size=0), add_eos=False, required=False,
-                                 dtype=tf.int32)
-
-
-def add_task_ids(dataset: tf.data.Dataset, task_id: int) -> tf.data.Dataset:
-  """SeqIO preprocessor: every example gets `task_ids = [task_id]` (declare `TASK_IDS_FEATURE` as an output
-  feature and give TASK_FEATURE_LENGTHS a `'task_ids': 1` entry)."""
-  return dataset.map(lambda ex: {**ex, TASK_IDS: tf.constant([task_id], tf.int32)},
-                     num_parallel_calls=tf.data.AUTOTUNE)
-
-
-class TaskIdsFeatureConverter(seqio.EncDecFeatureConverter):
-  """`EncDecFeatureConverter` that passes `task_ids` ([B, 1]) through to the batch when the task feature
-  lengths name it (`'task_ids': 1`); without it, it converts exactly as `EncDecFeatureConverter`."""
-
-  def __init__(self, pack: bool = False, **kwargs: Any):
-    spec = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
-    super().__init__(pack=pack, passthrough_features={TASK_IDS: spec}, **kwargs)
-    self._without_ids = seqio.EncDecFeatureConverter(pack=pack, **kwargs)
-
-  def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    if TASK_IDS not in task_feature_lengths:
-      return self._without_ids(ds, task_feature_lengths)
-    return super().__call__(ds, task_feature_lengths)
-
-
-def with_task_ids(model: EncoderDecoderModel) -> EncoderDecoderModel:
-  """A copy of `model` whose batches carry `task_ids` when the task provides them (its feature converter)."""
-  model = copy.copy(model)
-  model.FEATURE_CONVERTER_CLS = TaskIdsFeatureConverter
-  return model
-
-
-# ------------------------------------------------------------------------------------------ MPT distillation
-class TeacherPrompts(nn.Module):
-  """Fixed single-task prompts [num_tasks, P, d] loaded from .npy files (one per task id, in order)."""
-
-  files: Sequence[str]
-
-  @property
-  def length(self) -> int:
-    return _load_teachers(tuple(self.files)).shape[1]
-
-  def __call__(self, tokens: Array, embedded: Array, task_ids: Array | None = None, **unused: Any) -> Array:
-    del tokens
-    table = jnp.asarray(_load_teachers(tuple(self.files)), embedded.dtype)
-    if table.shape[-1] != embedded.shape[-1]:
-      raise ValueError(f"Teacher prompts have width {table.shape[-1]}, the model {embedded.shape[-1]}.")
-    return _lookup(table, task_ids)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_teachers(files: tuple[str, ...]) -> np.ndarray:
-  arrays = [np.asarray(prompts.np_load(f)(), np.float32) for f in files]
-  shapes = {a.shape for a in arrays}
-  if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-    raise ValueError(f"Teacher prompts must all be [P, d] arrays of one shape; got {sorted(shapes)} from {files}.")
-  return np.stack(arrays)
-
-
-class MPTDistillationModel(EncoderDecoderModel):
-  """MPT source training: loss = CE + kl_weight·KL(teacher ‖ student) + hidden_weight·MSE(encoder outputs).
-
-  Wraps a configured `model` (its module, vocabularies and loss settings). The module's prompt factory must
-  be a `MultiTaskInputs`; the teacher is the same frozen model with that factory's prompt swapped for
-  `TeacherPrompts(teacher_prompt_files)` (file k is task k's prompt, of the same total length as the
-  student's). KL is summed over target tokens like the cross-entropy (with `temperature` τ, scaled by τ²);
-  the hidden term is the mean squared difference over real encoder positions, summed over examples.
-  """
-
-  def __init__(self, model: EncoderDecoderModel, teacher_prompt_files: Sequence[str] = (),
-               kl_weight: float = 1.0, hidden_weight: float = 1.0, temperature: float = 1.0):
-    vars(self).update(vars(model))  # the same module, vocabularies, loss settings and decoding
-    module = self.module
-    if not teacher_prompt_files:
-      raise ValueError("MPTDistillationModel needs TEACHER_PROMPT_FILES: one single-task prompt .npy per task.")
-    student_inputs = module.prompt_factory() if module.prompt_factory is not None else None
-    if not isinstance(student_inputs, MultiTaskInputs):
-      raise ValueError("MPTDistillationModel needs PROMPT_FACTORY = @multitask.MultiTaskInputs (families/mpt.gin).")
-    teacher = TeacherPrompts(tuple(teacher_prompt_files))
-    if teacher.length != student_inputs.length:
-      raise ValueError(f"Teacher prompts have length {teacher.length} but the student prompt {student_inputs.length};"
-                       " set PROMPT_LENGTH to the teachers' length.")
-    self.teacher_module = module.clone(prompt_factory=lambda: student_inputs.clone(prompt=teacher),
-                                       layer_prompt_factory=None, prefix_factory=None, encoder_first_pass=False)
-    self.kl_weight, self.hidden_weight, self.temperature = kl_weight, hidden_weight, temperature
-
-  def _forward(self, module: nn.Module, params: Any, batch: Mapping[str, Array],
-               dropout_rng: Array | None) -> tuple[Array, Array]:
-    """(encoder outputs, logits)."""
-    rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-    train = dropout_rng is not None
-    tokens = batch["encoder_input_tokens"]
-    encoded = module.apply({"params": params}, tokens, train, prompt_inputs(batch), method=module.encode, rngs=rngs)
-    logits = module.apply({"params": params}, encoded, tokens, batch["decoder_input_tokens"],
-                          batch["decoder_target_tokens"], train, method=module.decode, rngs=rngs)
-    return encoded, logits
-
-  def loss_fn(self, params: Any, batch: Mapping[str, Array], dropout_rng: Array | None):
-    encoded, logits = self._forward(self.module, params, batch, dropout_rng)
-    t_encoded, t_logits = jax.lax.stop_gradient(self._forward(self.teacher_module, params, batch, None))
-    targets = batch["decoder_target_tokens"]
-    factor, weights = losses.get_loss_normalizing_factor_and_weights(self.loss_normalizing_factor, batch)
-    loss, z_loss, _ = losses.compute_weighted_cross_entropy(
-        logits, targets, weights, self.label_smoothing, self.z_loss, factor)
-    metrics = losses.compute_base_metrics(logits, targets, weights, loss, z_loss)
-    tau = self.temperature
-    kl_tokens = optax.kl_divergence(jax.nn.log_softmax(logits / tau), jax.nn.softmax(t_logits / tau))
-    kl = tau ** 2 * jnp.sum(kl_tokens * (targets > 0 if weights is None else weights))
-    mask_tokens = self.module.apply({"params": params}, batch["encoder_input_tokens"],
-                                    method=lambda m, t: m.encoder.mask_tokens(t))
-    valid = (mask_tokens > 0).astype(jnp.float32)[..., None]
-    per_example = jnp.sum(jnp.square(encoded.astype(jnp.float32) - t_encoded.astype(jnp.float32)) * valid,
-                          axis=(1, 2)) / jnp.maximum(jnp.sum(valid, axis=(1, 2)) * encoded.shape[-1], 1.0)
-    hidden = jnp.sum(per_example)
-    total = loss + self.kl_weight * kl + self.hidden_weight * hidden
-    metrics = dict(metrics, **{"distill/kl": kl, "distill/hidden_mse": hidden, "distill/cross_ent_loss": loss})
-    return total, metrics
+def logical_axis_rules() -> tuple[tuple[str, None], ...]:
+  """`PromptFamily.logical_axis_rules` of the multi-task families: task and language tables stay replicated."""
+  return PROMPT_AXIS_RULES + MULTI_TASK_AXIS_RULES

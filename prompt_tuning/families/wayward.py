@@ -15,10 +15,9 @@ import numpy as np
 from flax import traverse_util
 
 from prompt_tuning import prompts
-from prompt_tuning.runtime.models import EncoderDecoderModel
+from prompt_tuning.family import PROMPT_PATH, ForwardOutputs
 
 Array = jax.Array
-PROMPT_PATH = "encoder/prompt/prompt/prompt"
 
 
 def squared_l2_distance(x: Array, y: Array) -> Array:
@@ -39,18 +38,15 @@ def embedded_text(embeddings: prompts.ArrayOrLoader, vocab: prompts.Vocabulary, 
   return rows
 
 
-class WaywardModel(EncoderDecoderModel):
-  """`model` (any of our models) whose loss gains `gamma * distance(params[prompt_path], discrete_prompt)`.
+class WaywardLoss:
+  """Loss term `gamma * distance(params[prompt_path], discrete_prompt)` (`PromptFamily.loss_terms`).
 
-  Metrics: `model`'s (its `loss` stays the task loss, as in the reference), plus `wayward/distance` and
-  `wayward/total_loss`.
+  Metrics: `wayward/distance` and `wayward/total_loss` (the task loss plus this term); `loss` stays the task
+  loss, as in the reference.
   """
 
-  def __init__(self, model: EncoderDecoderModel, discrete_prompt: np.ndarray | Callable[[], np.ndarray],
-               gamma: float = 0.01, distance: Callable[[Array, Array], Array] = squared_l2_distance,
-               prompt_path: str = PROMPT_PATH):
-    vars(self).update(vars(model))  # the same module, vocabularies, loss settings and decoding
-    self._task_loss_fn = model.loss_fn
+  def __init__(self, discrete_prompt: np.ndarray | Callable[[], np.ndarray], gamma: float = 0.01,
+               distance: Callable[[Array, Array], Array] = squared_l2_distance, prompt_path: str = PROMPT_PATH):
     self.discrete_prompt = np.asarray(discrete_prompt() if callable(discrete_prompt) else discrete_prompt, np.float32)
     if gamma < 0:
       raise ValueError(f"WAYWARD_GAMMA={gamma} is negative; it weighs a distance, use a value >= 0 (paper: 0.01).")
@@ -61,7 +57,7 @@ class WaywardModel(EncoderDecoderModel):
     if self.prompt_path not in flat:
       found = sorted(k for k in flat if "prompt" in k)
       raise ValueError(f"No parameter {self.prompt_path!r} for the wayward distance (prompt parameters: {found}); "
-                       "set wayward.WaywardModel.prompt_path.")
+                       "set wayward.WaywardLoss.prompt_path.")
     prompt = flat[self.prompt_path]
     if prompt.shape != self.discrete_prompt.shape:
       raise ValueError(f"The prompt has shape {tuple(prompt.shape)} but the wayward target "
@@ -69,8 +65,9 @@ class WaywardModel(EncoderDecoderModel):
                        "(families/wayward.gin sets it to the text's length) and use a model of the target's width.")
     return prompt
 
-  def loss_fn(self, params: Any, batch: Mapping[str, Array], dropout_rng: Array | None):
-    loss, metrics = self._task_loss_fn(params, batch, dropout_rng)
+  def __call__(self, model: Any, params: Any, batch: Mapping[str, Array], outputs: ForwardOutputs,
+               dropout_rng: Array | None) -> tuple[Array, dict[str, Array]]:
+    del model, batch, dropout_rng
     distance = self.distance(self._prompt(params).astype(jnp.float32), jnp.asarray(self.discrete_prompt))
-    total = loss + self.gamma * distance
-    return total, dict(metrics, **{"wayward/distance": distance, "wayward/total_loss": total})
+    value = self.gamma * distance
+    return value, {"wayward/distance": distance, "wayward/total_loss": outputs.loss + value}

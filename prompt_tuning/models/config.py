@@ -31,7 +31,6 @@ class T5Config:
   scan_layers: bool = False
   remat_policy: str = "none"
   fused_attention: bool = False  # jax.nn.dot_product_attention with the relative-position bias.
-  ia3: bool = False  # IA³ scaling vectors on every attention's keys and values and every MLP's hidden.
 
   def __post_init__(self):
     if self.remat_policy not in REMAT_POLICIES:

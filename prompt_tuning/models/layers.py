@@ -1,13 +1,15 @@
-"""T5 1.1 building blocks with Flaxformer's parameter names, logical axes and numerics (T5X_COMPAT §2.3)."""
+"""T5 1.1 building blocks with Flaxformer's parameter names, logical axes and numerics."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from prompt_tuning.family import SITES
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -74,30 +76,23 @@ class Projection(nn.Module):
     return jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype))
 
 
-class IA3Scaling(nn.Module):
-  """IA³ (Liu et al. 2022, arXiv 2205.05638): `x` times a learned vector over its last `len(axes)` axes.
-
-  The parameter `ia3_scaling` starts at ones (the identity), so a model with it computes what the frozen model
-  does until it trains. Flaxformer places it as the attention's `k_conv`/`v_conv` ([heads, kv]) and the MLP's
-  `intermediate_conv` ([mlp]); our modules use the same names, so the parameter paths match.
-  """
-
-  axes: tuple[str, ...]
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    scaling = param(self, "ia3_scaling", nn.initializers.ones, x.shape[-len(self.axes):], self.axes)
-    return x * scaling.astype(x.dtype)
+def apply_site(sites: Mapping[str, Callable[..., nn.Module]] | None, site: str, x: Array) -> Array:
+  """`x` through the site hook for `site`, created as a child named as Flaxformer names that site."""
+  make = (sites or {}).get(site)
+  return x if make is None else make(name=SITES[site])(x)
 
 
 class MlpBlock(nn.Module):
-  """Gated MLP: gelu(x·wi_0) * (x·wi_1), dropout broadcast over length, then ·wo. `ia3`: IA³ on the hidden."""
+  """Gated MLP: gelu(x·wi_0) * (x·wi_1), dropout broadcast over length, then ·wo.
+
+  `sites` (a family's site hooks, `prompt_tuning.family`): "mlp_hidden" transforms the gated hidden.
+  """
 
   mlp_dim: int
   activations: tuple[str, ...] = ("gelu", "linear")
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
-  ia3: bool = False
+  sites: Mapping[str, Callable[..., nn.Module]] | None = None
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -111,8 +106,7 @@ class MlpBlock(nn.Module):
       y = acts[act](Projection(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name=name)(x))
       h = y if h is None else h * y
     h = constrain(h, ("batch", "length", "mlp"))
-    if self.ia3:
-      h = IA3Scaling(("mlp",), name="intermediate_conv")(h)
+    h = apply_site(self.sites, "mlp_hidden", h)
     h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
     return Projection(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="wo")(h)
 
@@ -196,6 +190,7 @@ class MultiHeadAttention(nn.Module):
 
   Kernels are 2-D: query/key/value [embed, heads*head_dim] and out [heads*head_dim, embed].
   `prefix_kv` (prefix tuning) adds learned keys/values before the (cached) ones; they are not cached.
+  `sites` (a family's site hooks): "keys" and "values" transform the keys and values before the KV cache.
   """
 
   num_heads: int
@@ -203,7 +198,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   fused: bool = False
-  ia3: bool = False  # IA³ scaling of the keys and values (`k_conv`, `v_conv`), before the KV cache
+  sites: Mapping[str, Callable[..., nn.Module]] | None = None
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None, bias: Array | None = None,
@@ -220,9 +215,8 @@ class MultiHeadAttention(nn.Module):
     q = constrain(q, ("batch", "length", "heads", "kv"))
     k = constrain(k, ("batch", "length", "heads", "kv"))
     v = constrain(v, ("batch", "length", "heads", "kv"))
-    if self.ia3:
-      k = IA3Scaling(("heads", "kv"), name="k_conv")(k)
-      v = IA3Scaling(("heads", "kv"), name="v_conv")(v)
+    k = apply_site(self.sites, "keys", k)
+    v = apply_site(self.sites, "values", v)
 
     if decode:
       k, v, mask, bias = self._update_cache(k, v, mask, bias)

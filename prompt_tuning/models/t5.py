@@ -1,18 +1,14 @@
 """T5 1.1 encoder, decoder and encoder-decoder stacks (Flaxformer tree: `encoder/layers_0/...`).
 
-An optional prompt module (see `prompt_tuning.prompts`) lives at `encoder/prompt` and is combined with the
-embedded inputs before input dropout; masks then treat the prompt positions as real tokens.
-
-Optional per-layer hook modules (see `prompt_tuning.families.deep`) serve deep prompt families: each is built
-by a factory called with `stack=StackInfo(...)` and returns a dict of arrays with a leading layer axis, which
-the layers read by key: "inputs" -> `(keep [L], prompt [L, P, d])` rewrites the first P positions of each
-layer's input, and an attention name ("attention", "self_attention", "encoder_decoder_attention") ->
-`(keys, values)` [L, P, heads, head_dim] prefixes for that attention.
+What a prompt family adds comes from one object, `prompt_tuning.family.PromptFamily`: its input prompt lives at
+`encoder/prompt` and is combined with the embedded inputs before input dropout (masks then treat the prompt
+positions as real tokens); its per-stack hooks (`encoder/<name>`, `decoder/<name>`) give each layer arrays by
+key ("inputs" rewrites the prompt positions of the layer's input, an attention name prefixes that attention's
+keys and values); its site hooks transform activations inside every layer (`family.SITES`).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -20,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import masks
+from prompt_tuning.family import PromptFamily, StackInfo, family_of  # noqa: F401  (StackInfo: for hook modules)
 from prompt_tuning.models import layers as L
 from prompt_tuning.models.config import T5Config
 
@@ -39,17 +36,6 @@ def decoder_logit_mask(decoder_input_tokens: Array, dtype: Any) -> Array:
   return (nonzero | next_nonzero | first).astype(dtype)[..., None]
 
 
-@dataclasses.dataclass(frozen=True)
-class StackInfo:
-  """The shape of one stack, handed to per-layer hook factories."""
-
-  num_layers: int
-  emb_dim: int
-  num_heads: int
-  head_dim: int
-  attentions: tuple[str, ...]  # the attention blocks of one layer, by module name
-
-
 def apply_layer_prompt(x: Array, keep: Array, prompt: Array) -> Array:
   """`x[:, :P] <- keep * x[:, :P] + prompt`: keep 0 replaces the prompt positions, keep 1 adds to them."""
   p = prompt.shape[-2]
@@ -66,6 +52,7 @@ class EncoderLayer(nn.Module):
   """Pre-LN self-attention + gated MLP, residual dropouts broadcast over length."""
 
   config: T5Config
+  family: PromptFamily | None = None
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, bias: Array, logit_mask: Array, deterministic: bool,
@@ -77,12 +64,13 @@ class EncoderLayer(nn.Module):
     if "inputs" in hooks:
       x = apply_layer_prompt(x, *hooks["inputs"])
     h = L.RMSNorm(cfg.dtype, name="pre_attention_layer_norm")(x) * logit_mask
+    sites = family_of(self).site_hooks
     h = L.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype, cfg.fused_attention,
-                             cfg.ia3, name="attention")(h, h, mask, bias, deterministic=deterministic,
-                                               prefix_kv=hooks.get("attention"))
+                             sites, name="attention")(h, h, mask, bias, deterministic=deterministic,
+                                                      prefix_kv=hooks.get("attention"))
     x = x + drop(h)
     h = L.RMSNorm(cfg.dtype, name="pre_mlp_layer_norm")(x) * logit_mask
-    h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, cfg.ia3,
+    h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, sites,
                    name="mlp")(h, deterministic)
     return _layer_output(cfg, L.constrain(x + drop(h), ("batch", "length", "embed")))
 
@@ -91,6 +79,7 @@ class DecoderLayer(nn.Module):
   """Causal self-attention, cross-attention to the encoder, gated MLP."""
 
   config: T5Config
+  family: PromptFamily | None = None
 
   @nn.compact
   def __call__(self, y: Array, encoded: Array, self_mask: Array | None, cross_mask: Array, bias: Array,
@@ -99,8 +88,9 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     hooks = hooks or {}
     drop = lambda z: nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(z, deterministic=deterministic)
+    sites = family_of(self).site_hooks
     attn = lambda name: L.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
-                                             cfg.fused_attention, cfg.ia3, name=name)
+                                             cfg.fused_attention, sites, name=name)
     h = L.RMSNorm(cfg.dtype, name="pre_self_attention_layer_norm")(y) * logit_mask
     h = attn("self_attention")(h, h, self_mask, bias, deterministic=deterministic, decode=decode,
                                prefix_kv=hooks.get("self_attention"))
@@ -110,7 +100,7 @@ class DecoderLayer(nn.Module):
                                           prefix_kv=hooks.get("encoder_decoder_attention"))
     y = y + drop(h)
     h = L.RMSNorm(cfg.dtype, name="pre_mlp_layer_norm")(y) * logit_mask
-    h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, cfg.ia3,
+    h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, sites,
                    name="mlp")(h, deterministic)
     return _layer_output(cfg, L.constrain(y + drop(h), ("batch", "length", "embed")))
 
@@ -130,55 +120,54 @@ def run_layers(module: nn.Module, layer_cls: type, num_layers: int, x: Array, *a
   if not cfg.scan_layers:
     for i in range(num_layers):
       extra = (jax.tree_util.tree_map(lambda a, i=i: a[i], per_layer),) if per_layer else ()
-      x = cls(cfg, name=f"layers_{i}")(x, *args, *extra)
+      x = cls(cfg, module.family, name=f"layers_{i}")(x, *args, *extra)
     return x
   extra, extra_axes = ((per_layer,), (0,)) if per_layer else ((), ())
   scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
                     in_axes=(nn.broadcast,) * len(args) + extra_axes, length=num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
-  x, _ = scanned(cfg, name="layers")(x, *args, *extra)
+  x, _ = scanned(cfg, module.family, name="layers")(x, *args, *extra)
   return x
 
 
-def _hook_outputs(*modules: nn.Module | None) -> dict[str, Any]:
-  """Merge the per-layer outputs of the stack's hook modules (each returns a dict keyed as the layers read)."""
+RESERVED_HOOK_NAMES = frozenset({"prompt", "layers", "relpos_bias", "encoder_norm", "decoder_norm", "logits_dense",
+                                 "config", "token_embedder", "family"})
+
+
+def build_stack_hooks(module: nn.Module, stack: StackInfo) -> tuple[str, ...]:
+  """In `setup`: the family's per-stack hooks as children named by their keys; returns those names."""
+  names = tuple(family_of(module).stack_hooks)
+  for name in names:
+    if name in RESERVED_HOOK_NAMES:
+      raise ValueError(f"Stack hook name {name!r} is taken by the stack itself; rename it in "
+                       "PromptFamily.stack_hooks (e.g. 'layer_prompts', 'prefix').")
+    setattr(module, name, family_of(module).stack_hooks[name](stack=stack))
+  return names
+
+
+def hook_outputs(module: nn.Module) -> dict[str, Any]:
+  """Merge the per-layer outputs of a stack's hook modules (each returns a dict keyed as the layers read)."""
   out: dict[str, Any] = {}
-  for m in modules:
-    if m is not None:
-      out.update(m())
+  for name in module.hook_names:
+    out.update(getattr(module, name)())
   return out
 
 
 class Encoder(nn.Module):
-  """Embeds (and prompts) the inputs, then runs the encoder layers; output length = prompt + input length.
-
-  `layer_prompt_factory` / `prefix_factory` (optional) build per-layer hooks (`encoder/layer_prompts`,
-  `encoder/prefix`); layer prompts rewrite the input prompt's positions, so they need a "prefix" prompt.
-  """
+  """Embeds (and prompts) the inputs, then runs the encoder layers; output length = prompt + input length."""
 
   config: T5Config
   token_embedder: nn.Module
-  prompt_factory: Callable[[], nn.Module] | None = None
-  layer_prompt_factory: Callable[..., nn.Module] | None = None
-  prefix_factory: Callable[..., nn.Module] | None = None
-  prompt_attention: Sequence[str] | None = None  # visibility flags (prompt_tuning.masks); None: all visible
+  family: PromptFamily | None = None
 
   def setup(self):
     cfg = self.config
-    stack = StackInfo(cfg.num_encoder_layers, cfg.emb_dim, cfg.num_heads, cfg.head_dim, ("attention",))
-    self.prompt = None if self.prompt_factory is None else self.prompt_factory()
-    self.layer_prompts = None if self.layer_prompt_factory is None else self.layer_prompt_factory(stack=stack)
-    self.prefix = None if self.prefix_factory is None else self.prefix_factory(stack=stack)
-
-  def _check_layer_prompts(self) -> None:
-    if self.layer_prompts is None:
-      return
-    if self.prompt is None or getattr(self.prompt, "combination", "prefix") != "prefix":
-      raise ValueError("Per-layer prompts rewrite the input prompt's positions at every layer: they need an input "
-                       "prompt (PROMPT_FACTORY) with combination 'prefix'.")
-    if self.prompt.length != self.layer_prompts.length:
-      raise ValueError(f"Per-layer prompt length {self.layer_prompts.length} differs from the input prompt length "
-                       f"{self.prompt.length}; give both PROMPT_LENGTH.")
+    family = family_of(self)
+    self.prompt = None if family.prompt is None else family.prompt()
+    stack = StackInfo("encoder", cfg.num_encoder_layers, cfg.emb_dim, cfg.num_heads, cfg.head_dim, ("attention",),
+                      prompt_length=getattr(self.prompt, "length", None),
+                      prompt_combination=getattr(self.prompt, "combination", None))
+    self.hook_names = build_stack_hooks(self, stack)
 
   def mask_tokens(self, tokens: Array) -> Array:
     """The token ids that masks are built from: prompt positions count as real (non-zero) tokens."""
@@ -189,21 +178,19 @@ class Encoder(nn.Module):
                prompt_inputs: Mapping[str, Array] | None = None, use_prompt: bool = True) -> Array:
     """`prompt_inputs` (e.g. `task_ids`) are passed to the prompt module as keyword arguments.
 
-    `use_prompt=False` runs the plain frozen encoder: no prompt and no per-layer hooks.
+    `use_prompt=False` runs the encoder without the input prompt and the per-stack hooks.
     """
     cfg = self.config
     x = self.token_embedder(tokens)
-    if use_prompt and self.prompt is not None:
+    prompted = use_prompt and self.prompt is not None
+    if prompted:
       x = self.prompt(tokens, x, **(prompt_inputs or {}))
     mtokens = self.mask_tokens(tokens) if use_prompt else tokens
-    per_layer = {}
-    if use_prompt:
-      self._check_layer_prompts()
-      per_layer = _hook_outputs(self.layer_prompts, self.prefix)
+    per_layer = hook_outputs(self) if use_prompt else {}
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=not enable_dropout).astype(cfg.dtype)
     x = L.constrain(x, ("batch", "length", "embed"))
     valid = mtokens > 0
-    visibility = masks.normalise_attention(self.prompt_attention) if use_prompt and self.prompt is not None else None
+    visibility = masks.normalise_attention(family_of(self).prompt_attention) if prompted else None
     if visibility is None:
       mask = L.attention_mask(valid, valid)
     else:
@@ -221,20 +208,17 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Decoder stack with a KV cache for step-by-step decoding, and the untied `logits_dense` head.
-
-  `prefix_factory` (optional) builds key/value prefixes for its attentions (`decoder/prefix`).
-  """
+  """Decoder stack with a KV cache for step-by-step decoding, and the untied `logits_dense` head."""
 
   config: T5Config
   token_embedder: nn.Module
-  prefix_factory: Callable[..., nn.Module] | None = None
+  family: PromptFamily | None = None
 
   def setup(self):
     cfg = self.config
-    stack = StackInfo(cfg.num_decoder_layers, cfg.emb_dim, cfg.num_heads, cfg.head_dim,
+    stack = StackInfo("decoder", cfg.num_decoder_layers, cfg.emb_dim, cfg.num_heads, cfg.head_dim,
                       ("self_attention", "encoder_decoder_attention"))
-    self.prefix = None if self.prefix_factory is None else self.prefix_factory(stack=stack)
+    self.hook_names = build_stack_hooks(self, stack)
 
   @nn.compact
   def __call__(self, encoded: Array, encoder_mask_tokens: Array, decoder_input_tokens: Array,
@@ -267,7 +251,7 @@ class Decoder(nn.Module):
       self_mask = L.attention_mask(tvalid, tvalid) & L.causal_mask(length)
       cross_mask = L.attention_mask(tvalid, enc_valid)
     y = run_layers(self, DecoderLayer, cfg.num_decoder_layers, y, encoded, self_mask, cross_mask, bias,
-                   logit_mask, not enable_dropout, decode, per_layer=_hook_outputs(self.prefix))
+                   logit_mask, not enable_dropout, decode, per_layer=hook_outputs(self))
     y = L.RMSNorm(cfg.dtype, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=not enable_dropout)
     y = y * logit_mask
@@ -279,41 +263,24 @@ class Decoder(nn.Module):
 
 
 class EncoderDecoder(nn.Module):
-  """T5 1.1 encoder-decoder; `prompt_factory` (optional) builds the encoder's prompt (`encoder/prompt/...`).
+  """T5 1.1 encoder-decoder; `family` (optional) adds a prompt family's parameters (`prompt_tuning.family`).
 
-  Prompt families: `layer_prompt_factory` (encoder per-layer prompts) and `prefix_factory` (key/value prefixes,
-  called once per stack) build per-layer hooks; `encoder_first_pass=True` first runs the frozen encoder
-  without any prompt and hands its output to the prompt module as the prompt input `first_pass`.
+  With `family.encoder_first_pass`, the frozen encoder first runs without the prompt and its output reaches the
+  prompt module as the prompt input `first_pass`.
   """
 
   config: T5Config
-  prompt_factory: Callable[[], nn.Module] | None = None
-  layer_prompt_factory: Callable[..., nn.Module] | None = None
-  prefix_factory: Callable[..., nn.Module] | None = None
-  encoder_first_pass: bool = False
-  prompt_attention: Sequence[str] | None = None
-
-  def __post_init__(self):
-    if self.prompt_attention is not None:
-      if self.prompt_factory is None:
-        raise ValueError(f"PROMPT_ATTENTION={self.prompt_attention!r} sets how the input prompt is seen, but the "
-                         "model has no input prompt (PROMPT_FACTORY is None); drop PROMPT_ATTENTION or use a "
-                         "prompt model gin (models/*_prompt.gin).")
-      if isinstance(self.prompt_attention, str):
-        masks.normalise_attention(self.prompt_attention)  # raises, naming the fix
-      masks.announce(tuple(self.prompt_attention))
-    super().__post_init__()
+  family: PromptFamily | None = None
 
   def setup(self):
     cfg = self.config
     self.token_embedder = L.Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype)
-    self.encoder = Encoder(cfg, self.token_embedder, self.prompt_factory, self.layer_prompt_factory,
-                           self.prefix_factory, self.prompt_attention)
-    self.decoder = Decoder(cfg, self.token_embedder, self.prefix_factory)
+    self.encoder = Encoder(cfg, self.token_embedder, self.family)
+    self.decoder = Decoder(cfg, self.token_embedder, self.family)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
              prompt_inputs: Mapping[str, Array] | None = None) -> Array:
-    if self.encoder_first_pass:
+    if family_of(self).encoder_first_pass:
       first = self.encoder(encoder_input_tokens, False, use_prompt=False)
       prompt_inputs = {**(prompt_inputs or {}), "first_pass": jax.lax.stop_gradient(first)}
     return self.encoder(encoder_input_tokens, enable_dropout, prompt_inputs)
@@ -324,6 +291,13 @@ class EncoderDecoder(nn.Module):
     return self.decoder(encoded, self.encoder.mask_tokens(encoder_input_tokens), decoder_input_tokens,
                         decoder_target_tokens, enable_dropout, decode, max_decode_length)
 
+  def forward(self, encoder_input_tokens: Array, decoder_input_tokens: Array, decoder_target_tokens: Array,
+              enable_dropout: bool = False, prompt_inputs: Mapping[str, Array] | None = None) -> tuple[Array, Array]:
+    """Teacher-forced (encoder outputs, float32 logits), for losses that read both."""
+    encoded = self.encode(encoder_input_tokens, enable_dropout, prompt_inputs)
+    return encoded, self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                                enable_dropout)
+
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, decoder_target_tokens: Array,
                enable_dropout: bool = False, decode: bool = False, max_decode_length: int | None = None,
                prompt_inputs: Mapping[str, Array] | None = None) -> Array:
@@ -333,16 +307,16 @@ class EncoderDecoder(nn.Module):
                        enable_dropout, decode, max_decode_length)
 
 
-def abstract_variables(config: T5Config, prompt_factory: Callable[[], nn.Module] | None = None,
+def abstract_variables(config: T5Config, family: PromptFamily | None = None,
                        batch: int = 1, input_length: int = 4, target_length: int = 4) -> dict:
   """Shapes, dtypes and logical-axis metadata of every variable, without allocating any (`jax.eval_shape`)."""
-  model = EncoderDecoder(config, prompt_factory)
+  model = EncoderDecoder(config, family)
   enc = jnp.ones((batch, input_length), jnp.int32)
   dec = jnp.ones((batch, target_length), jnp.int32)
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), enc, dec, dec))
 
 
-def num_params(config: T5Config, prompt_factory: Callable[[], nn.Module] | None = None) -> int:
+def num_params(config: T5Config, family: PromptFamily | None = None) -> int:
   """Number of parameters of the model (counted from the real tree, not a formula)."""
-  params = nn.meta.unbox(abstract_variables(config, prompt_factory)["params"])
+  params = nn.meta.unbox(abstract_variables(config, family)["params"])
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))

@@ -10,13 +10,13 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.family import TASK_IDS, PromptFamily
 from prompt_tuning.runtime.configs import DatasetConfig
-from prompt_tuning.runtime.models import PROMPT_FEATURES, EncoderDecoderModel
+from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.optim import merge_trainable
-from prompt_tuning.serving import prompt_bank
 
-MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                  "decoder_loss_weights") + PROMPT_FEATURES
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                  TASK_IDS)
 
 
 def batched_indexed(ds: tf.data.Dataset, batch_size: int):
@@ -105,7 +105,8 @@ def make_evaluator(cfg: DatasetConfig, model: EncoderDecoderModel, log_dir: str 
                    loggers: Sequence[type] | None = None) -> seqio.Evaluator:
   """`seqio.Evaluator` over the config's task/mixture with T5X's loggers (python log, TensorBoard, JSONL).
 
-  With a model prompted by a bank named by task, each task's examples carry its task id (its own prompt).
+  When the model's family picks prompts by task name (a bank of task prompts), each task's examples carry their
+  task id.
   """
   if loggers is None:
     loggers = (seqio.PyLoggingLogger, seqio.TensorBoardLogger, seqio.JSONLogger) if log_dir else ()
@@ -114,18 +115,22 @@ def make_evaluator(cfg: DatasetConfig, model: EncoderDecoderModel, log_dir: str 
       feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
       eval_split=cfg.split, use_cached=cfg.use_cached, seed=cfg.seed, sequence_length=cfg.task_feature_lengths,
       shuffle=cfg.shuffle, logger_cls=loggers, log_dir=log_dir, use_memory_cache=cfg.use_memory_cache)
-  task_ids = prompt_bank.task_ids_of(model.module)
-  if task_ids:
+  if model.family.task_names:
     datasets = evaluator.cached_model_datasets  # {task: enumerated model features}, updated in place
     for task in evaluator.eval_tasks:
-      tid = prompt_bank.task_id(task.name, task_ids)
-      datasets[task.name] = datasets[task.name].map(lambda i, ex, tid=tid: (i, add_task_id(ex, tid)))
+      tid = model.family.task_id(task.name)
+      datasets[task.name] = datasets[task.name].map(lambda i, ex, tid=tid: (i, _tagged(ex, tid)))
   return evaluator
 
 
-def add_task_id(features: Mapping[str, tf.Tensor], task_id: int) -> dict[str, tf.Tensor]:
-  """The example's features plus its task id, which picks its prompt from a `serving.prompt_bank.PromptBank`."""
-  return {**features, prompt_bank.TASK_IDS: tf.constant(task_id, tf.int32)}
+def _tagged(features: Mapping[str, tf.Tensor], task_id: int) -> dict[str, tf.Tensor]:
+  return {**features, TASK_IDS: tf.constant(task_id, tf.int32)}
+
+
+def with_task_id(features: tf.data.Dataset, family: PromptFamily, task_name: str) -> tf.data.Dataset:
+  """`features` with each example's task id (which picks its prompt) when `family` picks prompts by task name."""
+  tid = family.task_id(task_name)
+  return features if tid is None else features.map(lambda ex: _tagged(ex, tid))
 
 
 def run_evaluation(evaluator: seqio.Evaluator, runner: InferenceRunner, step: int) -> dict[str, Any]:

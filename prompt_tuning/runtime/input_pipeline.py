@@ -10,10 +10,11 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.runtime.configs import DatasetConfig
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(UserError):
   """No SeqIO task or mixture has the given name."""
 
 

@@ -1,12 +1,16 @@
-"""The model wrapper (T5X `EncoderDecoderModel`): loss, per-example scores and decoding around a flax module."""
+"""The model wrapper (T5X `EncoderDecoderModel`): loss, per-example scores and decoding around a flax module.
+
+What the module's prompt family adds (`prompt_tuning.family`) reaches the wrapper through that one object: the
+batch features its prompt reads, its extra loss terms and its inference hooks.
+"""
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning.family import ForwardOutputs, PromptFamily, family_of
 from prompt_tuning.models.t5 import EncoderDecoder
 from prompt_tuning.runtime import decoding, losses
 
@@ -16,20 +20,16 @@ if TYPE_CHECKING:
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Mapping[str, Any]
-# Batch features handed to the prompt module (e.g. a task id per example for mixed-task batches).
-PROMPT_FEATURES = ("task_ids",)
 
 
-def prompt_inputs(batch: Batch) -> dict[str, Array]:
-  return {k: batch[k] for k in PROMPT_FEATURES if k in batch}
+class _FamilyFeatureConverter:
+  """`seqio.EncDecFeatureConverter`, passing the family's batch features through; looked up on first use, so
+  importing the model does not import TensorFlow."""
 
-
-class _SeqioEncDecConverter:
-  """`seqio.EncDecFeatureConverter`, looked up on first use: importing the model does not import TensorFlow."""
-
-  def __get__(self, obj: Any, owner: type | None = None) -> type:
-    import seqio  # pylint: disable=import-outside-toplevel
-    return seqio.EncDecFeatureConverter
+  def __get__(self, obj: Any, owner: type | None = None) -> Callable[..., Any]:
+    from prompt_tuning.runtime import feature_converters  # pylint: disable=import-outside-toplevel
+    features = family_of(obj.module).batch_features if obj is not None else ()
+    return feature_converters.enc_dec_converter(features)
 
 
 class EncoderDecoderModel:
@@ -39,7 +39,7 @@ class EncoderDecoderModel:
   `decoder_target_tokens`, `decoder_loss_weights`.
   """
 
-  FEATURE_CONVERTER_CLS: Any = _SeqioEncDecConverter()  # an instance may set its own (multi-task ids)
+  FEATURE_CONVERTER_CLS: Any = _FamilyFeatureConverter()  # an instance may set its own
 
   def __init__(self, module: EncoderDecoder, input_vocabulary: seqio.Vocabulary | None = None,
                output_vocabulary: seqio.Vocabulary | None = None,
@@ -58,6 +58,14 @@ class EncoderDecoderModel:
     if "num_decodes" not in self.default_decoder_params:
       self.default_decoder_params["num_decodes"] = 1  # T5X's DecoderParams default
 
+  @property
+  def family(self) -> PromptFamily:
+    return family_of(self.module)
+
+  def prompt_inputs(self, batch: Batch) -> dict[str, Array]:
+    """The batch features the family's prompt reads (e.g. task ids)."""
+    return self.family.prompt_inputs(batch)
+
   # ------------------------------------------------------------------------------------------- parameters
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]) -> dict:
     """Boxed variables (with logical axes) for inputs of the given shapes; used under `jax.eval_shape` too."""
@@ -70,22 +78,46 @@ class EncoderDecoderModel:
     rngs = None if dropout_rng is None else {"dropout": dropout_rng}
     return self.module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                              batch["decoder_target_tokens"], enable_dropout=dropout_rng is not None, rngs=rngs,
-                             prompt_inputs=prompt_inputs(batch))
+                             prompt_inputs=self.prompt_inputs(batch))
 
-  def loss_fn(self, params: Params, batch: Batch, dropout_rng: Array | None) -> tuple[Array, dict[str, Array]]:
+  def compute_outputs(self, params: Params, batch: Batch, dropout_rng: Array | None = None,
+                      module: EncoderDecoder | None = None) -> tuple[Array, Array]:
+    """(encoder outputs, logits) of `module` (default: this model's), for loss terms that read both."""
+    module = module or self.module
+    rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+    return module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                        batch["decoder_target_tokens"], dropout_rng is not None, family_of(module).prompt_inputs(batch),
+                        method=module.forward, rngs=rngs)
+
+  def task_loss(self, logits: Array, batch: Batch) -> tuple[Array, dict[str, Array]]:
     """Summed (or normalised) cross-entropy over target tokens, and T5X's base metrics."""
-    logits = self.compute_logits(params, batch, dropout_rng)
     factor, weights = losses.get_loss_normalizing_factor_and_weights(self.loss_normalizing_factor, batch)
     loss, z_loss, _ = losses.compute_weighted_cross_entropy(
         logits, batch["decoder_target_tokens"], weights, self.label_smoothing, self.z_loss, factor)
     metrics = losses.compute_base_metrics(logits, batch["decoder_target_tokens"], weights, loss, z_loss)
     return loss, metrics
 
+  def loss_fn(self, params: Params, batch: Batch, dropout_rng: Array | None) -> tuple[Array, dict[str, Array]]:
+    """The task loss plus the family's loss terms (each adds its value and its metrics)."""
+    terms = self.family.loss_terms
+    if not terms:
+      return self.task_loss(self.compute_logits(params, batch, dropout_rng), batch)
+    encoded, logits = self.compute_outputs(params, batch, dropout_rng)
+    loss, metrics = self.task_loss(logits, batch)
+    outputs, total = ForwardOutputs(encoded, logits, loss), loss
+    for term in terms:
+      value, extra = term(self, params, batch, outputs, dropout_rng)
+      total, metrics = total + value, {**metrics, **extra}
+    return total, metrics
+
   def score_batch(self, params: Params, batch: Batch) -> Array:
     """[B] summed target log-likelihood (no z-loss, no smoothing): rank classification."""
-    logits = self.compute_logits(params, batch)
-    weights = batch.get("decoder_loss_weights", batch["decoder_target_tokens"] > 0)
-    return losses.token_log_likelihoods(logits, batch["decoder_target_tokens"], weights)
+    hooks = self.family.inference
+    rows = batch if hooks is None else hooks.expand_batch(batch)
+    logits = self.compute_logits(params, rows)
+    weights = rows.get("decoder_loss_weights", rows["decoder_target_tokens"] > 0)
+    scores = losses.token_log_likelihoods(logits, rows["decoder_target_tokens"], weights)
+    return scores if hooks is None else hooks.reduce_scores(scores)
 
   # ------------------------------------------------------------------------------------------- decoding
   def _init_cache(self, params: Params, batch_size: int, enc_len: int, dec_len: int,
@@ -101,17 +133,30 @@ class EncoderDecoderModel:
                              return_all_decodes: bool = False,
                              num_decodes: int | None = None) -> tuple[Array, dict[str, Array]]:
     """Decode `decoder_input_tokens.shape[1]` tokens; returns the best (or all) decodes and their scores."""
+    hooks = self.family.inference
+    if hooks is not None:
+      if return_all_decodes:
+        raise ValueError("This model's prompt family returns one decode per example (e.g. a prompt ensemble); "
+                         "leave return_all_decodes=False.")
+      decodes, aux = self._predict(params, hooks.expand_batch(batch), rng, decoder_params, False, num_decodes)
+      eos_id = getattr(self.output_vocabulary, "eos_id", None) or 1
+      best, scores = hooks.reduce_decodes(decodes, aux["scores"], eos_id)
+      return best, {"scores": scores}
+    return self._predict(params, batch, rng, decoder_params, return_all_decodes, num_decodes)
+
+  def _predict(self, params: Params, batch: Batch, rng: Array | None, decoder_params: Mapping[str, Any] | None,
+               return_all_decodes: bool, num_decodes: int | None) -> tuple[Array, dict[str, Array]]:
     enc_tokens = batch["encoder_input_tokens"]
     dec_len = batch["decoder_input_tokens"].shape[1]
     params_dec = {**self.default_decoder_params, **(decoder_params or {})}
     if num_decodes is not None:
       params_dec["num_decodes"] = num_decodes
     n = params_dec["num_decodes"]
-    encoded = self.module.apply({"params": params}, enc_tokens, prompt_inputs=prompt_inputs(batch),
+    encoded = self.module.apply({"params": params}, enc_tokens, prompt_inputs=self.prompt_inputs(batch),
                                 method=self.module.encode)
     encoded = decoding.flat_batch_beam_expand(encoded, n)
     enc_tokens_n = decoding.flat_batch_beam_expand(enc_tokens, n)
-    cache = self._init_cache(params, enc_tokens.shape[0], enc_tokens.shape[1], dec_len, prompt_inputs(batch))
+    cache = self._init_cache(params, enc_tokens.shape[0], enc_tokens.shape[1], dec_len, self.prompt_inputs(batch))
 
     def tokens_to_logits(state: decoding.DecodingState):
       logits, mutated = self.module.apply(
@@ -129,8 +174,3 @@ class EncoderDecoderModel:
 
   def predict_batch(self, params: Params, batch: Batch, rng: Array | None = None, **kwargs) -> Array:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
-
-
-def bind_decoding(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
-  """A decode function with some arguments fixed (e.g. `alpha` for beam search) for gin/Python users."""
-  return functools.partial(fn, **kwargs)

@@ -27,6 +27,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from prompt_tuning.family import PROMPT_AXIS_RULES
+
 LogicalAxisRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 MESH_AXES = ("data", "model")
 HYBRID_MESH_AXES = ("replica", "data", "model")
@@ -61,10 +63,9 @@ def standard_logical_axis_rules(activation_partitioning_dims: int = 1, parameter
   return tuple(rules)
 
 
-def prompt_logical_axis_rules(multi_task: bool = False) -> LogicalAxisRules:
-  """Prompts stay replicated; `multi_task=True` also covers multi-task prompts ('tasks', 'langs', 'prompt+embed')."""
-  rules = (("prompt", None), ("prompt_embed", None))
-  return rules + ((("tasks", None), ("langs", None), ("prompt+embed", None)) if multi_task else ())
+def prompt_logical_axis_rules() -> LogicalAxisRules:
+  """The plain prompt's rules: it stays replicated. A family declares its own (`PromptFamily.logical_axis_rules`)."""
+  return PROMPT_AXIS_RULES
 
 
 def default_logical_axis_rules() -> LogicalAxisRules:
@@ -220,6 +221,11 @@ class Partitioner:
     rules = default_logical_axis_rules() if logical_axis_rules is None else logical_axis_rules
     self.logical_axis_rules: LogicalAxisRules = tuple(
         (rule[0], self.data_axes) if hybrid and rule[0] == "batch" else tuple(rule) for rule in rules)
+
+  def add_logical_axis_rules(self, rules: Sequence[tuple[str, Any]]) -> None:
+    """Append `rules` (e.g. a prompt family's) for logical axes the table does not name yet; its own rules win."""
+    known = {rule[0] for rule in self.logical_axis_rules}
+    self.logical_axis_rules += tuple(tuple(rule) for rule in rules if rule[0] not in known)
 
   @property
   def data_partition_spec(self) -> PartitionSpec:

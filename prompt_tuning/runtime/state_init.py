@@ -40,7 +40,9 @@ def build_run_params(model: EncoderDecoderModel, partitioner: Any, input_shapes:
                      restore: RestoreCheckpointConfig | None, trainable_regexes: Sequence[str],
                      rng: jax.Array) -> RunParams:
   """Frozen weights from `restore.path` (T5X / Orbax / HF); the rest (e.g. the prompt) freshly initialised,
-  created directly with their shardings; then split into trainable and frozen."""
+  created directly with their shardings; then split into trainable and frozen. The partitioner takes on the model's
+  family's logical-axis rules."""
+  partitioner.add_logical_axis_rules(model.family.logical_axis_rules)
   boxed = jax.eval_shape(lambda key: model.get_initial_variables(key, input_shapes), rng)["params"]
   shardings = partitioner.params_shardings(boxed)
   abstract = nn.meta.unbox(boxed)

@@ -1,8 +1,9 @@
 """A bank of trained prompts `[T, P, d]` on one frozen model; each example uses the prompt its task id picks.
 
-A bank named by task (a mapping task name -> prompt) serves a mixture: `eval` and `infer` give each example the
-id of its task (its position in the mapping), so one batch can mix tasks. An unnamed bank (a list of prompts)
-holds the members of an ensemble (`serving.ensemble`). Prompts come from `.npy` files or from checkpoints.
+A bank named by task (a mapping task name -> prompt) serves a mixture: its family names the tasks
+(`task_names`), so `eval` and `infer` give each example the id of its task (its position in the mapping) and one
+batch can mix tasks. An unnamed bank (a list of prompts) holds the members of an ensemble (`serving.ensemble`).
+Prompts come from `.npy` files or from checkpoints.
 """
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ import numpy as np
 from etils import epath
 
 from prompt_tuning import prompts
+from prompt_tuning.family import PROMPT_PATH
 
 Array = jax.Array
-PROMPT_VARIABLE = "encoder/prompt/prompt/prompt"  # where a prompt-tuning run keeps its prompt
-TASK_IDS = "task_ids"  # the batch feature (one of runtime.models.PROMPT_FEATURES) that selects a prompt
 
 
-def load_prompt(path: str, variable_path: str = PROMPT_VARIABLE) -> Callable[[], np.ndarray]:
+def load_prompt(path: str, variable_path: str = PROMPT_PATH) -> Callable[[], np.ndarray]:
   """Lazily read one prompt `[P, d]`: a `.npy` file (any suffix), or `variable_path` of a checkpoint dir
   (`checkpoint_<step>` of a T5X or prompt-tuning run, or a model dir: its latest checkpoint)."""
 
@@ -99,30 +99,13 @@ class PromptBank(nn.Module):
     if task_ids is None:
       if self.num_prompts > 1 and not self.is_initializing():
         raise ValueError(f"This PromptBank holds {self.num_prompts} prompts and needs `task_ids` (one per example): "
-                         "serve tasks named in the bank, or wrap the model in serving.ensemble.PromptEnsembleModel.")
+                         "serve tasks named in the bank, or use serving/ensemble.gin (PromptFamily.inference = PromptEnsemble).")
       task_ids = jnp.zeros(embedded.shape[:1], jnp.int32)
     picked = jnp.take(self.bank, task_ids, axis=0, mode="fill", fill_value=jnp.nan)
     return picked.astype(self.dtype)
 
 
-def find_bank(module: Any) -> PromptBank | None:
-  """The `PromptBank` that `module` (an `EncoderDecoder`) prompts its encoder with, or None."""
-  factory = getattr(module, "prompt_factory", None)
-  if factory is None:
-    return None
-  prompt = factory()
-  prompt = getattr(prompt, "prompt", prompt)  # `PromptedInputs` wraps the prompt
-  return prompt if isinstance(prompt, PromptBank) else None
-
-
-def task_ids_of(module: Any) -> dict[str, int]:
-  """{task name: task id} of the named bank `module` serves; {} without a bank or with an unnamed one."""
-  bank = find_bank(module)
-  return {name: i for i, name in enumerate(bank.task_names)} if bank is not None else {}
-
-
-def task_id(task_name: str, task_ids: Mapping[str, int]) -> int:
-  if task_name not in task_ids:
-    raise ValueError(f"Task {task_name!r} has no prompt in the bank, which serves {list(task_ids)}; add it to "
-                     "BANK_PROMPTS or leave it out of the mixture.")
-  return task_ids[task_name]
+def task_names(prompts_by_task: Mapping[str, Any] | Sequence[Any]) -> tuple[str, ...]:
+  """`PromptFamily.task_names` of a bank: its task names in order (a task's id is its position), or () for an
+  unnamed bank (a list of prompts)."""
+  return tuple(prompts_by_task) if isinstance(prompts_by_task, Mapping) else ()

@@ -5,6 +5,8 @@ import re
 
 from etils import epath
 
+from prompt_tuning.errors import UserError
+
 T5X, ORBAX, HF, TF = "t5x", "orbax", "hf", "tf"
 FORMATS = {
     T5X: "T5X native: checkpoint_<step>/ with a msgpack 'checkpoint' file and zarr dirs",
@@ -19,7 +21,7 @@ _TF_MAGIC = b"model_checkpoint_path"
 _MSGPACK_MAP_PREFIXES = (*range(0x80, 0x90), 0xDE, 0xDF)  # fixmap, map16, map32
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(UserError, FileNotFoundError):
   """There is no checkpoint at the given path."""
 
   def __init__(self, path: epath.PathLike, detail: str = ""):
@@ -30,7 +32,7 @@ class CheckpointNotFoundError(FileNotFoundError):
         "with config.json and *.safetensors, or a TensorFlow checkpoint prefix (with a .index file).")
 
 
-class UnknownCheckpointFormatError(ValueError):
+class UnknownCheckpointFormatError(UserError):
   """The path exists but holds no checkpoint format we can read."""
 
   def __init__(self, path: epath.PathLike):

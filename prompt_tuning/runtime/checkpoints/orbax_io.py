@@ -21,6 +21,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
+from prompt_tuning.family import PROMPT_REGEX
+
 STATE, DATASET = "state", "dataset"
 
 
@@ -106,7 +108,7 @@ class RunCheckpointer:
   """Orbax `CheckpointManager` over MODEL_DIR with T5X's `checkpoint_<step>` naming."""
 
   def __init__(self, model_dir: str, keep: int | None = None, use_async: bool = False,
-               export_regexes: Sequence[str] = (".*/prompt/.*",)):
+               export_regexes: Sequence[str] = (PROMPT_REGEX,)):
     self.model_dir = _absolute(model_dir)
     self.export_regexes = tuple(export_regexes)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix="checkpoint", create=True,

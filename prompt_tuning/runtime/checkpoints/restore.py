@@ -12,13 +12,14 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.runtime.checkpoints import formats
 from prompt_tuning.runtime.checkpoints.t5x_native import load_t5x_checkpoint, load_variable
 
 Params = dict[str, Any]
 
 
-class ParamTreeMismatchError(ValueError):
+class ParamTreeMismatchError(UserError):
   """The checkpoint's parameter tree does not fit the model's."""
 
 
@@ -141,11 +142,6 @@ def write_frozen_source(model_dir: str, path: str, step: int | None,
   tmp = target.parent / f".{FROZEN_SOURCE_FILE}.tmp"
   tmp.write_text(json.dumps(record, indent=1))
   tmp.replace(target)
-
-
-def frozen_source(path: str, step: int | None = None) -> dict[str, Any] | None:
-  """The frozen-weights record of the run that wrote the Orbax checkpoint at `path` (None for other checkpoints)."""
-  return _frozen_record(*formats.resolve_checkpoint(path, step))
 
 
 def _frozen_record(fmt: str, location: epath.Path) -> dict[str, Any] | None:
