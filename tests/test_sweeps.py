@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cli_utils import BYTE_VOCAB_ROWS, TESTS_DIR, cli_env, write_tiny_t5x_checkpoint
-from launch.tpu import tpu
+from prompt_tuning.launch import tpu
 from prompt_tuning.models import get_config, t5
 from prompt_tuning.sweeps import backends, collect, plots
 from prompt_tuning.sweeps import cli as sweeps_cli
@@ -156,29 +156,29 @@ def test_local_backend_skips_done_runs(tmp_path, capsys):
   assert shlex.split(lines[0])[:3] == [sys.executable, "-m", "prompt_tuning.train"]
 
 
-def test_tpu_backend_dry_run_lines_are_launch_tpu_commands(capsys):
+def test_tpu_backend_dry_run_lines_are_gcloud_ssh_commands(capsys):
   spec = Spec(RAW)
   assert backends.run_tpu(spec, dry_run=True) == []
   lines = [shlex.split(l) for l in capsys.readouterr().out.splitlines()]
   assert len(lines) == len(spec.commands())
-  first, pd = lines[0], next(l for l in lines if "--module=prompt_tuning.eval" in l)
-  assert first[1:5] == ["-m", "launch.tpu", "run", "--name=tpu-b"]  # pretraining of b, on b's TPU
-  assert "--job=pretrain.b" in first and "--foreground" in first  # a TPU runs its jobs one after another
-  argv = pd[pd.index("run"):]
-  args = tpu.parser().parse_args(argv[:argv.index("--")] + ["--dry-run"] + argv[argv.index("--"):])
-  (ssh,) = tpu.commands_for(args)
-  remote = shlex.split(ssh[-1][len("--command="):])
-  expected = spec.command(Run("sent", pd[4][len("--name=tpu-"):], "prompt_design", 0))
-  assert remote[remote.index("-m") + 1] == "prompt_tuning.eval"
-  assert remote[remote.index("-m") + 2:][:len(expected.flags)] == list(expected.flags)
+  remotes = [shlex.split(l[-1][len("--command="):]) for l in lines]
+  assert lines[0][:6] == [*tpu.GCLOUD_TPU, "ssh", "tpu-b"]  # pretraining of b, on b's TPU
+  assert "--zone=us-central2-b" in lines[0] and "--worker=all" in lines[0]
+  assert remotes[0][-3:] == ["|", "tee", "~/jobs/pretrain.b.log"]  # foreground: a TPU runs its jobs in turn
+  i = next(i for i, r in enumerate(remotes) if "prompt_tuning.eval" in r)
+  expected = spec.command(Run("sent", lines[i][5][len("tpu-"):], "prompt_design", 0))
+  start = remotes[i].index("python3")
+  assert remotes[i][start:start + 3 + len(expected.flags) + 1] == [
+      "python3", "-m", "prompt_tuning.eval", *expected.flags, "--multiprocess"]
+  assert lines[i] == backends.tpu_argv(spec, expected)
 
 
 def test_tpu_backend_runs_each_tpu_queue_in_order(tmp_path):
   spec = Spec(RAW, output_dir=str(tmp_path))
   calls: list[list[str]] = []
   assert backends.run_tpu(spec, runner=lambda argv: calls.append(list(argv)) or 0) == []
-  names = [a[4] for a in calls]
-  assert names[0] == "--name=tpu-b" and sorted(set(names)) == ["--name=tpu-a", "--name=tpu-b"]
+  names = [a[5] for a in calls]
+  assert names[0] == "tpu-b" and sorted(set(names)) == ["tpu-a", "tpu-b"]
   assert all(backends.is_done(c) for c in spec.commands())
   calls.clear()
   backends.run_tpu(spec, runner=lambda argv: calls.append(list(argv)) or 0)
