@@ -112,7 +112,8 @@ def test_custom_train_method_runs_its_own_gin_files():
   assert "PROMPT_LENGTH" not in flag_values(ia3.flags)
   files, run_gin, bindings = spec.train_config(spec.runs()[1])
   assert [f"--gin_file={f}" for f in (*files, run_gin)] == [f for f in prefix.flags if f.startswith("--gin_file=")]
-  assert [f"--gin.{k}={gin_value(v)}" for k, v in bindings.items()] == [f for f in prefix.flags if f.startswith("--gin.")]
+  assert [f"--gin.{k}={gin_value(v)}" for k, v in bindings.items()] == [
+      f for f in prefix.flags if f.startswith("--gin.")]
 
 
 def test_pretraining_runs_first_for_sizes_without_a_checkpoint():

@@ -4,7 +4,8 @@ prompt initialisers for prompt tuning), each a train or eval CLI command with it
 Methods: `prompt_tuning` (a soft prompt on the frozen model), `model_tuning` (every weight trains) and
 `prompt_design` (a text prompt with `NUM_SHOTS` solved examples and no training, scored by the eval CLI); a
 method of another name is a custom train run with its own `model_gin`, `gin_files` and `run_gin` (e.g. a prompt
-family of gin_configs/families/). The format is documented in docs/scaling.md; `{output_dir}` in any string is replaced by the output folder.
+family of gin_configs/families/). The format is documented in docs/scaling.md; `{output_dir}` in any string is
+replaced by the output folder.
 """
 from __future__ import annotations
 
