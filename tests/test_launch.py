@@ -11,9 +11,7 @@ import sys
 
 import pytest
 
-from launch.gpu import gpu
-from launch.local import local
-from launch.tpu import tpu
+from prompt_tuning.launch import gpu, local, tpu
 
 GIN = ["--gin_file=models/t5_1_1_xl_prompt.gin", "--gin_file=runs/prompt_finetune.gin",
        "--gin.MODEL_DIR='gs://bucket/runs/rte'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 8}"]
@@ -204,7 +202,7 @@ def test_sbatch_script_renders_valid_bash(tmp_path, capsys):
   assert "--account" not in out
   (srun,) = [l for l in out.splitlines() if l.startswith("srun ")]
   words = shlex.split(srun)
-  assert words[:5] == ["srun", "--kill-on-bad-exit=1", "python", "-m", "launch.gpu"]
+  assert words[:5] == ["srun", "--kill-on-bad-exit=1", "python", "-m", "prompt_tuning.launch.gpu"]
   assert words[words.index("--") + 1:] == GIN
   script = tmp_path / "rte.sbatch"
   script.write_text(out)

@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 
 from cli_utils import MODEL_FLAGS, TASK_FLAGS, cli_command, cli_env, write_tiny_t5x_checkpoint
-from launch.local import local
+from prompt_tuning.launch import local
 
 PROMPT_FILE = "numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.prompt.npy"
 # The prompt after a few Adafactor steps at learning rate 0.3 moves by ~0.1-1 per entry; two processes only

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cli_utils import BYTE_VOCAB_ROWS, TESTS_DIR, cli_env, write_tiny_t5x_checkpoint
-from launch.tpu import tpu
+from prompt_tuning.launch import tpu
 from prompt_tuning.models import get_config, t5
 from prompt_tuning.sweeps import backends, collect, plots
 from prompt_tuning.sweeps import cli as sweeps_cli
@@ -87,6 +87,35 @@ def test_model_tuning_and_prompt_design_commands():
   assert "MIXTURE_OR_TASK_NAME" not in values and "MODEL_DIR" not in values
 
 
+def test_custom_train_method_runs_its_own_gin_files():
+  raw = copy.deepcopy(RAW)
+  raw["methods"]["prefix"] = {"model_gin": "models/t5_1_1_prompt.gin", "gin_files": ["families/prefix.gin"],
+                              "run_gin": "runs/prompt_finetune.gin",
+                              "bindings": {"PROMPT_LENGTH": 5, "LEARNING_RATE": 0.01}}
+  raw["methods"]["ia3"] = {"gin_files": ["families/ia3.gin"], "run_gin": "runs/ia3_finetune.gin"}
+  assert Spec({**raw, "grids": None}).method_names() == [
+      "prompt_tuning", "model_tuning", "prompt_design", "prefix", "ia3"]  # built-in first, then the spec's order
+  raw["grids"] = [{"name": "families", "methods": ["model_tuning", "prefix", "ia3"], "sizes": ["a"], "seeds": [0]}]
+  spec = Spec(raw)
+  assert [r.run_id for r in spec.runs()] == ["sent/a/model_tuning/seed0", "sent/a/prefix/seed0", "sent/a/ia3/seed0"]
+  prefix, ia3 = (spec.command(r) for r in spec.runs()[1:])
+  assert prefix.module == "train" and [f for f in prefix.flags if f.startswith("--gin_file=")] == [
+      "--gin_file=models/t5_1_1_prompt.gin", "--gin_file=sweeps/sizes/micro_s.gin", "--gin_file=sweeps/demo_vocab.gin",
+      "--gin_file=families/prefix.gin", "--gin_file=runs/prompt_finetune.gin"]
+  values = flag_values(prefix.flags)
+  assert values["MODEL_DIR"] == "'/out/sent/a/prefix/seed0'" and values["RANDOM_SEED"] == values["SHUFFLE_SEED"] == "0"
+  assert values["INITIAL_CHECKPOINT_PATH"] == "'/ckpt/a/checkpoint_5'" and values["CLASS_LABELS"] == (
+      "['negative', 'positive']")
+  assert values["PROMPT_LENGTH"] == "5" and values["LEARNING_RATE"] == "0.01"  # the method's bindings win
+  assert ia3.flags[0] == "--gin_file=models/t5_1_1.gin" and ia3.flags[3:5] == (
+      "--gin_file=families/ia3.gin", "--gin_file=runs/ia3_finetune.gin")
+  assert "PROMPT_LENGTH" not in flag_values(ia3.flags)
+  files, run_gin, bindings = spec.train_config(spec.runs()[1])
+  assert [f"--gin_file={f}" for f in (*files, run_gin)] == [f for f in prefix.flags if f.startswith("--gin_file=")]
+  assert [f"--gin.{k}={gin_value(v)}" for k, v in bindings.items()] == [
+      f for f in prefix.flags if f.startswith("--gin.")]
+
+
 def test_pretraining_runs_first_for_sizes_without_a_checkpoint():
   commands = Spec(RAW).commands()
   assert [c.run_id for c in commands[:1]] == ["pretrain/b"]
@@ -104,6 +133,9 @@ def test_output_dir_placeholder_and_override():
 
 @pytest.mark.parametrize("change,message", [
     (lambda r: r["methods"].update(fine_tuning={}), "Unknown method 'fine_tuning'"),
+    (lambda r: r["methods"].update({"a/b": {"run_gin": "runs/finetune.gin"}}), "Custom method 'a/b' needs a name"),
+    (lambda r: r["methods"].update(x={"run_gin": "r.gin", "gin_file": []}), "takes only ['bindings', 'gin_files'"),
+    (lambda r: r["methods"]["model_tuning"].update(run_gin="r.gin"), "Method 'model_tuning' takes only 'bindings'"),
     (lambda r: r["grids"].append({"name": "x", "lengths": [1]}), "Unknown grid keys ['lengths']"),
     (lambda r: r["grids"].append({"name": "x", "sizes": ["c"]}), "unknown sizes ['c']"),
     (lambda r: r.pop("pretrain"), "Size 'b' needs 'checkpoint'"),
@@ -156,29 +188,29 @@ def test_local_backend_skips_done_runs(tmp_path, capsys):
   assert shlex.split(lines[0])[:3] == [sys.executable, "-m", "prompt_tuning.train"]
 
 
-def test_tpu_backend_dry_run_lines_are_launch_tpu_commands(capsys):
+def test_tpu_backend_dry_run_lines_are_gcloud_ssh_commands(capsys):
   spec = Spec(RAW)
   assert backends.run_tpu(spec, dry_run=True) == []
   lines = [shlex.split(l) for l in capsys.readouterr().out.splitlines()]
   assert len(lines) == len(spec.commands())
-  first, pd = lines[0], next(l for l in lines if "--module=prompt_tuning.eval" in l)
-  assert first[1:5] == ["-m", "launch.tpu", "run", "--name=tpu-b"]  # pretraining of b, on b's TPU
-  assert "--job=pretrain.b" in first and "--foreground" in first  # a TPU runs its jobs one after another
-  argv = pd[pd.index("run"):]
-  args = tpu.parser().parse_args(argv[:argv.index("--")] + ["--dry-run"] + argv[argv.index("--"):])
-  (ssh,) = tpu.commands_for(args)
-  remote = shlex.split(ssh[-1][len("--command="):])
-  expected = spec.command(Run("sent", pd[4][len("--name=tpu-"):], "prompt_design", 0))
-  assert remote[remote.index("-m") + 1] == "prompt_tuning.eval"
-  assert remote[remote.index("-m") + 2:][:len(expected.flags)] == list(expected.flags)
+  remotes = [shlex.split(l[-1][len("--command="):]) for l in lines]
+  assert lines[0][:6] == [*tpu.GCLOUD_TPU, "ssh", "tpu-b"]  # pretraining of b, on b's TPU
+  assert "--zone=us-central2-b" in lines[0] and "--worker=all" in lines[0]
+  assert remotes[0][-3:] == ["|", "tee", "~/jobs/pretrain.b.log"]  # foreground: a TPU runs its jobs in turn
+  i = next(i for i, r in enumerate(remotes) if "prompt_tuning.eval" in r)
+  expected = spec.command(Run("sent", lines[i][5][len("tpu-"):], "prompt_design", 0))
+  start = remotes[i].index("python3")
+  assert remotes[i][start:start + 3 + len(expected.flags) + 1] == [
+      "python3", "-m", "prompt_tuning.eval", *expected.flags, "--multiprocess"]
+  assert lines[i] == backends.tpu_argv(spec, expected)
 
 
 def test_tpu_backend_runs_each_tpu_queue_in_order(tmp_path):
   spec = Spec(RAW, output_dir=str(tmp_path))
   calls: list[list[str]] = []
   assert backends.run_tpu(spec, runner=lambda argv: calls.append(list(argv)) or 0) == []
-  names = [a[4] for a in calls]
-  assert names[0] == "--name=tpu-b" and sorted(set(names)) == ["--name=tpu-a", "--name=tpu-b"]
+  names = [a[5] for a in calls]
+  assert names[0] == "tpu-b" and sorted(set(names)) == ["tpu-a", "tpu-b"]
   assert all(backends.is_done(c) for c in spec.commands())
   calls.clear()
   backends.run_tpu(spec, runner=lambda argv: calls.append(list(argv)) or 0)

@@ -1,5 +1,5 @@
 import sys
 
-from launch.gpu.gpu import main
+from prompt_tuning.launch.gpu import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m launch.gpu"))

@@ -1,5 +1,5 @@
 import sys
 
-from launch.local.local import main
+from prompt_tuning.launch.local import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m launch.local"))

@@ -1,1 +1,2 @@
-"""Cloud TPU VMs and pod slices through `gcloud compute tpus tpu-vm` (`python -m launch.tpu`)."""
+"""Cloud TPU VMs and pod slices through `gcloud compute tpus tpu-vm` (`python -m launch.tpu`): runs
+`prompt_tuning.launch.tpu`."""

@@ -1,5 +1,5 @@
 import sys
 
-from launch.tpu.tpu import main
+from prompt_tuning.launch.tpu import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m launch.tpu"))

@@ -2,9 +2,11 @@ r"""Train every prompt family on one frozen model and task and write a compariso
 
   python -m prompt_tuning.scripts.compare_families [--steps 30] [--output docs/prompt_families_results.md]
 
-Model tuning, prompt tuning and each family of `gin_configs/families/` train through the `prompt_tuning.train`
-CLI (one subprocess each) on the offline demo: the frozen demo model that `make demo` pretrains
-(`artifacts/demo/pretrained-<vocabulary id>`, or `--checkpoint`) and `demo_sentiment`. The table gives the
+Model tuning, prompt tuning and each family of `gin_configs/families/` are the methods of one sweep spec
+(`families_spec`, written to `<output_dir>/spec.json`): `python -m prompt_tuning.sweeps run SPEC --backend=local`
+trains them through the `prompt_tuning.train` CLI on the offline demo: the frozen demo model that `make demo`
+pretrains (`artifacts/demo/pretrained-<vocabulary id>`, or `--checkpoint`) and `demo_sentiment`. Runs already
+done in `--output_dir` are skipped, so rerunning with the same folder only rebuilds the table, which gives the
 validation accuracy after each third of the training steps (how fast each family learns), the trainable
 parameters, the median time per training step (compilation and evaluations excluded) and the
 forward FLOPs each family adds to the frozen model (XLA's count, `prompt_tuning.families.count`).
@@ -17,15 +19,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import logging
 import os
 import pathlib
 import platform
 import re
-import subprocess
 import sys
 import time
-from typing import Sequence
+import unicodedata
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -34,11 +37,16 @@ from prompt_tuning.data import demo
 from prompt_tuning.data import preprocessors as pt_preprocessors
 from prompt_tuning.data import utils as data_utils
 from prompt_tuning.scripts.summarize_run import read_metrics
+from prompt_tuning.sweeps import cli as sweeps_cli
+from prompt_tuning.sweeps.spec import METHODS, Spec, gin_value
 
 TASK = "demo_sentiment"
 SENTINEL_TASK = f"{TASK}_task_index"
 THIS_MODULE = "prompt_tuning.scripts.compare_families"
 PROMPT_MODEL_GIN = "models/t5_1_1_demo_prompt.gin"
+SIZE, SIZE_GIN = "demo", "models/sizes/demo.gin"
+# The demo model gins are the sweep's model gins followed by the size's gin file.
+SPEC_MODEL_GINS = {PROMPT_MODEL_GIN: "models/t5_1_1_prompt.gin", "models/t5_1_1_demo.gin": "models/t5_1_1.gin"}
 DEMO_DIR = "artifacts/demo"
 PROMPT_LENGTH = 10
 WAYWARD_TEXT = "Is this review positive or negative?"
@@ -59,19 +67,26 @@ register_sentinel_task()  # on import: the train subprocesses import this module
 
 @dataclasses.dataclass(frozen=True)
 class Family:
+  """A row of the table and a method of the sweep spec."""
+
   name: str
   paper: str
   gin_files: tuple[str, ...] = ()  # between the model gin and the run gin
-  bindings: tuple[str, ...] = ()
+  bindings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   learning_rate: float = 0.3
   model_gin: str = PROMPT_MODEL_GIN
   run_gin: str = "runs/prompt_finetune.gin"
   task: str = TASK
   prompt_length: int | None = PROMPT_LENGTH  # None: the family's gin sets PROMPT_LENGTH (wayward: the text's)
 
+  @property
+  def method(self) -> str:
+    """Its method in the sweep spec ('IA³' -> 'ia3'): 'model_tuning' and 'prompt_tuning' are the spec's own."""
+    return re.sub(r"[^a-z0-9]+", "_", unicodedata.normalize("NFKD", self.name).lower()).strip("_")
 
-def _multitask(*bindings: str) -> tuple[str, ...]:
-  return ("NUM_TASKS=1", f"SENTINEL_VOCAB_SIZE={demo.vocabulary().vocab_size}", *bindings)
+
+def _multitask() -> dict[str, int]:
+  return {"NUM_TASKS": 1, "SENTINEL_VOCAB_SIZE": demo.vocabulary().vocab_size}
 
 
 FAMILIES = (
@@ -80,7 +95,7 @@ FAMILIES = (
     Family("prompt tuning", "Lester et al. 2021"),
     Family("IDPG: pooled embeddings", "Wu et al. 2022", ("families/instance_pooled.gin",), learning_rate=0.05),
     Family("IDPG: pooled embeddings, PHM n=4", "Wu et al. 2022", ("families/instance_pooled.gin",),
-           ("INSTANCE_PHM=4",), learning_rate=0.05),
+           {"INSTANCE_PHM": 4}, learning_rate=0.05),
     Family("IPT: encoder first pass", "Jiang et al. 2022", ("families/instance_encoder.gin",), learning_rate=0.05),
     Family("IPT: token queries", "Jiang et al. 2022", ("families/instance_token.gin",), learning_rate=0.05),
     Family("multi-task: shared + task (add)", "reference extended/", ("families/multitask.gin",), _multitask(),
@@ -88,10 +103,10 @@ FAMILIES = (
     Family("MPT: shared ⊙ rank-1 task matrix", "Wang et al. 2023", ("families/mpt.gin",), _multitask(),
            task=SENTINEL_TASK),
     Family("deep prompts (replace)", "Liu et al. 2022", ("families/layer_prompts.gin",)),
-    Family("prefix tuning (MLP 64)", "Li & Liang 2021", ("families/prefix.gin",), ("PREFIX_HIDDEN_DIM=64",),
+    Family("prefix tuning (MLP 64)", "Li & Liang 2021", ("families/prefix.gin",), {"PREFIX_HIDDEN_DIM": 64},
            learning_rate=0.01),
     Family("wayward prompts (gamma 0.01)", "Khashabi et al. 2022", ("families/wayward.gin",),
-           (f"PROMPT_TEXT='{WAYWARD_TEXT}'",), prompt_length=None),
+           {"PROMPT_TEXT": WAYWARD_TEXT}, prompt_length=None),
     Family("IA³", "Liu et al. 2022", ("families/ia3.gin",), model_gin="models/t5_1_1_demo.gin",
            run_gin="runs/ia3_finetune.gin", learning_rate=0.3),
 )
@@ -119,24 +134,33 @@ def demo_checkpoint() -> str:
   return str(steps[-1][1])
 
 
-def _gin_args(family: Family) -> list[str]:
-  return [family.model_gin, *family.gin_files]
+def _method(family: Family) -> dict[str, Any]:
+  """The family's method entry in the sweep spec."""
+  length = {} if family.prompt_length is None else {"PROMPT_LENGTH": family.prompt_length}
+  bindings = {**length, **family.bindings, "LEARNING_RATE": family.learning_rate}
+  if family.method in METHODS:  # the spec's own model tuning / prompt tuning on the same gin files
+    return {"bindings": bindings}
+  return {"model_gin": SPEC_MODEL_GINS[family.model_gin], "gin_files": list(family.gin_files),
+          "run_gin": family.run_gin, "bindings": bindings}
 
 
-def _bindings(family: Family) -> list[str]:
-  length = [] if family.prompt_length is None else [f"PROMPT_LENGTH={family.prompt_length}"]
-  return [*length, *family.bindings]
-
-
-def train_command(family: Family, model_dir: pathlib.Path, checkpoint: str, steps: int, batch_size: int) -> list[str]:
-  lengths = dict(demo.SENTIMENT_FEATURE_LENGTHS)
-  flags = [f"--gin_file={f}" for f in [*_gin_args(family), family.run_gin]]
-  bindings = [*_bindings(family), f"MODEL_DIR='{model_dir}'", f"MIXTURE_OR_TASK_NAME='{family.task}'",
-              f"MIXTURE_OR_TASK_MODULE='{THIS_MODULE}'", f"TASK_FEATURE_LENGTHS={lengths}",
-              f"INITIAL_CHECKPOINT_PATH='{checkpoint}'", "TRAIN_STEPS=0", f"TRAIN_STEPS_RELATIVE={steps}",
-              f"BATCH_SIZE={batch_size}", f"LEARNING_RATE={family.learning_rate}", f"EVAL_PERIOD={steps // 3}",
-              "STATS_PERIOD=1", f"SAVE_PERIOD={steps}", "DROPOUT_RATE=0.0"]
-  return [sys.executable, "-m", "prompt_tuning.train", *flags, *[f"--gin.{b}" for b in bindings]]
+def families_spec(families: Sequence[Family], checkpoint: str, steps: int, batch_size: int,
+                  output_dir: str) -> dict[str, Any]:
+  """The sweep spec of the families' runs: one seed each, `steps` steps from `checkpoint`, evaluated every
+  third of them (prompt tuning's initialiser is the model gin's, random uniform)."""
+  tasks = [t for t in (TASK, SENTINEL_TASK) if any(f.task == t for f in families)]
+  return {
+      "name": "prompt families",
+      "output_dir": output_dir,
+      "bindings": {"TASK_FEATURE_LENGTHS": dict(demo.SENTIMENT_FEATURE_LENGTHS), "TRAIN_STEPS": 0,
+                   "TRAIN_STEPS_RELATIVE": steps, "BATCH_SIZE": batch_size, "EVAL_PERIOD": steps // 3,
+                   "STATS_PERIOD": 1, "SAVE_PERIOD": steps, "DROPOUT_RATE": 0.0},
+      "sizes": {SIZE: {"gin_files": [SIZE_GIN], "checkpoint": checkpoint}},
+      "tasks": {t: {"name": t, "module": THIS_MODULE, "metric": "accuracy"} for t in tasks},
+      "methods": {f.method: _method(f) for f in families},
+      "defaults": {"seeds": [0], "prompt_length": PROMPT_LENGTH, "prompt_init": "random_uniform"},
+      "grids": [{"name": t, "tasks": [t], "methods": [f.method for f in families if f.task == t]} for t in tasks],
+  }
 
 
 def median_step_time_ms(model_dir: pathlib.Path) -> float:
@@ -149,22 +173,19 @@ def median_step_time_ms(model_dir: pathlib.Path) -> float:
   return float(np.median([1000.0 / rate for _, rate in rates]))
 
 
-def run_family(family: Family, work_dir: pathlib.Path, checkpoint: str, steps: int, batch_size: int) -> Result:
+def family_result(spec: Spec, family: Family, steps: int) -> Result:
+  """The family's row from its run folder: accuracy after each evaluation, parameters, step time, FLOPs."""
   from prompt_tuning.families import count  # pylint: disable=g-import-not-at-top
-  slug = re.sub(r"[^a-z0-9]+", "_", family.name.lower()).strip("_")
-  model_dir = work_dir / slug
-  command = train_command(family, model_dir, checkpoint, steps, batch_size)
-  print(f"[{family.name}] training {steps} steps ...", file=sys.stderr, flush=True)
-  proc = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  if proc.returncode:
-    raise RuntimeError(f"{family.name}: training failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  (run,) = [r for r in spec.runs() if r.method == family.method]
+  model_dir = pathlib.Path(spec.run_dir(run.run_id))
   rows = read_metrics(str(model_dir))[family.task]
   start = rows[-1]["step"] - steps  # the frozen checkpoint's step: the runs count on from it
   accuracy = [(r["step"] - start, r["accuracy"]) for r in rows]
+  files, run_gin, bindings = spec.train_config(run)
   lengths = demo.SENTIMENT_FEATURE_LENGTHS
-  cost = count.costs_from_gin(_gin_args(family), [*_bindings(family), f"INITIAL_CHECKPOINT_PATH='{checkpoint}'"],
+  cost = count.costs_from_gin(files, [f"{k} = {gin_value(v)}" for k, v in bindings.items()],
                               input_length=lengths["inputs"], target_length=lengths["targets"])
-  trainable = cost.total_params if family.run_gin == "runs/finetune.gin" else cost.trainable_params
+  trainable = cost.total_params if run_gin == "runs/finetune.gin" else cost.trainable_params
   return Result(family, accuracy, trainable, cost.total_params, median_step_time_ms(model_dir),
                 cost.extra_flops_percent)
 
@@ -189,8 +210,9 @@ def table(results: Sequence[Result], command: str, checkpoint: str, steps: int, 
   for r in results:
     f = r.family
     gin = ", ".join(f"`{g}`" for g in f.gin_files) or f"`{f.model_gin}`"
-    if f.bindings:
-      gin += " " + " ".join(f"`{b}`" for b in f.bindings if "VOCAB_SIZE" not in b)
+    shown = [f"`{k}={gin_value(v)}`" for k, v in f.bindings.items() if "VOCAB_SIZE" not in k]
+    if shown:
+      gin += " " + " ".join(shown)
     acc = " / ".join(f"{a:.1f}" for _, a in r.accuracy)
     lines.append(f"| {f.name} | {f.paper} | {gin} | {f.learning_rate:g} | {acc} | {r.trainable:,} | "
                  f"{100 * r.trainable / r.total:.2f} | {r.step_ms:.1f} | {r.extra_flops_percent:+.1f}% |")
@@ -205,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--steps", type=int, default=30, help="training steps per family (evaluated every third)")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--checkpoint", default=None, help="frozen model (default: the latest demo checkpoint)")
-  parser.add_argument("--work_dir", default="/tmp/prompt_families", help="where the runs write their model dirs")
+  parser.add_argument("--work_dir", default="/tmp/prompt_families", help="the sweep goes to a new folder here")
+  parser.add_argument("--output_dir", default=None, help="the sweep's folder instead (its runs done are kept)")
   parser.add_argument("--output", default="docs/prompt_families_results.md")
   parser.add_argument("--only", default="", help="comma-separated substrings of family names to run")
   args = parser.parse_args(argv)
@@ -217,14 +240,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   families = [f for f in FAMILIES if not args.only or any(s in f.name for s in args.only.split(","))]
-  work_dir = pathlib.Path(args.work_dir) / time.strftime("%Y%m%d-%H%M%S")
+  output_dir = args.output_dir or f"{args.work_dir}/{time.strftime('%Y%m%d-%H%M%S')}"
+  spec_path = pathlib.Path(output_dir) / "spec.json"
+  spec_path.parent.mkdir(parents=True, exist_ok=True)
+  spec_path.write_text(json.dumps(families_spec(families, checkpoint, args.steps, args.batch_size, output_dir),
+                                  indent=1))
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # for the train CLIs
   start = time.time()
-  results = []
-  for family in families:
-    results.append(run_family(family, work_dir, checkpoint, args.steps, args.batch_size))
-    r = results[-1]
+  if sweeps_cli.main(["run", str(spec_path), "--backend=local"]):
+    print(f"error: some runs failed; see their sweep.log under {output_dir}", file=sys.stderr)
+    return 1
+  spec = Spec.load(spec_path)
+  results = [family_result(spec, family, args.steps) for family in families]
+  for r in results:
     shown = ", ".join(f"{a:.1f}% after {s}" for s, a in r.accuracy)
-    print(f"[{family.name}] accuracy {shown}; {r.trainable:,} trainable; {r.step_ms:.1f} ms/step",
+    print(f"[{r.family.name}] accuracy {shown}; {r.trainable:,} trainable; {r.step_ms:.1f} ms/step",
           file=sys.stderr, flush=True)
   command = " ".join(["python -m", THIS_MODULE, *(argv if argv is not None else sys.argv[1:])])
   text = table(results, command, checkpoint, args.steps, args.batch_size, time.time() - start)

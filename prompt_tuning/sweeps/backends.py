@@ -1,25 +1,40 @@
-"""Where a sweep's commands run: `local` (CLI subprocesses on this machine) or `tpu` (`launch.tpu run` jobs)."""
+"""Where a sweep's commands run: `local` (CLI subprocesses on this machine) or `tpu` (gcloud ssh jobs on Cloud
+TPU VMs, `prompt_tuning.launch.tpu`). Standard library only for local folders (etils for gs:// and other URIs),
+so that printing the commands (`--dry-run`) needs neither JAX nor TensorFlow."""
 from __future__ import annotations
 
 import concurrent.futures
 import json
 import logging
-import os
+import pathlib
 import shlex
 import subprocess
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from etils import epath
-
+from prompt_tuning.launch import tpu
 from prompt_tuning.sweeps.spec import PRETRAIN, Command, Spec
 
 DONE_FILE = "sweep_run.json"  # in each run folder once its command succeeded
 
 
+def as_path(path: str) -> Any:
+  """A `pathlib.Path` for a local folder, an `etils.epath.Path` for a URI such as gs://bucket/x."""
+  if "://" not in path:
+    return pathlib.Path(path)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path)
+
+
+def mark_done(command: Command, record: dict[str, Any]) -> None:
+  run_dir = as_path(command.run_dir)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  (run_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
+
+
 def is_done(command: Command) -> bool:
-  path = epath.Path(command.run_dir) / DONE_FILE
+  path = as_path(command.run_dir) / DONE_FILE
   try:
     return path.exists() and json.loads(path.read_text()).get("returncode") == 0
   except Exception as e:  # pylint: disable=broad-except  (gfile raises TensorFlow errors for gs:// paths)
@@ -41,7 +56,7 @@ def local_argv(command: Command) -> list[str]:
 
 def run_local_command(command: Command, env: dict[str, str] | None = None) -> int:
   """Run one command, its output in `<run_dir>/sweep.log`; marks the folder done when it succeeds."""
-  run_dir = epath.Path(command.run_dir)
+  run_dir = as_path(command.run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
   start = time.time()
   with open(run_dir / "sweep.log", "w") as log:
@@ -49,7 +64,7 @@ def run_local_command(command: Command, env: dict[str, str] | None = None) -> in
                           check=False).returncode
   record = {"returncode": code, "seconds": round(time.time() - start, 1), "argv": local_argv(command)}
   if code == 0:
-    (run_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
+    mark_done(command, record)
   return code
 
 
@@ -92,27 +107,21 @@ def tpu_for(spec: Spec, size: str, tpu_name: str | None = None) -> str:
 
 
 def tpu_argv(spec: Spec, command: Command, tpu_name: str | None = None) -> list[str]:
-  """The `python -m launch.tpu run` call for one command, in the foreground so that a TPU runs its jobs in turn."""
+  """The gcloud ssh command (`prompt_tuning.launch.tpu` run) that runs one command on every worker of its TPU,
+  in the foreground so that a TPU runs its jobs in turn."""
   cfg = spec.raw.get("tpu") or {}
   if not cfg.get("zone"):
     raise ValueError("The spec's 'tpu' section needs 'zone' for the tpu backend.")
-  argv = [sys.executable, "-m", "launch.tpu", "run", f"--name={tpu_for(spec, command.size, tpu_name)}",
-          f"--zone={cfg['zone']}"]
-  if cfg.get("project"):
-    argv.append(f"--project={cfg['project']}")
-  argv += [f"--env={e}" for e in cfg.get("env", [])]
-  argv += [f"--job={command.run_id.replace('/', '.')}", f"--module=prompt_tuning.{command.module}",
-           "--foreground", "--", *command.flags]
-  return argv
+  (ssh,) = tpu.run_commands(tpu_for(spec, command.size, tpu_name), cfg["zone"], command.run_id.replace("/", "."),
+                            command.flags, project=cfg.get("project"), module=f"prompt_tuning.{command.module}",
+                            env=cfg.get("env", []), foreground=True)
+  return ssh
 
 
-def run_tpu(spec: Spec, dry_run: bool = False, tpu_name: str | None = None, cwd: str | None = None,
+def run_tpu(spec: Spec, dry_run: bool = False, tpu_name: str | None = None,
             runner: Callable[[Sequence[str]], int] | None = None) -> list[str]:
-  """Each TPU runs its commands one after another (TPUs in parallel); returns the failed run ids.
-
-  `cwd` must be a checkout with `launch/` (the default is this one's root)."""
-  cwd = cwd or os.fspath(epath.Path(__file__).parents[2])
-  runner = runner or (lambda argv: subprocess.run(list(argv), cwd=cwd, check=False).returncode)
+  """Each TPU runs its commands one after another (TPUs in parallel); returns the failed run ids."""
+  runner = runner or (lambda argv: tpu.execute([argv], dry_run=False))
   failed: list[str] = []
   for phase in _phases(spec):
     queues: dict[str, list[tuple[Command, list[str]]]] = {}
@@ -128,10 +137,8 @@ def run_tpu(spec: Spec, dry_run: bool = False, tpu_name: str | None = None, cwd:
     def drain(queue: list[tuple[Command, list[str]]]) -> list[str]:
       bad = []
       for c, argv in queue:
-        code = runner(argv)
-        if code == 0:
-          epath.Path(c.run_dir).mkdir(parents=True, exist_ok=True)
-          (epath.Path(c.run_dir) / DONE_FILE).write_text(json.dumps({"returncode": 0, "argv": argv}))
+        if runner(argv) == 0:
+          mark_done(c, {"returncode": 0, "argv": argv})
         else:
           bad.append(c.run_id)
       return bad

@@ -7,6 +7,8 @@ r"""Sweeps for the scaling curves (docs/scaling.md).
 
 Runs already done (their folder holds sweep_run.json) are skipped, so a sweep resumes where it stopped.
 The CSV defaults to OUTPUT_DIR/results.csv and the plots to OUTPUT_DIR/figure1.png and figure3.png.
+`run` needs only the standard library (collect and plot import etils, numpy, matplotlib and, to count
+parameters, JAX), so `run --dry-run` prints a sweep's commands anywhere the package is installed.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import sys
 import time
 from typing import Sequence
 
-from prompt_tuning.sweeps import backends, collect, plots
+from prompt_tuning.sweeps import backends
 from prompt_tuning.sweeps.spec import Spec, SpecError
 
 
@@ -49,6 +51,7 @@ def run(spec: Spec, args: argparse.Namespace) -> int:
 
 
 def collect_results(spec: Spec, csv_path: str) -> int:
+  from prompt_tuning.sweeps import collect  # pylint: disable=g-import-not-at-top
   table, missing = collect.rows(spec)
   collect.write_csv(table, csv_path)
   print(f"wrote {len(table)} run(s) to {csv_path}" + (f"; no results yet for {len(missing)}: {missing}"
@@ -57,6 +60,7 @@ def collect_results(spec: Spec, csv_path: str) -> int:
 
 
 def plot(spec: Spec, csv_path: str, png: str, ablation_png: str) -> int:
+  from prompt_tuning.sweeps import collect, plots  # pylint: disable=g-import-not-at-top
   table = collect.read_csv(csv_path)
   if not table:
     print(f"error: {csv_path} has no results to plot.", file=sys.stderr)

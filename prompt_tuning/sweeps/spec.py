@@ -2,8 +2,10 @@
 prompt initialisers for prompt tuning), each a train or eval CLI command with its own run folder.
 
 Methods: `prompt_tuning` (a soft prompt on the frozen model), `model_tuning` (every weight trains) and
-`prompt_design` (a text prompt with `NUM_SHOTS` solved examples and no training, scored by the eval CLI).
-The format is documented in docs/scaling.md; `{output_dir}` in any string is replaced by the output folder.
+`prompt_design` (a text prompt with `NUM_SHOTS` solved examples and no training, scored by the eval CLI); a
+method of another name is a custom train run with its own `model_gin`, `gin_files` and `run_gin` (e.g. a prompt
+family of gin_configs/families/). The format is documented in docs/scaling.md; `{output_dir}` in any string is
+replaced by the output folder.
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import dataclasses
 import itertools
 import json
 import pathlib
+import re
 from typing import Any, Mapping
 
 METHODS = ("prompt_tuning", "model_tuning", "prompt_design")
 PRETRAIN = "pretrain"
+CUSTOM_METHOD_KEYS = {"model_gin", "gin_files", "run_gin", "bindings"}
 _GRID_KEYS = {"name", "sizes", "tasks", "methods", "seeds", "prompt_lengths", "prompt_inits"}
 _TOP_KEYS = {"name", "output_dir", "gin_search_paths", "gin_files", "bindings", "sizes", "tasks", "methods",
              "defaults", "grids", "pretrain", "tpu"}
@@ -100,9 +104,16 @@ class Spec:
     return cls(raw, output_dir)
 
   def _validate(self) -> None:
-    for method in self.methods:
-      if method not in METHODS:
-        raise SpecError(f"Unknown method {method!r} under 'methods'; choose from {list(METHODS)}.")
+    for method, cfg in self.methods.items():
+      if method in METHODS:
+        if set(cfg) - {"bindings"}:
+          raise SpecError(f"Method {method!r} takes only 'bindings'; give another name to a custom method.")
+      elif "run_gin" not in cfg:
+        raise SpecError(f"Unknown method {method!r} under 'methods'; choose from {list(METHODS)}, or give it a "
+                        "'run_gin' (a custom train run; also 'model_gin', 'gin_files', 'bindings').")
+      elif set(cfg) - CUSTOM_METHOD_KEYS or not re.fullmatch(r"[A-Za-z0-9_.-]+", method):
+        raise SpecError(f"Custom method {method!r} needs a name of letters, digits, '_', '-' or '.' and takes only "
+                        f"{sorted(CUSTOM_METHOD_KEYS)}.")
     for name, task in self.tasks.items():
       _require(task, "name", f"Task {name!r}")
       _require(task, "metric", f"Task {name!r}")
@@ -116,17 +127,22 @@ class Spec:
       unknown = set(grid) - _GRID_KEYS
       if unknown:
         raise SpecError(f"Unknown grid keys {sorted(unknown)} in grid {grid.get('name')!r}; use {sorted(_GRID_KEYS)}.")
-      for key, known in (("sizes", self.sizes), ("tasks", self.tasks), ("methods", METHODS)):
+      for key, known in (("sizes", self.sizes), ("tasks", self.tasks), ("methods", self.method_names())):
         bad = [v for v in grid.get(key, []) if v not in known]
         if bad:
           raise SpecError(f"Grid {grid.get('name')!r} names unknown {key} {bad}; known: {list(known)}.")
 
   # ---------------------------------------------------------------------------------------------- runs
+  def method_names(self) -> list[str]:
+    """The built-in methods the spec configures (all three when it configures none), then its custom ones."""
+    builtin = [m for m in METHODS if m in self.methods] or list(METHODS)
+    return builtin + [m for m in self.methods if m not in METHODS]
+
   def runs(self) -> list[Run]:
     """Every run of every grid, once (grids may share runs, e.g. the default prompt length), in spec order."""
     out: dict[Run, None] = {}
     for grid in self.grids:
-      methods = grid.get("methods") or [m for m in METHODS if m in self.methods] or list(METHODS)
+      methods = grid.get("methods") or self.method_names()
       lengths = grid.get("prompt_lengths") or [self.defaults["prompt_length"]]
       inits = grid.get("prompt_inits") or [self.defaults["prompt_init"]]
       for task, size, method, seed in itertools.product(grid.get("tasks") or list(self.tasks),
@@ -150,16 +166,25 @@ class Spec:
     return f"{self.run_dir(f'{PRETRAIN}/{size}')}/checkpoint_{int(self.pretrain['steps'])}"
 
   # -------------------------------------------------------------------------------------------- commands
-  def _bindings(self, *extra: Mapping[str, Any]) -> list[str]:
+  def _merged(self, *parts: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's bindings updated by each part in turn."""
     merged: dict[str, Any] = {}
-    for part in (self.raw.get("bindings", {}), *extra):
+    for part in (self.raw.get("bindings", {}), *parts):
       merged.update(part)
-    return [f"--gin.{k}={gin_value(v)}" for k, v in merged.items()]
+    return merged
+
+  def _bindings(self, *extra: Mapping[str, Any]) -> list[str]:
+    return [f"--gin.{k}={gin_value(v)}" for k, v in self._merged(*extra).items()]
+
+  def _model_files(self, size: str, model_gin: str) -> tuple[str, ...]:
+    return (model_gin, *self.sizes[size].get("gin_files", []), *self.raw.get("gin_files", []))
+
+  def _search_path_flags(self) -> list[str]:
+    paths = self.raw.get("gin_search_paths") or []
+    return [f"--gin_search_paths={','.join(paths)}"] if paths else []
 
   def _base_flags(self, size: str, model_gin: str) -> list[str]:
-    paths = self.raw.get("gin_search_paths") or []
-    files = [model_gin, *self.sizes[size].get("gin_files", []), *self.raw.get("gin_files", [])]
-    return ([f"--gin_search_paths={','.join(paths)}"] if paths else []) + [f"--gin_file={f}" for f in files]
+    return self._search_path_flags() + [f"--gin_file={f}" for f in self._model_files(size, model_gin)]
 
   def pretrain_commands(self) -> list[Command]:
     """Model tuning from scratch of each size without a `checkpoint` on the pretraining task."""
@@ -183,8 +208,6 @@ class Spec:
   def command(self, run: Run) -> Command:
     task, size = self.tasks[run.task], self.sizes[run.size]
     run_dir = self.run_dir(run.run_id)
-    method_bindings = self.methods.get(run.method, {}).get("bindings", {})
-    common = [size.get("bindings", {}), task.get("bindings", {}), method_bindings]
     if run.method == "prompt_design":
       flags = [*self._base_flags(run.size, "models/t5_1_1.gin"), "--gin_file=runs/eval.gin",
                "--gin_file=baselines/prompt_design.gin",
@@ -192,24 +215,36 @@ class Spec:
                                 "EVAL_OUTPUT_DIR": f"{run_dir}/inference_eval", "PROMPT_DESIGN_TASK": task["name"],
                                 "MIXTURE_OR_TASK_MODULE": task.get("module"), "SHOTS_SEED": run.seed,
                                 "utils.DatasetConfig.split": task.get("split", "validation")},
-                               *common)]
+                               size.get("bindings", {}), task.get("bindings", {}),
+                               self.methods.get(run.method, {}).get("bindings", {}))]
       return Command(run.run_id, run.size, "eval", tuple(flags), run_dir)
-    fixed = {"MODEL_DIR": run_dir, "INITIAL_CHECKPOINT_PATH": self.checkpoint(run.size),
+    files, run_gin, bindings = self.train_config(run)
+    flags = [*self._search_path_flags(), *[f"--gin_file={f}" for f in (*files, run_gin)],
+             *[f"--gin.{k}={gin_value(v)}" for k, v in bindings.items()]]
+    return Command(run.run_id, run.size, "train", tuple(flags), run_dir)
+
+  def train_config(self, run: Run) -> tuple[tuple[str, ...], str, dict[str, Any]]:
+    """A training run's (gin files of the model, run gin, bindings); the bindings win over both."""
+    task, size, method = self.tasks[run.task], self.sizes[run.size], self.methods.get(run.method, {})
+    fixed = {"MODEL_DIR": self.run_dir(run.run_id), "INITIAL_CHECKPOINT_PATH": self.checkpoint(run.size),
              "MIXTURE_OR_TASK_NAME": task["name"], "MIXTURE_OR_TASK_MODULE": task.get("module"),
              "RANDOM_SEED": run.seed, "SHUFFLE_SEED": run.seed}
     if run.method == "model_tuning":
-      flags = [*self._base_flags(run.size, "models/t5_1_1.gin"), "--gin_file=runs/finetune.gin",
-               *self._bindings(fixed, *common)]
-    else:
+      files, run_gin = self._model_files(run.size, "models/t5_1_1.gin"), "runs/finetune.gin"
+    elif run.method == "prompt_tuning":
       init = run.prompt_init if run.prompt_init.endswith(".gin") else f"prompts/{run.prompt_init}.gin"
-      flags = [*self._base_flags(run.size, "models/t5_1_1_prompt.gin"), f"--gin_file={init}",
-               "--gin_file=runs/prompt_finetune.gin",
-               *self._bindings({**fixed, "PROMPT_LENGTH": run.prompt_length}, *common)]
-    return Command(run.run_id, run.size, "train", tuple(flags), run_dir)
+      files, run_gin = (*self._model_files(run.size, "models/t5_1_1_prompt.gin"), init), "runs/prompt_finetune.gin"
+      fixed["PROMPT_LENGTH"] = run.prompt_length
+    else:
+      files = (*self._model_files(run.size, method.get("model_gin", "models/t5_1_1.gin")),
+               *method.get("gin_files", []))
+      run_gin = method["run_gin"]
+    bindings = self._merged(fixed, size.get("bindings", {}), task.get("bindings", {}), method.get("bindings", {}))
+    return files, run_gin, bindings
 
   def model_gin(self, size: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """(gin files, bindings, search paths) that define the size's model alone (no prompt, no run)."""
-    files = ("models/t5_1_1.gin", *self.sizes[size].get("gin_files", []), *self.raw.get("gin_files", []))
+    files = self._model_files(size, "models/t5_1_1.gin")
     bindings = tuple(f"{k} = {gin_value(v)}" for k, v in self.sizes[size].get("bindings", {}).items())
     return files, bindings, tuple(self.raw.get("gin_search_paths") or ())
 

@@ -7,7 +7,8 @@ r"""Multi-node GPU runs through `jax.distributed`: one process per node, coordin
 
 `run` takes the coordinator address, process count and process index from its flags, else from
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else from SLURM (SLURM_PROCID, SLURM_NTASKS and
-the first host of SLURM_STEP_NODELIST or SLURM_JOB_NODELIST, at --port).
+the first host of SLURM_STEP_NODELIST or SLURM_JOB_NODELIST, at --port). From an installed package:
+`python -m prompt_tuning.launch.gpu ...`.
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ import subprocess
 import sys
 from typing import Mapping, Sequence
 
+from prompt_tuning.launch import distributed_flags, source_checkout, strip_dashes
+
 TEMPLATE = pathlib.Path(__file__).with_name("sbatch.template")
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+REPO_ROOT = source_checkout()  # None when installed from a wheel
 DEFAULT_PORT = 12345
 
 
@@ -35,8 +38,7 @@ class Distributed:
 
   def flags(self) -> list[str]:
     """The train / eval / infer CLI flags that start `jax.distributed` (prompt_tuning/cli.py)."""
-    return ["--multiprocess", f"--coordinator_address={self.coordinator_address}",
-            f"--process_count={self.num_processes}", f"--process_index={self.process_id}"]
+    return distributed_flags(self.coordinator_address, self.num_processes, self.process_id)
 
 
 def first_host(nodelist: str) -> str:
@@ -90,10 +92,11 @@ def cli_command(dist: Distributed, cli_args: Sequence[str], module: str = "promp
 def render_sbatch(cli_args: Sequence[str], nodes: int, gpus_per_node: int = 8, job_name: str = "prompt_tuning",
                   time: str = "24:00:00", cpus_per_task: int = 16, partition: str | None = None,
                   account: str | None = None, output: str = "%x-%j.out", module: str = "prompt_tuning.train",
-                  setup: str = "", workdir: str = str(REPO_ROOT), port: int = DEFAULT_PORT,
+                  setup: str = "", workdir: str | None = None, port: int = DEFAULT_PORT,
                   term_seconds: int = 300) -> str:
   """The sbatch script (sbatch.template) for `nodes` nodes; `setup` runs first on the batch host (e.g.
-  activating a virtual environment)."""
+  activating a virtual environment); `workdir` defaults to this checkout, else (installed) the current folder."""
+  workdir = workdir or str(REPO_ROOT or pathlib.Path.cwd())
   if nodes < 1 or gpus_per_node < 1:
     raise ValueError(f"nodes={nodes} and gpus_per_node={gpus_per_node} must be at least 1.")
   extra = [f"#SBATCH --{key}={value}" for key, value in (("partition", partition), ("account", account)) if value]
@@ -103,12 +106,8 @@ def render_sbatch(cli_args: Sequence[str], nodes: int, gpus_per_node: int = 8, j
       setup=setup, module=module, port=port, cli_args=shlex.join(cli_args))
 
 
-def _strip_dashes(args: Sequence[str]) -> list[str]:
-  return list(args[1:] if args[:1] == ["--"] else args)
-
-
-def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m launch.gpu", description=__doc__.split("\n\n")[0])
+def parser(prog: str = "python -m prompt_tuning.launch.gpu") -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
   sub = p.add_subparsers(dest="subcommand", required=True)
   r = sub.add_parser("run", help="Start this node's process (flags, else JAX_* variables, else SLURM).")
   r.add_argument("--coordinator_address", default=None, help="host:port of process 0.")
@@ -128,8 +127,8 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--account", default=None)
   s.add_argument("--output", default="%x-%j.out", help="SLURM log file pattern.")
   s.add_argument("--setup", default="", help="Shell line run first, e.g. 'source .venv/bin/activate'.")
-  s.add_argument("--workdir", default=str(REPO_ROOT),
-                 help="Checkout the job runs in, on a filesystem every node sees (default: this one).")
+  s.add_argument("--workdir", default=None, help="Folder the job runs in, on a filesystem every node sees "
+                 "(default: this checkout, else the current folder).")
   s.add_argument("--port", type=int, default=DEFAULT_PORT)
   s.add_argument("--module", default="prompt_tuning.train")
   s.add_argument("--script", default=None, help="Where to write the script (default: <job_name>.sbatch).")
@@ -138,9 +137,9 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = parser().parse_args(argv)
-  cli_args = _strip_dashes(args.cli_args)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m prompt_tuning.launch.gpu") -> int:
+  args = parser(prog).parse_args(argv)
+  cli_args = strip_dashes(args.cli_args)
   try:
     if args.subcommand == "run":
       dist = resolve(args.coordinator_address, args.num_processes, args.process_id, args.port)
@@ -163,3 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   path.write_text(script)
   print(f"wrote {path}", file=sys.stderr)
   return subprocess.run(["sbatch", str(path)], check=False).returncode
+
+
+if __name__ == "__main__":
+  sys.exit(main())

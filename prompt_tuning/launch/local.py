@@ -6,18 +6,23 @@ r"""Run one CLI command as N `jax.distributed` processes on this machine (CPU, g
 Process i gets `--multiprocess --coordinator_address=localhost:PORT --process_count=N --process_index=i`
 appended (the flags of the train / eval / infer CLIs); process 0 hosts the coordinator. Each process reads its
 own shard of the input, exactly as one host of a pod slice does. When one process fails the others are stopped,
-so a crash never leaves the rest blocked in a collective.
+so a crash never leaves the rest blocked in a collective. From an installed package:
+`python -m prompt_tuning.launch.local ...`.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import pathlib
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from typing import Mapping, Sequence
+
+from prompt_tuning.launch import distributed_flags, strip_dashes
 
 GRACE_S = 10.0  # after SIGTERM, how long a process may take to stop before SIGKILL
 
@@ -26,12 +31,6 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
-
-
-def distributed_flags(coordinator_address: str, num_processes: int, process_id: int) -> list[str]:
-  """The CLI flags that make a process join `jax.distributed` (see `prompt_tuning.cli.initialize_distributed`)."""
-  return ["--multiprocess", f"--coordinator_address={coordinator_address}", f"--process_count={num_processes}",
-          f"--process_index={process_id}"]
 
 
 def process_commands(command: Sequence[str], num_processes: int, port: int) -> list[list[str]]:
@@ -100,8 +99,8 @@ def launch(command: Sequence[str], num_processes: int = 2, *, port: int | None =
       f.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m launch.local", description=__doc__.split("\n\n")[0],
+def main(argv: Sequence[str] | None = None, prog: str = "python -m prompt_tuning.launch.local") -> int:
+  parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--num_processes", type=int, default=2)
   parser.add_argument("--port", type=int, default=None, help="Coordinator port (default: a free one).")
@@ -112,10 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="Print each process's command and exit.")
   parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run in every process.")
   args = parser.parse_args(argv)
-  command = args.command[1:] if args.command[:1] == ["--"] else args.command
+  command = strip_dashes(args.command)
   port = args.port or free_port()
   if args.dry_run:
-    import shlex
     for cmd in process_commands(command, args.num_processes, port):
       print(shlex.join(cmd))
     return 0
@@ -125,3 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code:
       print(f"process {i} exited with {code}" + (f"; see {args.log_dir}/process_{i}.log" if args.log_dir else ""))
   return max((abs(c) for c in codes), default=0)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

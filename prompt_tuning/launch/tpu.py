@@ -9,6 +9,8 @@ r"""Cloud TPU VMs and pod slices through gcloud: create, install, run, logs, sto
   python -m launch.tpu stop    --name=pt --zone=europe-west4-a [--force]
   python -m launch.tpu delete  --name=pt --zone=europe-west4-a
 
+From an installed package: `python -m prompt_tuning.launch.tpu ...` (`install` then needs --pip or --source).
+
 Every subcommand takes --dry-run: it prints the exact commands (shell-quoted, one a line) and runs nothing.
 A pod slice has one VM per host: `install`, `run` and `stop` go to every worker (`--worker=all`), and the job
 starts with `--multiprocess`, so `jax.distributed` finds the other hosts through the TPU metadata.
@@ -16,13 +18,14 @@ starts with `--multiprocess`, so `jax.distributed` finds the other hosts through
 from __future__ import annotations
 
 import argparse
-import pathlib
 import shlex
 import subprocess
 import sys
 from typing import Sequence
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+from prompt_tuning.launch import source_checkout, strip_dashes
+
+REPO_ROOT = source_checkout()  # None when installed from a wheel
 GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
 DEFAULT_VERSION = "tpu-ubuntu2204-base"
 JOBS_DIR = "~/jobs"  # on each worker: <job>.log
@@ -51,7 +54,9 @@ def install_commands(name: str, zone: str, project: str | None = None, source: s
   (`source`, default this one) packed with `git archive`, copied over and installed editable."""
   if pip:
     return [ssh(name, zone, f"python3 -m pip install -U {shlex.quote(pip)}", project=project)]
-  source = source or str(REPO_ROOT)
+  source = source or (str(REPO_ROOT) if REPO_ROOT else None)
+  if not source:
+    raise ValueError("This package is installed, not a checkout: give --source=CHECKOUT or --pip=REQUIREMENT.")
   archive = archive or f"/tmp/{name}-{REMOTE_SOURCE}.tar.gz"
   remote = f"{REMOTE_SOURCE}.tar.gz"
   unpack = (f"rm -rf {REMOTE_SOURCE} && mkdir {REMOTE_SOURCE} && tar xzf {remote} -C {REMOTE_SOURCE} && "
@@ -132,8 +137,8 @@ def execute(commands: Sequence[Sequence[str]], dry_run: bool) -> int:
   return 0
 
 
-def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m launch.tpu", description=__doc__.split("\n\n")[0])
+def parser(prog: str = "python -m prompt_tuning.launch.tpu") -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
   sub = p.add_subparsers(dest="subcommand", required=True)
 
   def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -150,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--version", "--runtime_version", default=DEFAULT_VERSION, help="TPU software (runtime) version.")
   s.add_argument("--spot", action="store_true", help="Spot (preemptible) capacity.")
   s = add("install", "Install the package (with jax[tpu]) on every worker.")
-  s.add_argument("--source", default=None, help="A git checkout to install (default: this one).")
+  s.add_argument("--source", default=None, help="A git checkout to install (default: this one, if any).")
   s.add_argument("--pip", default=None, help="Install this pip requirement instead, e.g. a git+https URL.")
   s.add_argument("--archive", default=None, help="Where to write the local source archive.")
   s = add("run", "Run a gin job on every worker; gin flags after `--`.")
@@ -178,8 +183,7 @@ def commands_for(args: argparse.Namespace) -> list[list[str]]:
       raise ValueError("Give --pip or --source, not both.")
     return install_commands(source=args.source, pip=args.pip, archive=args.archive, **where)
   if args.subcommand == "run":
-    cli_args = args.cli_args[1:] if args.cli_args[:1] == ["--"] else args.cli_args
-    return run_commands(job=args.job, cli_args=cli_args, module=args.module, env=args.env,
+    return run_commands(job=args.job, cli_args=strip_dashes(args.cli_args), module=args.module, env=args.env,
                         foreground=args.foreground, **where)
   if args.subcommand == "logs":
     return logs_commands(job=args.job, worker=args.worker, follow=not args.no_follow, **where)
@@ -188,11 +192,15 @@ def commands_for(args: argparse.Namespace) -> list[list[str]]:
   return delete_commands(**where)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m prompt_tuning.launch.tpu") -> int:
+  args = parser(prog).parse_args(argv)
   try:
     commands = commands_for(args)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return execute(commands, args.dry_run)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
