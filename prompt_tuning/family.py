@@ -97,7 +97,8 @@ class PromptFamily:
   axis that the layers read by key: "inputs" -> `(keep [L], prompt [L, P, d])` rewrites the first P positions of
   each layer's input; an attention name -> `(keys, values)` [L, P, heads, head_dim] prefixes that attention. A
   hook returns {} (and adds no parameters) for a stack it does not serve. A site hook maps the activation at its
-  site (`SITES`) to a new one of the same shape.
+  site (`SITES`) to a new one of the same shape. Hooks given as None are left out (gin files set each hook by
+  its own macro so that families combine).
   """
 
   prompt: Callable[[], nn.Module] | None = None
@@ -120,6 +121,8 @@ class PromptFamily:
         raise ValueError(f"PromptFamily.{name}={value!r} is a string; give a list, e.g. [{value!r}].")
       object.__setattr__(self, name, _as_tuple(value))
     object.__setattr__(self, "logical_axis_rules", tuple(tuple(r) for r in self.logical_axis_rules))
+    for name in ("stack_hooks", "site_hooks"):  # None entries: hooks a gin file left unset
+      object.__setattr__(self, name, {k: v for k, v in getattr(self, name).items() if v is not None})
     unknown = sorted(set(self.site_hooks) - set(SITES))
     if unknown:
       raise ValueError(f"PromptFamily.site_hooks has unknown sites {unknown}; choose from {sorted(SITES)}.")

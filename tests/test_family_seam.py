@@ -54,11 +54,11 @@ def test_toy_family_trains_from_the_cli(tmp_path):
   model_dir = tmp_path / "run"
   flags = [*MODEL_FLAGS, "--gin_file=toy_scaled_prompt.gin", "--gin_file=runs/prompt_finetune.gin", *TASK_FLAGS,
            f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'", f"--gin.MODEL_DIR='{model_dir}'", "--gin.PROMPT_LENGTH=3",
-           "--gin.TRAIN_STEPS=13", "--gin.BATCH_SIZE=8", "--gin.STATS_PERIOD=6", "--gin.SAVE_PERIOD=10",
+           "--gin.TRAIN_STEPS=13", "--gin.BATCH_SIZE=8", "--gin.STATS_PERIOD=5", "--gin.SAVE_PERIOD=10",
            "--gin.EVAL_PERIOD=0", "--gin.LEARNING_RATE=0.3"]
   proc = run_cli("train", flags, tmp_path)
   losses = [float(x) for x in re.findall(r"step \d+/\d+ +loss ([\d.]+)", proc.stderr)]
-  assert len(losses) == 3 and losses[-1] < losses[0], proc.stderr[-3000:]
+  assert len(losses) == 2 and losses[-1] < losses[0], proc.stderr[-3000:]  # steps 3 (the checkpoint) to 13
   export = model_dir / "numpy_checkpoints" / "checkpoint_13"
   assert {p.name for p in export.glob("*.npy")} == {"encoder.prompt.prompt.scale.npy",
                                                      "encoder.prompt.prompt.prompt.prompt.npy"}

@@ -70,6 +70,7 @@ def test_user_errors_share_one_base_class():
   from prompt_tuning import errors, gin_utils
   from prompt_tuning.runtime import input_pipeline
   from prompt_tuning.runtime.checkpoints import formats, restore
-  for error in (gin_utils.ConfigError, input_pipeline.UnknownTaskError, restore.ParamTreeMismatchError,
+  from prompt_tuning.sweeps.spec import SpecError
+  for error in (gin_utils.ConfigError, input_pipeline.UnknownTaskError, restore.ParamTreeMismatchError, SpecError,
                 formats.CheckpointNotFoundError, formats.UnknownCheckpointFormatError):
     assert issubclass(error, errors.UserError), error

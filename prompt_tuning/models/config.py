@@ -1,4 +1,4 @@
-"""Model hyper-parameters: one frozen dataclass and the T5 1.1 / mT5 sizes (T5X_COMPAT §2.2)."""
+"""Model hyper-parameters: one frozen dataclass and the T5 1.1 / mT5 sizes."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,10 +1,10 @@
 """Sharding over a ('data', 'model') device mesh by logical axis names, following T5X's `PjitPartitioner`.
 
 Modules name their array axes logically ("batch", "embed", "mlp", ...); a priority-ordered rules table maps those
-names to mesh axes (T5X_COMPAT §2.4). The `Partitioner` owns the mesh and the rules and turns them into shardings
+names to mesh axes, as T5X does. The `Partitioner` owns the mesh and the rules and turns them into shardings
 for parameters, batches and jitted functions.
 
-Mesh layout (T5X_COMPAT §2.5): `num_partitions` devices form the 'model' axis, the rest of the devices form the
+Mesh layout (T5X's): `num_partitions` devices form the 'model' axis, the rest of the devices form the
 'data' axis. `model_parallel_submesh=(x, y, z, c)` picks a physical TPU tile for the 'model' axis; on CPU and GPU,
 where devices have no torus coordinates, it just means `num_partitions = x*y*z*c`. With several processes the mesh
 covers the global `jax.devices()`, and the 'data' axis spans the hosts.

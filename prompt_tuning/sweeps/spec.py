@@ -16,6 +16,8 @@ import pathlib
 import re
 from typing import Any, Mapping
 
+from prompt_tuning.errors import UserError
+
 METHODS = ("prompt_tuning", "model_tuning", "prompt_design")
 PRETRAIN = "pretrain"
 CUSTOM_METHOD_KEYS = {"model_gin", "gin_files", "run_gin", "bindings"}
@@ -24,7 +26,7 @@ _TOP_KEYS = {"name", "output_dir", "gin_search_paths", "gin_files", "bindings", 
              "defaults", "grids", "pretrain", "tpu"}
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
   """A sweep spec that cannot run; the message names the key to fix."""
 
 

@@ -1,4 +1,4 @@
-"""Find the steps in a model dir and tell which checkpoint format a path holds (T5X_COMPAT §1.1, §1.2, §1.6)."""
+"""Find the steps in a model dir and tell which checkpoint format a path holds."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""Read and write T5X native checkpoints: a msgpack `checkpoint` file plus zarr dirs (T5X_COMPAT §1).
+"""Read and write T5X native checkpoints: a msgpack `checkpoint` file plus zarr dirs.
 
 The msgpack file holds `{'version': 3, 'optimizer': {'target': params, 'state': {'step', 'param_states'}}}`
 (flax encoding). Each leaf is either inline (an array, scalar or None) or a tensorstore spec dict pointing at a
