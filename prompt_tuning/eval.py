@@ -9,15 +9,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-import jax
-
 from prompt_tuning import cli, gin_utils
 from prompt_tuning.runtime import evaluation, input_pipeline
 from prompt_tuning.runtime.checkpoints import formats
 from prompt_tuning.runtime.checkpoints import restore as restore_lib
 from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
-from prompt_tuning.runtime.state_init import build_run_params
+from prompt_tuning.runtime.state_init import build_inference_params
 
 
 
@@ -49,12 +47,11 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitio
   input_pipeline.get_task_or_mixture(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
   input_pipeline.count_truncated(dataset_cfg)
   evaluator = evaluation.make_evaluator(dataset_cfg, model, output_dir)
-  shapes = {"encoder_input_tokens": (dataset_cfg.batch_size, 8), "decoder_input_tokens": (dataset_cfg.batch_size, 8)}
   runner = evaluation.InferenceRunner(model, partitioner, dataset_cfg.batch_size)
   results = {}
   with restore_lib.reuse_frozen_base():  # mode='all': the run's frozen weights are read once
     for restore in restores:
-      run = build_run_params(model, partitioner, shapes, restore, (".*",), jax.random.PRNGKey(random_seed))
+      run = build_inference_params(model, partitioner, dataset_cfg, restore, random_seed)
       runner.set_params(run.trainable, run.frozen)
       results[run.checkpoint_step or 0] = evaluation.run_evaluation(evaluator, runner,
                                                                     step=run.checkpoint_step or 0)

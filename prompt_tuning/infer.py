@@ -24,7 +24,7 @@ from prompt_tuning import cli
 from prompt_tuning.runtime import evaluation, input_pipeline
 from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
-from prompt_tuning.runtime.state_init import build_run_params
+from prompt_tuning.runtime.state_init import build_inference_params
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("shard_id", None, "This job's shard of the input (T5X); the same as binding infer.shard_id.")
@@ -47,8 +47,7 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner
   root = input_pipeline.get_task_or_mixture(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
   tasks = root.tasks if isinstance(root, seqio.Mixture) else [root]
   input_pipeline.count_truncated(dataset_cfg)
-  shapes = {"encoder_input_tokens": (dataset_cfg.batch_size, 8), "decoder_input_tokens": (dataset_cfg.batch_size, 8)}
-  run = build_run_params(model, partitioner, shapes, restore_checkpoint_cfg, (".*",), jax.random.PRNGKey(random_seed))
+  run = build_inference_params(model, partitioner, dataset_cfg, restore_checkpoint_cfg, random_seed)
   runner = evaluation.InferenceRunner(model, partitioner, dataset_cfg.batch_size)
   runner.set_params(run.trainable, run.frozen)
   converter = model.FEATURE_CONVERTER_CLS(pack=False)

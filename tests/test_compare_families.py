@@ -3,7 +3,6 @@ run through the sweeps CLI; the script keeps the report."""
 from __future__ import annotations
 
 import json
-import pathlib
 
 from prompt_tuning.scripts import compare_families as cf
 from prompt_tuning.sweeps.spec import Spec

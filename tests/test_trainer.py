@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import pathlib
+import re
+import signal
 import subprocess
 import sys
 from unittest import mock
@@ -19,7 +22,7 @@ from cli_utils import BYTE_VOCAB_ROWS, cli_env, write_tiny_t5x_checkpoint
 from prompt_tuning.family import PromptFamily
 from prompt_tuning import prompts
 from prompt_tuning.models import EncoderDecoder, get_config
-from prompt_tuning.runtime import decoding, optim
+from prompt_tuning.runtime import decoding, optim, summaries
 from prompt_tuning.runtime.checkpoints import load_t5x_params
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
 from prompt_tuning.runtime.checkpoints.restore import (ParamTreeMismatchError, load_checkpoint_variable, load_params,
@@ -28,7 +31,8 @@ from prompt_tuning.runtime.configs import RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.partitioning import Partitioner
 from prompt_tuning.runtime.state_init import build_run_params
-from prompt_tuning.runtime.trainer import init_train_state, make_train_step, partition_train_step
+from prompt_tuning.runtime.trainer import (Evaluations, NonFiniteLossError, Trainer, TrainerConfig, init_train_state,
+                                           make_train_step, partition_train_step)
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 SHAPES = {"encoder_input_tokens": (4, 6), "decoder_input_tokens": (4, 4)}
@@ -103,6 +107,64 @@ def test_microbatches_accumulate_the_same_update():
   with pytest.raises(ValueError, match="not divisible by num_microbatches=3"):
     make_train_step(model, tx, num_microbatches=3)(init_train_state(run.trainable, tx), run.frozen, batch(),
                                                   jax.random.PRNGKey(0))
+
+
+def tiny_trainer(model_dir: pathlib.Path, **settings) -> Trainer:
+  """A `Trainer` of a fresh 3-token prompt on the tiny model (no initial checkpoint: it starts at step 0)."""
+  model, partitioner = prompt_model(), Partitioner()
+  run = build_run_params(model, partitioner, SHAPES, None, [".*/prompt/.*"], jax.random.PRNGKey(0))
+  config = TrainerConfig(str(model_dir), batch_size=4, feature_lengths={"inputs": 6, "targets": 4}, **settings)
+  return Trainer(model, optim.adafactor(0.3), run, partitioner, RunCheckpointer(str(model_dir)), config,
+                 jax.random.PRNGKey(1))
+
+
+def batches(start: int = 0, nan_at: int | None = None, sigterm_at: int | None = None):
+  """`batch(i)` for i = start, start + 1, ...; at `nan_at` with NaN loss weights, at `sigterm_at` after a SIGTERM."""
+  for i in itertools.count(start):
+    b = batch(i)
+    if i == nan_at:
+      b["decoder_loss_weights"] = np.full_like(b["decoder_loss_weights"], np.nan)
+    if i == sigterm_at:
+      signal.raise_signal(signal.SIGTERM)
+    yield b
+
+
+def saved_steps(model_dir: pathlib.Path) -> list[int]:
+  return sorted(int(p.name.split("_")[1]) for p in model_dir.glob("checkpoint_*") if "." not in p.name)
+
+
+def test_trainer_logs_saves_and_evaluates_on_its_periods_then_resumes(tmp_path):
+  trainer = tiny_trainer(tmp_path, stats_period=2, eval_period=3, save_period=2)
+  assert saved_steps(tmp_path) == [0]  # the starting point is saved before the first step (T5X)
+  out = trainer.train_to(5, batches(), Evaluations({"held_out": lambda: [batch(100), batch(101)]}))
+  trainer.close()
+  assert out["step"] == trainer.position == 5 and saved_steps(tmp_path) == [0, 2, 4, 5]  # and the last step
+  assert [step for step, _ in summaries.read_scalars(tmp_path / "train")["loss"]] == [2, 4, 5]
+  held_out = summaries.read_scalars(tmp_path / "training_eval" / "held_out")
+  assert [step for step, _ in held_out["loss"]] == [3, 5]
+  assert out["eval"]["training_eval"]["held_out"]["loss"] == pytest.approx(held_out["loss"][-1][1])
+  resumed = tiny_trainer(tmp_path, save_period=2)
+  assert (resumed.step, resumed.position) == (5, 5) and saved_steps(tmp_path) == [0, 2, 4, 5]
+  np.testing.assert_array_equal(resumed.state.params["encoder"]["prompt"]["prompt"]["prompt"],
+                                out["trainable"]["encoder"]["prompt"]["prompt"]["prompt"])
+
+
+def test_trainer_stops_at_a_nan_loss_without_saving_it(tmp_path):
+  trainer = tiny_trainer(tmp_path, stats_period=10, save_period=1)
+  expected = f"NaN/Inf at step 2; .* checkpoint_2 in {re.escape(str(tmp_path))}"
+  with pytest.raises(NonFiniteLossError, match=expected):  # the third step (from step 2) sees NaN loss weights
+    trainer.train_to(6, batches(nan_at=2))
+  assert trainer.step == 3 and saved_steps(tmp_path) == [0, 1, 2]
+
+
+def test_trainer_saves_and_stops_on_sigterm(tmp_path):
+  trainer = tiny_trainer(tmp_path, stats_period=100, save_period=100)
+  handler = signal.getsignal(signal.SIGTERM)
+  try:
+    out = trainer.train_to(10, batches(sigterm_at=2))
+  finally:
+    signal.signal(signal.SIGTERM, handler)
+  assert out["step"] == trainer.position == 3 and saved_steps(tmp_path) == [0, 3]
 
 
 def test_train_step_on_8_devices_matches_one_device():

@@ -6,7 +6,6 @@ from typing import Any, Mapping, Sequence
 
 # T5X gin files bind `utils.create_learning_rate_scheduler.*` (t5x.utils); our run gins import this module as
 # `utils`, so the same bindings reach the scheduler (gin configures the function object, whatever its alias).
-from prompt_tuning.family import PROMPT_REGEX
 from prompt_tuning.gin_utils import ConfigError
 from prompt_tuning.runtime.schedules import create_learning_rate_scheduler  # noqa: F401  pylint: disable=unused-import
 
@@ -36,7 +35,7 @@ class SaveCheckpointConfig:
   period: int | None = 1000
   keep: int | None = None
   dtype: str = "float32"
-  save_prompt_regexes: Sequence[str] = (PROMPT_REGEX,)  # also exported as numpy files
+  save_prompt_regexes: Sequence[str] | None = None  # also exported as numpy files; None: the family's exports
   use_async: bool = False
 
   def __post_init__(self):

@@ -11,7 +11,7 @@ import numpy as np
 from flax import traverse_util
 
 from prompt_tuning.runtime.checkpoints.restore import restore_params
-from prompt_tuning.runtime.configs import RestoreCheckpointConfig
+from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.optim import split_trainable
 
@@ -29,6 +29,10 @@ def _place(value: np.ndarray, sharding: jax.sharding.Sharding, dtype: Any) -> ja
   """A global array from a host numpy value; each process materialises only its own shards."""
   value = np.asarray(value, dtype)
   return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+# Parameter shapes do not depend on the sequence lengths: eval and infer build their parameters with short ones.
+INFERENCE_INIT_LENGTHS = {"inputs": 8, "targets": 8}
 
 
 def input_shapes_for(feature_lengths: Mapping[str, int], batch_size: int) -> dict[str, tuple[int, int]]:
@@ -75,3 +79,11 @@ def build_run_params(model: EncoderDecoderModel, partitioner: Any, input_shapes:
   sh_trainable, sh_frozen = split_trainable(traverse_util.unflatten_dict(flat_shardings, sep="/"),
                                             trainable_regexes)
   return RunParams(trainable, frozen, sh_trainable, sh_frozen, ckpt_step)
+
+
+def build_inference_params(model: EncoderDecoderModel, partitioner: Any, dataset_cfg: DatasetConfig,
+                           restore: RestoreCheckpointConfig | None, seed: int = 0) -> RunParams:
+  """The parameters eval and infer run with, all in `trainable` (nothing is held apart as frozen): the
+  checkpoint's values, and a fresh initialisation from `seed` for what it lacks."""
+  shapes = input_shapes_for(INFERENCE_INIT_LENGTHS, dataset_cfg.batch_size)
+  return build_run_params(model, partitioner, shapes, restore, (".*",), jax.random.PRNGKey(seed))

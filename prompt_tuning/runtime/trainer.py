@@ -1,19 +1,29 @@
-"""The jitted train step: gradients only for the trainable subtree, optimizer state only for it.
+"""The jitted train step and the `Trainer` that runs it (T5X's split: `train.py` wires, the trainer trains).
 
 `TrainState` holds the trainable parameters, their optimizer state and the step. Frozen parameters are a
 separate, never-donated argument: they are not differentiated, copied or updated, so they stay bit-identical.
+
+`Trainer` owns a run's state, its partitioned train and eval steps, the evaluations, the checkpoint cadence (a save
+every period, at the end and on SIGTERM), the NaN check and the train metrics (progress lines, TensorBoard). It
+imports the TensorFlow-backed modules (summaries, evaluation) where it uses them, so the step alone stays light.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import dataclasses
+import logging
+import signal
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
 from prompt_tuning.runtime.models import EncoderDecoderModel
-from prompt_tuning.runtime.optim import merge_trainable
+from prompt_tuning.runtime.optim import merge_trainable, set_optimizer_step
+from prompt_tuning.runtime.state_init import RunParams
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -27,9 +37,30 @@ class TrainState:
   first_nonfinite_step: Array  # int32, -1 until a step produces a NaN/Inf loss
 
 
-def init_train_state(params: Any, optimizer: optax.GradientTransformation, step: int = 0) -> TrainState:
-  return TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=optimizer.init(params),
+def init_train_state(params: Any, optimizer: optax.GradientTransformation, step: int = 0,
+                     mesh: jax.sharding.Mesh | None = None) -> TrainState:
+  """A fresh state at `step`: the optimizer counters start there too (T5X continues an initial checkpoint's
+  step). With a `mesh`, optimizer leaves held by one device are replicated over it."""
+  opt_state = jax.jit(optimizer.init)(params)
+  if step:
+    opt_state = set_optimizer_step(opt_state, step)
+  if mesh is not None:
+    opt_state = replicate_local_leaves(opt_state, mesh)
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=opt_state,
                     first_nonfinite_step=jnp.asarray(-1, jnp.int32))
+
+
+def replicate_local_leaves(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Leaves held by one local device (e.g. optimizer counters, which jit returns as constants) made replicated
+  over the mesh: with several processes Orbax saves only global arrays."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def place(x):
+    if len(x.sharding.device_set) == mesh.size:
+      return x
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, replicated, lambda idx: value[idx])
+  return jax.tree_util.tree_map(place, tree)
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
@@ -113,3 +144,197 @@ def make_eval_step(model: EncoderDecoderModel) -> Callable[[Any, Any, Batch], di
     return metrics
 
   return eval_step
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or Inf loss."""
+
+
+class Preemption:
+  """SIGTERM (preemption) asks the loop to save and stop at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not in the main thread
+      pass
+
+  def _handle(self, *_):
+    self.requested = True
+
+
+class MetricSums:
+  """Step metrics summed on device; `mean()` fetches them (the only host sync) and starts over."""
+
+  def __init__(self):
+    self._sums: Any = None
+    self.count = 0
+
+  def add(self, metrics: Mapping[str, Array]) -> None:
+    self._sums = metrics if self._sums is None else jax.tree_util.tree_map(lambda a, b: a + b, self._sums, metrics)
+    self.count += 1
+
+  def mean(self) -> dict[str, float]:
+    mean = {k: float(v) / self.count for k, v in jax.device_get(self._sums).items()}
+    self._sums, self.count = None, 0
+    return mean
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+  """A run's settings besides the model and its state. Periods count from the step training starts at (T5X)."""
+
+  model_dir: str
+  batch_size: int  # global; with the feature lengths, for the throughput in progress lines and summaries
+  feature_lengths: Mapping[str, int]
+  learning_rate_fn: Callable[[Any], Any] | float = 0.3  # logged as `learning_rate`
+  num_microbatches: int | None = None
+  stats_period: int = 100
+  eval_period: int | None = 1000  # None or 0: no evaluations during training
+  save: bool = True  # False: no checkpoints at all
+  save_period: int | None = None  # None or 0: save only at the start and at the end (or when preempted)
+
+
+@dataclasses.dataclass
+class Evaluations:
+  """What an evaluation runs, in T5X's order: the teacher-forced training eval of each named dataset (written to
+  `training_eval/<name>`), then `evaluator`'s inference eval with `runner` given the current parameters."""
+
+  training_eval: Mapping[str, Callable[[], Iterable[Batch]]] = dataclasses.field(default_factory=dict)
+  evaluator: Any = None  # seqio.Evaluator
+  runner: Any = None  # evaluation.InferenceRunner
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+class Trainer:
+  """Trains the trainable parameters of `run` with `optimizer` (T5X's `Trainer`).
+
+  Construction resumes from the latest checkpoint in the model dir, else starts at the initial checkpoint's step
+  and saves that starting point (as T5X does before the first step). `train_to` runs the loop.
+  """
+
+  def __init__(self, model: EncoderDecoderModel, optimizer: optax.GradientTransformation, run: RunParams,
+               partitioner: Any, checkpointer: RunCheckpointer, config: TrainerConfig, rng: Array):
+    from prompt_tuning.runtime import summaries  # pylint: disable=g-import-not-at-top  # TensorFlow (clu)
+    self.partitioner, self.checkpointer, self.config = partitioner, checkpointer, config
+    self.frozen, self._rng = run.frozen, rng
+    state, self.position, resumed = self._restore_or_init(optimizer, run)
+    step_fn = make_train_step(model, optimizer, config.num_microbatches,
+                              dropout=model.module.config.dropout_rate > 0)
+    self._train_step, self.state = partition_train_step(step_fn, state, run.frozen, run.frozen_shardings,
+                                                        partitioner)
+    self._eval_step = jax.jit(make_eval_step(model))
+    self.step = self.first_step = int(state.step)  # periods count from here (T5X)
+    self.writers = summaries.RunWriters(config.model_dir)
+    self.last_eval: dict[str, Any] = {}
+    self._train_metrics = MetricSums()
+    if config.save and not resumed:
+      checkpointer.save(self.step, self.state.params, self.state.opt_state, self.position)
+    self._last_good_saved = checkpointer.latest_step()
+
+  def _restore_or_init(self, optimizer: optax.GradientTransformation,
+                       run: RunParams) -> tuple[TrainState, int, bool]:
+    """(state, data position, resumed): the model dir's latest save beats the initial checkpoint (T5X order)."""
+    state = init_train_state(run.trainable, optimizer, run.checkpoint_step or 0, self.partitioner.mesh)
+    restored = self.checkpointer.restore(_abstract(state.params), _abstract(state.opt_state))
+    if restored is None:
+      return state, 0, False
+    params, opt_state, step, position = restored
+    logging.info("Resuming from %s/checkpoint_%d (data position %d).", self.config.model_dir, step, position)
+    return state.replace(step=jnp.asarray(step, jnp.int32), params=params, opt_state=opt_state), position, True
+
+  def train_to(self, end_step: int, batches: Iterator[Batch],
+               evaluations: Evaluations | None = None) -> dict[str, Any]:
+    """Train to the absolute step `end_step`, or until SIGTERM (then save and stop); `batches` continue from
+    `self.position`. Returns the step, the last evaluation and the trainable and frozen parameters."""
+    preemption = Preemption()
+    progress = self._progress(end_step)
+    with self.partitioner.activation_rules_context():
+      while self.step < end_step:
+        self._run_step(next(batches))
+        self._after_step(self.step == end_step or preemption.requested, progress, evaluations)
+        if preemption.requested:
+          logging.warning("Preempted (SIGTERM): saved at step %d and stopping.", self.step)
+          break
+    return {"step": self.step, "eval": self.last_eval, "trainable": self.state.params, "frozen": self.frozen}
+
+  def _progress(self, end_step: int) -> Any:
+    from prompt_tuning.runtime import summaries  # pylint: disable=g-import-not-at-top
+    lengths, batch_size = self.config.feature_lengths, self.config.batch_size
+    return summaries.Progress(start_step=self.step, end_step=end_step,
+                              tokens_per_step=batch_size * sum(lengths.values()), batch_size=batch_size,
+                              target_tokens_per_step=batch_size * lengths["targets"], num_devices=jax.device_count())
+
+  def _run_step(self, batch: Batch) -> None:
+    self.state, metrics = self._train_step(self.state, self.frozen, self.partitioner.shard_batch(batch), self._rng)
+    self.step += 1
+    self.position += 1
+    self._train_metrics.add(metrics)
+
+  def _after_step(self, final: bool, progress: Any, evaluations: Evaluations | None) -> None:
+    """Log every `stats_period` steps, save every `save_period`, evaluate every `eval_period`; each also at the
+    last step."""
+    cfg, done = self.config, self.step - self.first_step
+    if done % cfg.stats_period == 0 or final:
+      self._log_stats(progress)
+    if cfg.save and ((cfg.save_period and done % cfg.save_period == 0) or final):
+      self.save()
+    if cfg.eval_period and (done % cfg.eval_period == 0 or final):
+      self.evaluate(evaluations)
+
+  def _log_stats(self, progress: Any) -> None:
+    self.check_finite()
+    averaged = self._train_metrics.mean()
+    progress.log(self.step, averaged)
+    lr_fn = self.config.learning_rate_fn
+    lr = float(lr_fn(self.step) if callable(lr_fn) else lr_fn)
+    self.writers.write_scalars("train", self.step, {**averaged, **progress.timing(self.step), "learning_rate": lr,
+                                                    "learning_rate/current": lr})
+
+  def check_finite(self) -> None:
+    """Raise `NonFiniteLossError` if any step so far had a NaN/Inf loss."""
+    bad = int(jax.device_get(self.state.first_nonfinite_step))
+    if bad >= 0:
+      raise NonFiniteLossError(
+          f"The loss became NaN/Inf at step {bad}; training stopped without saving that state. The last good "
+          f"checkpoint is checkpoint_{self._last_good_saved} in {self.config.model_dir}. Lower the learning rate "
+          "or check the data.")
+
+  def save(self) -> None:
+    """Checkpoint the current step (parameters, optimizer state, data position), unless a loss was not finite."""
+    self.check_finite()
+    self.checkpointer.save(self.step, self.state.params, self.state.opt_state, self.position)
+    self._last_good_saved = self.step
+
+  def evaluate(self, evaluations: Evaluations | None) -> dict[str, Any]:
+    """Run `evaluations` at the current step; the result is also kept as `last_eval`."""
+    results: dict[str, Any] = {}
+    evaluations = evaluations or Evaluations()
+    for name, batches in evaluations.training_eval.items():
+      metrics = self._training_eval(batches())
+      if metrics is not None:
+        self.writers.write_scalars("training_eval/" + name[:113], self.step, metrics)
+        results.setdefault("training_eval", {})[name] = metrics
+    if evaluations.evaluator is not None:
+      from prompt_tuning.runtime import evaluation  # pylint: disable=g-import-not-at-top  # SeqIO, TensorFlow
+      evaluations.runner.set_params(self.state.params, self.frozen)
+      results["inference_eval"] = evaluation.run_evaluation(evaluations.evaluator, evaluations.runner, self.step)
+    self.last_eval = results
+    return results
+
+  def _training_eval(self, batches: Iterable[Batch]) -> dict[str, float] | None:
+    """Mean teacher-forced metrics over `batches` (None when there are none)."""
+    sums = MetricSums()
+    with self.partitioner.activation_rules_context():
+      for batch in batches:
+        sums.add(self._eval_step(self.state.params, self.frozen, self.partitioner.shard_batch(batch)))
+    return sums.mean() if sums.count else None
+
+  def close(self) -> None:
+    """Wait for pending (asynchronous) saves and close the TensorBoard writers."""
+    self.checkpointer.wait()
+    self.writers.close()
