@@ -18,7 +18,6 @@ from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.state_init import build_inference_params
 
 
-
 RESTORE_MODES = ("specific", "latest", "all")
 
 

@@ -36,7 +36,6 @@ def _text(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-
 def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner: Any,
           restore_checkpoint_cfg: RestoreCheckpointConfig, output_dir: str, mode: str = "predict",
           shard_id: int = 0, num_shards: int = 1, random_seed: int = 0) -> list[str]:

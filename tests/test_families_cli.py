@@ -40,7 +40,8 @@ def _register() -> None:
     seqio.TaskRegistry.add(
         f"families_cli_ids_{k}", source=base.source, metric_fns=base.metric_fns,
         output_features={**features, TASK_IDS: pt_preprocessors.TASK_IDS_FEATURE},
-        preprocessors=[*steps, seqio.preprocessors.tokenize, functools.partial(pt_preprocessors.add_task_ids, task_id=k),
+        preprocessors=[*steps, seqio.preprocessors.tokenize,
+                       functools.partial(pt_preprocessors.add_task_ids, task_id=k),
                        seqio.preprocessors.append_eos_after_trim])
     seqio.TaskRegistry.remove(f"families_cli_sentinel_{k}")
     seqio.TaskRegistry.add(

@@ -24,7 +24,7 @@ import hashlib
 import io
 import os
 import tempfile
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping
 
 import seqio
 import sentencepiece as spm
@@ -70,7 +70,7 @@ def _cache_dir() -> str:
   return os.environ.get(CACHE_DIR_ENV) or os.path.join(tempfile.gettempdir(), "prompt_tuning_demo")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sentencepiece_model_path() -> str:
   """Writes `sentencepiece_model()` once (atomically, named by its hash) and returns the file path."""
   proto = sentencepiece_model()
@@ -111,27 +111,27 @@ def vocabulary() -> seqio.Vocabulary:
 
 
 # ------------------------------------------------------------------------------------------------ sources
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _documents(split: str) -> tuple[str, ...]:
   return tuple(demo_corpus.pretraining_documents(PRETRAIN_SIZES[split], _SEEDS["pretrain", split]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reviews(split: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
   pairs = demo_corpus.reviews(SENTIMENT_SIZES[split], _SEEDS["sentiment", split], half=_HALVES[split])
   return tuple(r for r, _ in pairs), tuple(demo_corpus.LABELS[label] for _, label in pairs)
 
 
-def _shuffled(ds: tf.data.Dataset, shuffle: bool, seed: Optional[int]) -> tf.data.Dataset:
+def _shuffled(ds: tf.data.Dataset, shuffle: bool, seed: int | None) -> tf.data.Dataset:
   return ds.shuffle(ds.cardinality(), seed=seed) if shuffle else ds
 
 
-def _pretrain_dataset(split: str, shuffle_files: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
+def _pretrain_dataset(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
   ds = tf.data.Dataset.from_tensor_slices({"text": list(_documents(split))})
   return _shuffled(ds, shuffle_files, seed)
 
 
-def _sentiment_dataset(split: str, shuffle_files: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
+def _sentiment_dataset(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
   texts, labels = _reviews(split)
   ds = tf.data.Dataset.from_tensor_slices({"inputs": list(texts), "targets": list(labels)})
   return _shuffled(ds, shuffle_files, seed)

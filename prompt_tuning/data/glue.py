@@ -15,7 +15,7 @@ Example: `taskless_glue_sst2_v200_examples` ("sentence: ..." -> "positive").
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import seqio
 
@@ -29,7 +29,7 @@ VERSIONS = {"v002": "1.0.0", "v200": "2.0.0"}
 
 _MNLI_LABELS = ("entailment", "neutral", "contradiction")
 # Label names by class id, as in the TFDS builder configs (stsb is a regression).
-LABELS: dict[str, Optional[Sequence[str]]] = {
+LABELS: dict[str, Sequence[str] | None] = {
     "cola": ("unacceptable", "acceptable"),
     "sst2": ("negative", "positive"),
     "mrpc": ("not_equivalent", "equivalent"),

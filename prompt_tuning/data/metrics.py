@@ -12,7 +12,7 @@ import itertools
 import random
 import re
 import string
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.stats
@@ -211,7 +211,7 @@ def _roc_and_pr_auc(is_positive: np.ndarray, scores: np.ndarray,
 
 def rank_classification(targets: Sequence[tuple[Sequence[int], bool, float, int]],
                         scores: Sequence[float],
-                        num_classes: Optional[int] = None) -> dict[str, float]:
+                        num_classes: int | None = None) -> dict[str, float]:
   """Classification by picking the best-scored label of each example.
 
   `targets` come from `postprocessors.rank_classification`: `(idx, is_correct,
@@ -276,7 +276,7 @@ def format_classification(indices: Sequence[int], examples: Sequence[Mapping[str
 
 
 def format_qa(indices: Sequence[int], examples: Sequence[Mapping[str, Any]],
-              context_field: Optional[str] = postprocessors.CONTEXT_TEXT,
+              context_field: str | None = postprocessors.CONTEXT_TEXT,
               question_field: str = postprocessors.QUESTION_TEXT,
               answers_field: str = postprocessors.ANSWERS_TEXT,
               prediction_field: str = postprocessors.PREDICTION_TEXT,
@@ -296,7 +296,7 @@ def format_qa(indices: Sequence[int], examples: Sequence[Mapping[str, Any]],
 
 
 def safe_sample(num_examples: int, population: Sequence[Any],
-                seed: Optional[int] = None) -> Sequence[int]:
+                seed: int | None = None) -> Sequence[int]:
   """Up to `num_examples` random indices into `population` (-1: all, in order)."""
   if num_examples == -1 or num_examples >= len(population):
     return range(len(population))
@@ -316,7 +316,7 @@ def _is_correct(prediction: Any, target: Any) -> bool:
 
 
 def text_examples(targets: Sequence[Any], predictions: Sequence[Mapping[str, Any]],
-                  task_name: str, num_examples: int = 8, seed: Optional[int] = None,
+                  task_name: str, num_examples: int = 8, seed: int | None = None,
                   find_negative: bool = True,
                   format_fn: Callable[..., str] = format_classification,
                   prediction_field: str = postprocessors.PREDICTION,

@@ -6,7 +6,7 @@ any prediction outside the label set becomes -1 and so counts as wrong.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 PREDICTION = "prediction"
 PREDICTION_TEXT = "prediction_pretokenized"
@@ -46,7 +46,7 @@ def string_label_to_class_id(
   return label_classes.index(string_label) if string_label in label_classes else default
 
 
-def multirc(string_label: str, example: Optional[Mapping[str, Any]] = None,
+def multirc(string_label: str, example: Mapping[str, Any] | None = None,
             is_target: bool = False) -> dict[str, Any]:
   """`{"value": class id}`, plus the question id as `"group"` for targets."""
   result = {"value": string_label_to_class_id(string_label, ("False", "True"))}
@@ -55,7 +55,7 @@ def multirc(string_label: str, example: Optional[Mapping[str, Any]] = None,
   return result
 
 
-def record(answer: str, example: Optional[Mapping[str, Any]] = None,
+def record(answer: str, example: Mapping[str, Any] | None = None,
            is_target: bool = False) -> dict[str, Any]:
   """Predictions: `{"value": text}`; targets: all answers + the (passage, query) group."""
   if is_target:
@@ -66,7 +66,7 @@ def record(answer: str, example: Optional[Mapping[str, Any]] = None,
   return {"value": answer}
 
 
-def qa(answer: str, example: Optional[Mapping[str, Any]] = None,
+def qa(answer: str, example: Mapping[str, Any] | None = None,
        is_target: bool = False) -> Any:
   """Predictions stay text; targets become the list of every gold answer."""
   if is_target:
@@ -79,7 +79,7 @@ def _wsc_words(text: Any) -> str:
   return " ".join(w for w in words if w not in _WSC_DETERMINERS)
 
 
-def wsc_simple(prediction: str, example: Optional[Mapping[str, Any]] = None,
+def wsc_simple(prediction: str, example: Mapping[str, Any] | None = None,
                is_target: bool = False) -> int:
   """1 if the predicted referent is the candidate referent of the example, else 0.
 
@@ -99,7 +99,7 @@ def wsc_simple(prediction: str, example: Optional[Mapping[str, Any]] = None,
   return int(predicted_words <= referent_words or referent_words <= predicted_words)
 
 
-def rank_classification(score: Any, example: Optional[Mapping[str, Any]] = None,
+def rank_classification(score: Any, example: Mapping[str, Any] | None = None,
                         is_target: bool = False) -> Any:
   """Targets: `(idx, is_correct, weight, target length)`; scores pass through."""
   if is_target:
@@ -114,7 +114,7 @@ def postprocess_with_examples(
     prediction_field: str = PREDICTION,
     prediction_text_field: str = PREDICTION_TEXT,
     example_fields: Sequence[str] = (INPUT_TEXT, TARGET_TEXT),
-    decoded_model_output_field: Optional[str] = None,
+    decoded_model_output_field: str | None = None,
     **kwargs,
 ) -> Any:
   """Runs `postprocess_fn` and, for predictions, keeps the text around it.

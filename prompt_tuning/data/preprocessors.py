@@ -7,7 +7,7 @@ The token preprocessors run after `seqio.preprocessors.tokenize`.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
@@ -41,7 +41,7 @@ def glue_text(
     x: Mapping[str, tf.Tensor],
     benchmark_name: str,
     label_names: Sequence[str],
-    feature_names: Optional[Sequence[str]] = None,
+    feature_names: Sequence[str] | None = None,
 ) -> dict[str, tf.Tensor]:
   """`"<benchmark> key1: v1 key2: v2 ..."` -> label name (T5's `glue` format).
 

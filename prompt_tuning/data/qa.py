@@ -14,7 +14,7 @@ With an optional `mt5_` prefix:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 import seqio
 
@@ -56,7 +56,7 @@ def register_mrqa_tsv_task(
     name: str,
     split_to_filepattern: Mapping[str, str],
     skip_header_lines: int = 1,
-    model_to_features: Optional[FeaturesByModel] = None,
+    model_to_features: FeaturesByModel | None = None,
 ) -> list[str]:
   """Registers `{model}{name}` and `{model}{name}_examples` over MRQA-style TSV files.
 

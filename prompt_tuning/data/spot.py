@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Sequence
 
 import seqio
 import tensorflow as tf
@@ -53,7 +53,7 @@ GLUE_VERSION = "v200"
 # GLUE without the test-only diagnostics (ax) and the MNLI sets (below).
 GLUE_NAMES = tuple(n for n in glue.LABELS if n not in glue.TEST_ONLY and not n.startswith("mnli"))
 # Task name part -> seqio splits of TFDS glue/mnli.
-MNLI_SPLITS: Mapping[str, Union[Sequence[str], Mapping[str, str]]] = {
+MNLI_SPLITS: Mapping[str, Sequence[str] | Mapping[str, str]] = {
     "mnli_train": ["train"],
     "mnli_validation_matched": {"validation": "validation_matched"},
     "mnli_validation_mismatched": {"validation": "validation_mismatched"},
@@ -158,7 +158,7 @@ def mrqa_text(dataset: tf.data.Dataset, task_name: str) -> tf.data.Dataset:
 
 
 # ========== Task families ==========
-def glue_family(name: str, task: Optional[str] = None, splits: Any = None) -> utils.TaskFamily:
+def glue_family(name: str, task: str | None = None, splits: Any = None) -> utils.TaskFamily:
   """GLUE `name` at TFDS 2.0.0 as `spot_glue_{task or name}_v200`, reading `splits`."""
   family = glue.task_family(name, GLUE_VERSION)
   if splits is not None:

@@ -21,7 +21,7 @@ Example: `taskless_super_glue_rte_v102` ("hypothesis: ... premise: ..." ->
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import seqio
 
@@ -34,7 +34,7 @@ from prompt_tuning.data import utils
 TFDS_VERSION = "1.0.2"
 
 # Label names by class id, as in the TFDS builder configs (record is free text).
-LABELS: dict[str, Optional[Sequence[str]]] = {
+LABELS: dict[str, Sequence[str] | None] = {
     "boolq": ("False", "True"),
     "cb": ("entailment", "contradiction", "neutral"),
     "copa": ("choice1", "choice2"),
@@ -73,7 +73,7 @@ EXAMPLE_COUNTS = {"boolq": 9_427, "cb": 250, "copa": 400, "multirc": 27_243,
                   "record": 138_854, "rte": 2_490, "wic": 5_428, "wsc": 259, "dpr": 1_322}
 
 
-def _source(config: str, splits: Optional[Sequence[str]] = None) -> seqio.TfdsDataSource:
+def _source(config: str, splits: Sequence[str] | None = None) -> seqio.TfdsDataSource:
   return seqio.TfdsDataSource(tfds_name=f"super_glue/{config}:{TFDS_VERSION}", splits=splits)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import seqio
 
@@ -37,7 +37,7 @@ QA_FIELDS = (postprocessors.TARGET_TEXT, postprocessors.CONTEXT_TEXT,
              postprocessors.QUESTION_TEXT, postprocessors.ANSWERS_TEXT)
 
 
-def task_mapping(tasks: Sequence[str], aliases: Optional[Mapping[str, str]] = None) -> dict[str, int]:
+def task_mapping(tasks: Sequence[str], aliases: Mapping[str, str] | None = None) -> dict[str, int]:
   """Task name -> index in the sorted task names; each alias gets its target's index.
 
   Aliases are left out of the sorting (e.g. GLUE's "ax" is scored as "mnli").
@@ -82,11 +82,11 @@ class TaskFamily:
   base: str
   source: seqio.DataSource
   text_preprocessors: Sequence[Callable[..., Any]]
-  postprocess_fn: Optional[Callable[..., Any]] = None
+  postprocess_fn: Callable[..., Any] | None = None
   metric_fns: Sequence[Callable[..., Any]] = ()
   summary_name: str = ""
-  task_index: Optional[int] = None
-  label_names: Optional[Sequence[str]] = None
+  task_index: int | None = None
+  label_names: Sequence[str] | None = None
   summary_format: Callable[..., str] = metrics.format_classification
   example_fields: Sequence[str] = CLASSIFICATION_FIELDS
 
@@ -106,7 +106,7 @@ def _preprocessors(family: TaskFamily, variant: str, suffix: str) -> list[Callab
   return steps
 
 
-def _evaluation(family: TaskFamily, suffix: str) -> tuple[Optional[Callable[..., Any]], list[Any]]:
+def _evaluation(family: TaskFamily, suffix: str) -> tuple[Callable[..., Any] | None, list[Any]]:
   """The (postprocess_fn, metric_fns) of `family` with `suffix`."""
   if suffix == RANK_CLASSIFICATION:
     return postprocessors.rank_classification, [

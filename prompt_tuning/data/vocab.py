@@ -15,7 +15,7 @@ T5 task tokenize offline with that file.
 from __future__ import annotations
 
 import os
-from typing import Literal, Optional
+from typing import Literal
 
 import seqio
 
@@ -39,7 +39,7 @@ def _check_kind(kind: str) -> None:
     raise ValueError(f"Unknown vocabulary kind {kind!r}; use one of {sorted(_ENV_VARS)}.")
 
 
-def set_vocab_path(path: Optional[str | os.PathLike], kind: VocabKind = "t5") -> None:
+def set_vocab_path(path: str | os.PathLike | None, kind: VocabKind = "t5") -> None:
   """Points the default `kind` vocabulary at `path`; `None` removes the override."""
   _check_kind(kind)
   if path is None:

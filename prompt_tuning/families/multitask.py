@@ -254,8 +254,8 @@ class MultiTaskInputs(nn.Module):
     if self.is_initializing() or self.is_mutable_collection("cache"):
       return jnp.zeros((tokens.shape[0],), jnp.int32)
     raise ValueError("task_source='feature' needs a `task_ids` feature in every batch: tasks preprocessed with "
-                     "data.preprocessors.add_task_ids and 'task_ids': 1 in TASK_FEATURE_LENGTHS (families/multitask.gin "
-                     "declares the feature).")
+                     "data.preprocessors.add_task_ids and 'task_ids': 1 in TASK_FEATURE_LENGTHS "
+                     "(families/multitask.gin declares the feature).")
 
   def _strip(self, x: Array) -> Array:
     return x[:, self._id_tokens:]

@@ -10,7 +10,6 @@ from prompt_tuning.gin_utils import ConfigError
 from prompt_tuning.runtime.schedules import create_learning_rate_scheduler  # noqa: F401  pylint: disable=unused-import
 
 
-
 @dataclasses.dataclass
 class DatasetConfig:
   """Which SeqIO task or mixture to read and how (T5X `utils.DatasetConfig`)."""

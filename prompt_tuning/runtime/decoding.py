@@ -14,7 +14,7 @@ Conventions shared with T5X `t5x/decoding.py`:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
@@ -29,7 +29,7 @@ NEG_INF = -1.0e7
 MIN_TEMPERATURE = 1e-4
 # Cache leaves with no batch axis, shared by every row (the decoder's cached relative-position table, the
 # absolute position embedder's index).
-UNBATCHED_CACHE_LEAVES = ('cached_bias', 'position_embedder_index')
+UNBATCHED_CACHE_LEAVES = ("cached_bias", "position_embedder_index")
 
 
 @flax.struct.dataclass
@@ -56,11 +56,11 @@ TokensToLogits = Callable[[DecodingState], tuple[jnp.ndarray, PyTree]]
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _leaf_name(path: Sequence[Any]) -> Optional[str]:
+def _leaf_name(path: Sequence[Any]) -> str | None:
   if not path:
     return None
   key = path[-1]
-  name = getattr(key, 'key', getattr(key, 'name', None))
+  name = getattr(key, "key", getattr(key, "name", None))
   return None if name is None else str(name)
 
 
@@ -90,8 +90,8 @@ def flatten_beam_dim(x: jnp.ndarray) -> jnp.ndarray:
 def unflatten_beam_dim(x: jnp.ndarray, batch_size: int, beam_size: int) -> jnp.ndarray:
   """[B * beam, ...] -> [B, beam, ...]."""
   if x.shape[0] != batch_size * beam_size:
-    raise ValueError(f'Leading dim {x.shape[0]} of shape {x.shape} is not batch_size * beam_size = '
-                     f'{batch_size} * {beam_size}.')
+    raise ValueError(f"Leading dim {x.shape[0]} of shape {x.shape} is not batch_size * beam_size = "
+                     f"{batch_size} * {beam_size}.")
   return x.reshape((batch_size, beam_size) + x.shape[1:])
 
 
@@ -125,9 +125,9 @@ def _write_column(x: jnp.ndarray, index: jnp.ndarray, values: jnp.ndarray) -> jn
 
 def _check_inputs(inputs: jnp.ndarray, num_decodes: int) -> None:
   if inputs.ndim != 2:
-    raise ValueError(f'inputs must be [batch, length] token ids, got shape {inputs.shape}.')
+    raise ValueError(f"inputs must be [batch, length] token ids, got shape {inputs.shape}.")
   if num_decodes < 1:
-    raise ValueError(f'num_decodes={num_decodes} must be >= 1.')
+    raise ValueError(f"num_decodes={num_decodes} must be >= 1.")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ LogitCallbackFn = Callable[[jnp.ndarray, SamplingLoopState], jnp.ndarray]
 def _topk_mask(logits: jnp.ndarray, topk: int) -> jnp.ndarray:
   """Keeps the logits >= the k-th largest of each row (ties kept), the rest set to NEG_INF."""
   if topk > logits.shape[-1]:
-    raise ValueError(f'topk={topk} exceeds the vocabulary size {logits.shape[-1]}.')
+    raise ValueError(f"topk={topk} exceeds the vocabulary size {logits.shape[-1]}.")
   kth = lax.top_k(logits, topk)[0][..., -1:]
   return jnp.where(logits >= kth, logits, NEG_INF)
 
@@ -198,13 +198,13 @@ def _sample_tokens(
   return token, log_prob
 
 
-def _check_sampling_args(topk: int, topp: float, max_decode_steps: Optional[int], length: int) -> None:
+def _check_sampling_args(topk: int, topp: float, max_decode_steps: int | None, length: int) -> None:
   if topk < 0 or topp < 0:
-    raise ValueError(f'topk={topk} and topp={topp} must be >= 0 (0 disables them).')
+    raise ValueError(f"topk={topk} and topp={topp} must be >= 0 (0 disables them).")
   if topk and topp:
-    raise ValueError(f'topk={topk} and topp={topp} are mutually exclusive: set one of them to 0.')
+    raise ValueError(f"topk={topk} and topp={topp} are mutually exclusive: set one of them to 0.")
   if max_decode_steps is not None and not 0 < max_decode_steps <= length:
-    raise ValueError(f'max_decode_steps={max_decode_steps} must be in [1, inputs length {length}].')
+    raise ValueError(f"max_decode_steps={max_decode_steps} must be in [1, inputs length {length}].")
 
 
 def temperature_sample(
@@ -212,15 +212,15 @@ def temperature_sample(
     cache: PyTree,
     tokens_to_logits: TokensToLogits,
     eos_id: int,
-    decode_rng: Optional[jnp.ndarray] = None,
+    decode_rng: jnp.ndarray | None = None,
     num_decodes: int = 1,
-    temperature: Union[float, jnp.ndarray] = 1.0,
+    temperature: float | jnp.ndarray = 1.0,
     topk: int = 1,
     topp: float = 0.0,
-    initial_index: Optional[jnp.ndarray] = None,
-    max_decode_steps: Optional[int] = None,
+    initial_index: jnp.ndarray | None = None,
+    max_decode_steps: int | None = None,
     rescale_log_probs: bool = True,
-    logit_callback_fn: Optional[LogitCallbackFn] = None,
+    logit_callback_fn: LogitCallbackFn | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Samples `num_decodes` continuations per row (T5X `decoding.temperature_sample`).
 
@@ -250,8 +250,8 @@ def temperature_sample(
   rng = jax.random.PRNGKey(0) if decode_rng is None else decode_rng
   temperature = jnp.asarray(temperature, jnp.float32)
   if temperature.ndim == 1 and temperature.shape[0] != batch_size:
-    raise ValueError(f'temperature has shape {temperature.shape}: give a scalar or one value per batch row '
-                     f'({batch_size}).')
+    raise ValueError(f"temperature has shape {temperature.shape}: give a scalar or one value per batch row "
+                     f"({batch_size}).")
   temperature = jnp.repeat(temperature, num_decodes) if temperature.ndim == 1 else temperature.reshape(1)
   temperature = temperature[:, None]
   expand = functools.partial(flat_batch_beam_expand, beam_size=num_decodes)
@@ -276,9 +276,9 @@ def _sampling_loop(
     eos_id: int,
     rng: jnp.ndarray,
     sample_fn: Callable[[jnp.ndarray, jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]],
-    initial_index: Optional[jnp.ndarray],
-    max_decode_steps: Optional[int],
-    logit_callback_fn: Optional[LogitCallbackFn],
+    initial_index: jnp.ndarray | None,
+    max_decode_steps: int | None,
+    logit_callback_fn: LogitCallbackFn | None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """The while loop of `temperature_sample` over flat rows: returns [rows, L] tokens and [rows] log-probs."""
   rows, length = inputs.shape
@@ -332,7 +332,7 @@ def _sampling_loop(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def brevity_penalty(alpha: float, length: Union[int, jnp.ndarray]) -> jnp.ndarray:
+def brevity_penalty(alpha: float, length: int | jnp.ndarray) -> jnp.ndarray:
   """GNMT length penalty ((5 + length) / 6) ** alpha; beam scores are log-prob / penalty."""
   return jnp.power((5.0 + length) / 6.0, alpha)
 
@@ -366,9 +366,9 @@ def beam_search(
     eos_id: int,
     num_decodes: int = 4,
     alpha: float = 0.6,
-    max_decode_len: Optional[int] = None,
-    decode_rng: Optional[jnp.ndarray] = None,
-    initial_index: Optional[jnp.ndarray] = None,
+    max_decode_len: int | None = None,
+    decode_rng: jnp.ndarray | None = None,
+    initial_index: jnp.ndarray | None = None,
     min_log_prob: float = NEG_INF,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Beam search with a brevity penalty (T5X `decoding.beam_search`).
@@ -398,7 +398,7 @@ def beam_search(
   _check_inputs(inputs, num_decodes)
   length = inputs.shape[1] if max_decode_len is None else max_decode_len
   if length < 1:
-    raise ValueError(f'max_decode_len={max_decode_len} must be >= 1.')
+    raise ValueError(f"max_decode_len={max_decode_len} must be >= 1.")
   batch_size, beams = inputs.shape[0], num_decodes
   # forced[:, j] is the token forced at sequence slot j (slot j holds output position j - 1).
   forced = _fit_length(jnp.asarray(inputs, jnp.int32), length + 1)

@@ -6,7 +6,7 @@ SUM over weighted tokens (T5X default), not a mean.
 from __future__ import annotations
 
 import enum
-from typing import Mapping, Optional, Union
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ class SpecialLossNormalizingFactor(enum.Enum):
   AVERAGE_PER_SEQUENCE = 3
 
 
-LossNormalizingFactor = Union[None, float, int, str, SpecialLossNormalizingFactor]
+LossNormalizingFactor = float | int | str | SpecialLossNormalizingFactor | None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,15 +82,15 @@ cross_entropy_with_logits.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
 # Loss normalizing factors.
 
 
-def _as_special_factor(value: Union[str, SpecialLossNormalizingFactor]) -> SpecialLossNormalizingFactor:
+def _as_special_factor(value: str | SpecialLossNormalizingFactor) -> SpecialLossNormalizingFactor:
   if isinstance(value, SpecialLossNormalizingFactor):
     return value
   try:
     return SpecialLossNormalizingFactor[value.upper()]
   except KeyError:
-    valid = ', '.join(repr(f.name) for f in SpecialLossNormalizingFactor)
-    raise ValueError(f'Unknown loss_normalizing_factor {value!r}; use a number, None, or one of '
-                     f'{valid}.') from None
+    valid = ", ".join(repr(f.name) for f in SpecialLossNormalizingFactor)
+    raise ValueError(f"Unknown loss_normalizing_factor {value!r}; use a number, None, or one of "
+                     f"{valid}.") from None
 
 
 def _per_segment_weight_sums(segment_ids: Array, weights: Array) -> Array:
@@ -105,7 +105,7 @@ def _per_segment_weight_sums(segment_ids: Array, weights: Array) -> Array:
 
 def get_loss_normalizing_factor_and_weights(
     loss_normalizing_factor: LossNormalizingFactor, batch: Mapping[str, Array]
-) -> tuple[Optional[Union[float, Array]], Optional[Array]]:
+) -> tuple[float | Array | None, Array | None]:
   """Resolves `loss_normalizing_factor` to a number (or None) and the per-token loss weights to use.
 
   A number or None passes through with `batch['decoder_loss_weights']` (None if absent). A special factor
@@ -113,11 +113,11 @@ def get_loss_normalizing_factor_and_weights(
   `decoder_target_tokens > 0`. For AVERAGE_PER_SEQUENCE on packed batches, `decoder_segment_ids` delimit the
   sequences.
   """
-  weights = batch.get('decoder_loss_weights')
+  weights = batch.get("decoder_loss_weights")
   if not isinstance(loss_normalizing_factor, (str, SpecialLossNormalizingFactor)):
     return loss_normalizing_factor, weights
   special = _as_special_factor(loss_normalizing_factor)
-  targets = batch['decoder_target_tokens']
+  targets = batch["decoder_target_tokens"]
   if weights is None:
     weights = (targets > 0).astype(jnp.float32)
   weights = jnp.asarray(weights, jnp.float32)
@@ -125,7 +125,7 @@ def get_loss_normalizing_factor_and_weights(
     return jnp.sum(weights), weights
   if special is SpecialLossNormalizingFactor.NUM_TOTAL_TARGET_TOKENS:
     return float(np.prod(targets.shape)), weights
-  segment_ids = batch.get('decoder_segment_ids')
+  segment_ids = batch.get("decoder_segment_ids")
   if segment_ids is None:
     per_sequence = jnp.sum(weights, axis=-1, keepdims=True)
   else:
@@ -141,7 +141,7 @@ def get_loss_normalizing_factor_and_weights(
 def compute_weighted_cross_entropy(
     logits: Array,
     targets: Array,
-    weights: Optional[Array] = None,
+    weights: Array | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     loss_normalizing_factor: LossNormalizingFactor = None,
@@ -162,14 +162,14 @@ def compute_weighted_cross_entropy(
     (loss, z_loss_sum, weight_sum): float32 scalars; weight_sum is the sum of the weights used, or B·L.
   """
   if logits.ndim != targets.ndim + 1:
-    raise ValueError(f'logits must have one more dim than targets; got logits {logits.shape}, '
-                     f'targets {targets.shape}.')
+    raise ValueError(f"logits must have one more dim than targets; got logits {logits.shape}, "
+                     f"targets {targets.shape}.")
   if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f'label_smoothing must be in [0, 1); got {label_smoothing}.')
+    raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}.")
   if isinstance(loss_normalizing_factor, (str, SpecialLossNormalizingFactor)):
-    batch = {'decoder_target_tokens': targets}
+    batch = {"decoder_target_tokens": targets}
     if weights is not None:
-      batch['decoder_loss_weights'] = weights
+      batch["decoder_loss_weights"] = weights
     loss_normalizing_factor, weights = get_loss_normalizing_factor_and_weights(loss_normalizing_factor, batch)
 
   vocab_size = logits.shape[-1]
@@ -195,7 +195,7 @@ def compute_weighted_cross_entropy(
 
 
 def compute_base_metrics(
-    logits: Array, targets: Array, weights: Optional[Array], loss: Array, z_loss: Optional[Array]
+    logits: Array, targets: Array, weights: Array | None, loss: Array, z_loss: Array | None
 ) -> dict[str, Array]:
   """One batch's T5X training metrics as float32 scalars (the `train/` names, without timing).
 
@@ -209,24 +209,24 @@ def compute_base_metrics(
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   loss = jnp.asarray(loss, jnp.float32)
   metrics = {
-      'accuracy': jnp.sum(correct * mask) / nonpadding_tokens,
-      'loss': loss,
-      'loss_per_nonpadding_target_token': loss / nonpadding_tokens,
-      'loss_per_all_target_tokens': loss / num_tokens,
-      'non_padding_fraction/loss_weights': nonpadding_tokens / num_tokens,
+      "accuracy": jnp.sum(correct * mask) / nonpadding_tokens,
+      "loss": loss,
+      "loss_per_nonpadding_target_token": loss / nonpadding_tokens,
+      "loss_per_all_target_tokens": loss / num_tokens,
+      "non_padding_fraction/loss_weights": nonpadding_tokens / num_tokens,
   }
   if z_loss is not None:
     z_loss = jnp.asarray(z_loss, jnp.float32)
     metrics.update({
-        'z_loss': z_loss,
-        'z_loss_per_all_target_tokens': z_loss / num_tokens,
-        'cross_ent_loss': loss - z_loss,
-        'cross_ent_loss_per_all_target_tokens': (loss - z_loss) / num_tokens,
+        "z_loss": z_loss,
+        "z_loss_per_all_target_tokens": z_loss / num_tokens,
+        "cross_ent_loss": loss - z_loss,
+        "cross_ent_loss_per_all_target_tokens": (loss - z_loss) / num_tokens,
     })
   return metrics
 
 
-def token_log_likelihoods(logits: Array, targets: Array, weights: Optional[Array] = None) -> Array:
+def token_log_likelihoods(logits: Array, targets: Array, weights: Array | None = None) -> Array:
   """Per-sequence `Σ_t log_softmax(logits)[target_t] · weight_t`, shape [B]; no z-loss, no smoothing."""
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   token_scores = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]

@@ -7,7 +7,7 @@ T5X-like (`encoder/prompt/prompt/prompt`).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence
 
 from flax import traverse_util
 import jax
@@ -20,7 +20,7 @@ FactorRule = Callable[[str, jax.Array], bool]
 
 
 def _key_name(key: Any) -> str:
-  for attr in ('key', 'name', 'idx'):
+  for attr in ("key", "name", "idx"):
     if hasattr(key, attr):
       return str(getattr(key, attr))
   return str(key)
@@ -28,7 +28,7 @@ def _key_name(key: Any) -> str:
 
 def _path_name(keypath: Sequence[Any]) -> str:
   """'/'-joined name of a pytree key path, e.g. 'encoder/prompt/prompt/prompt'."""
-  return '/'.join(_key_name(key) for key in keypath)
+  return "/".join(_key_name(key) for key in keypath)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -41,13 +41,13 @@ def adafactor(
     decay_rate: float = 0.8,
     step_offset: int = 0,
     multiply_by_parameter_scale: bool = False,
-    clipping_threshold: Optional[float] = 1.0,
-    weight_decay_rate: Optional[float] = 1e-5,
+    clipping_threshold: float | None = 1.0,
+    weight_decay_rate: float | None = 1e-5,
     epsilon1: float = 1e-30,
     min_dim_size_to_factor: int = 128,
     factored: bool = True,
-    beta1: Optional[float] = None,
-    factor_rule: Optional[FactorRule] = None,
+    beta1: float | None = None,
+    factor_rule: FactorRule | None = None,
 ) -> optax.GradientTransformation:
   """T5X `adafactor.Adafactor` as an optax chain (defaults are prompt tuning's, not T5X's).
 
@@ -72,11 +72,11 @@ def adafactor(
 
     def labels(params):
       return jax.tree_util.tree_map_with_path(
-          lambda path, leaf: 'factored' if factor_rule(_path_name(path), leaf) else 'full', params)
+          lambda path, leaf: "factored" if factor_rule(_path_name(path), leaf) else "full", params)
 
     second_moment = optax.multi_transform(
-        {'factored': optax.scale_by_factored_rms(factored=True, **rms_kwargs),
-         'full': optax.scale_by_factored_rms(factored=False, **rms_kwargs)}, labels)
+        {"factored": optax.scale_by_factored_rms(factored=True, **rms_kwargs),
+         "full": optax.scale_by_factored_rms(factored=False, **rms_kwargs)}, labels)
 
   chain = [second_moment]
   if clipping_threshold is not None:
@@ -97,7 +97,7 @@ def adamw(learning_rate: optax.ScalarOrSchedule, **kwargs: Any) -> optax.Gradien
   return optax.adamw(learning_rate, **kwargs)
 
 
-def set_optimizer_step(opt_state: PyTree, step: Union[int, jax.Array]) -> PyTree:
+def set_optimizer_step(opt_state: PyTree, step: int | jax.Array) -> PyTree:
   """Sets every `count` in an optax state to `step` (keeping its dtype).
 
   T5X's Adafactor decays with the global step, which a run restored from a checkpoint continues (e.g. from
@@ -105,18 +105,18 @@ def set_optimizer_step(opt_state: PyTree, step: Union[int, jax.Array]) -> PyTree
   and any learning-rate schedule inside the optimizer see the same step as T5X.
   """
   if isinstance(step, (int, np.integer)) and not 0 <= step <= jnp.iinfo(jnp.int32).max:
-    raise ValueError(f'step={step} does not fit the int32 optimizer counters.')
+    raise ValueError(f"step={step} does not fit the int32 optimizer counters.")
   found = []
 
   def set_count(path, leaf):
-    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == 'count':
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "count":
       found.append(path)
       return jnp.full_like(leaf, step)
     return leaf
 
   new_state = jax.tree_util.tree_map_with_path(set_count, opt_state)
   if not found:
-    raise ValueError('The optimizer state has no `count` fields to set; is it an optax state?')
+    raise ValueError("The optimizer state has no `count` fields to set; is it an optax state?")
   return new_state
 
 
@@ -131,15 +131,15 @@ def _named_leaves(params: PyTree) -> list[tuple[tuple[str, ...], Any]]:
 
 def _matcher(regexes: Sequence[str]) -> Callable[[str], bool]:
   if isinstance(regexes, str):
-    raise TypeError(f'regexes must be a sequence of patterns, not the string {regexes!r}; wrap it in a list.')
+    raise TypeError(f"regexes must be a sequence of patterns, not the string {regexes!r}; wrap it in a list.")
   compiled = [re.compile(regex) for regex in regexes]
   return lambda name: any(pattern.fullmatch(name) for pattern in compiled)
 
 
 def _check_matches(any_match: bool, regexes: Sequence[str], params: PyTree) -> None:
   if not any_match:
-    examples = ['/'.join(path) for path, _ in _named_leaves(params)[:5]]
-    raise ValueError(f'No parameter matches the trainable regexes {list(regexes)}. Patterns must fully match '
+    examples = ["/".join(path) for path, _ in _named_leaves(params)[:5]]
+    raise ValueError(f"No parameter matches the trainable regexes {list(regexes)}. Patterns must fully match "
                      f"'/'-joined paths, e.g. {examples}.")
 
 
@@ -156,7 +156,7 @@ def split_trainable(params: PyTree, regexes: Sequence[str]) -> tuple[dict, dict]
   is_trainable = _matcher(regexes)
   trainable, frozen = {}, {}
   for path, leaf in _named_leaves(params):
-    (trainable if is_trainable('/'.join(path)) else frozen)[path] = leaf
+    (trainable if is_trainable("/".join(path)) else frozen)[path] = leaf
   _check_matches(bool(trainable), regexes, params)
   return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
 
@@ -165,7 +165,7 @@ def merge_trainable(trainable: Mapping, frozen: Mapping) -> dict:
   """Inverse of `split_trainable`: one nested dict with the leaves of both (which must not overlap)."""
   flat_trainable = traverse_util.flatten_dict(trainable)
   flat_frozen = traverse_util.flatten_dict(frozen)
-  overlap = sorted('/'.join(path) for path in flat_trainable.keys() & flat_frozen.keys())
+  overlap = sorted("/".join(path) for path in flat_trainable.keys() & flat_frozen.keys())
   if overlap:
-    raise ValueError(f'Parameters are both trainable and frozen: {overlap[:5]}.')
+    raise ValueError(f"Parameters are both trainable and frozen: {overlap[:5]}.")
   return traverse_util.unflatten_dict({**flat_frozen, **flat_trainable})

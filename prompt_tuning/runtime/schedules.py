@@ -10,7 +10,7 @@ Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 
 
 def create_learning_rate_scheduler(
-    factors: str = 'constant * linear_warmup * rsqrt_decay',
+    factors: str = "constant * linear_warmup * rsqrt_decay",
     base_learning_rate: float = 0.5,
     warmup_steps: int = 1000,
     decay_factor: float = 0.5,
@@ -59,18 +59,18 @@ def create_learning_rate_scheduler(
 
   factor_fns = {fn.__name__: fn for fn in (constant, linear_warmup, linear_decay, rsqrt_decay,
                                             rsqrt_normalized_decay, decay_every, cosine_decay)}
-  names = [name.strip() for name in factors.split('*')]
+  names = [name.strip() for name in factors.split("*")]
   unknown = [name for name in names if name not in factor_fns]
   if unknown:
-    raise ValueError(f'Unknown learning-rate factor(s) {unknown} in factors={factors!r}; '
+    raise ValueError(f"Unknown learning-rate factor(s) {unknown} in factors={factors!r}; "
                      f'valid factors: {", ".join(factor_fns)}.')
-  positive = {'warmup_steps': (warmup_steps, {'linear_warmup', 'linear_decay', 'rsqrt_normalized_decay'}),
-              'steps_per_decay': (steps_per_decay, {'decay_every'}),
-              'steps_per_cycle': (steps_per_cycle, {'cosine_decay'})}
+  positive = {"warmup_steps": (warmup_steps, {"linear_warmup", "linear_decay", "rsqrt_normalized_decay"}),
+              "steps_per_decay": (steps_per_decay, {"decay_every"}),
+              "steps_per_cycle": (steps_per_cycle, {"cosine_decay"})}
   for arg, (value, users) in positive.items():
     if value <= 0 and users.intersection(names):
-      raise ValueError(f'{arg}={value} must be positive when factors={factors!r} uses '
-                       f'{sorted(users.intersection(names))}.')
+      raise ValueError(f"{arg}={value} must be positive when factors={factors!r} uses "
+                       f"{sorted(users.intersection(names))}.")
   fns = [factor_fns[name] for name in names]
 
   def step_fn(step: jax.typing.ArrayLike) -> jax.Array:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import Sequence
 
 from prompt_tuning import prompts
 from prompt_tuning.export import peft
 
 
-def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m prompt_tuning.scripts.export_peft", description=__doc__.split("\n")[0])
   parser.add_argument("--prompt_file", required=True, help="the prompt as a .npy array [length, width]")
@@ -31,7 +31,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
   args = _parse(argv)
   try:
     prompt = prompts.np_load(args.prompt_file)()

@@ -13,7 +13,7 @@ import argparse
 import gzip
 import json
 import re
-from typing import Iterator, Optional, Sequence, TextIO
+from typing import Iterator, Sequence, TextIO
 
 from prompt_tuning.data import preprocessors
 
@@ -39,7 +39,7 @@ def mrqa_rows(lines: TextIO) -> Iterator[list[str]]:
              ANSWER_DELIMITER.join(answers)]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m prompt_tuning.scripts.mrqa_to_tsv",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--input", "--jsonl", dest="input", required=True,

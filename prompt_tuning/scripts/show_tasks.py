@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import seqio
@@ -20,7 +20,7 @@ from prompt_tuning.data import tasks  # pylint: disable=unused-import
 from prompt_tuning.data import vocab
 
 
-def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m prompt_tuning.scripts.show_tasks", description=__doc__.split("\n")[0])
   what = parser.add_mutually_exclusive_group(required=True)
@@ -57,7 +57,7 @@ def _show(task: seqio.Task, split: str, num: int) -> None:
       print(f"  {key}: {_format(value)}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
   args = _parse(argv)
   for module in args.module:
     importlib.import_module(module)

@@ -1,8 +1,8 @@
 """Prompt ensembling (Lester et al. 2021, §6): N prompts for one task, evaluated in one batched forward pass.
 
 Each example is repeated once per prompt and row j of the repeat uses prompt j of an unnamed `PromptBank`
-(`serving/ensemble.gin`: the family's prompt is the bank, its inference hooks are `PromptEnsemble`). Generation takes the majority vote of the N decodes; rank classification averages
-the N scores.
+(`serving/ensemble.gin`: the family's prompt is the bank, its inference hooks are `PromptEnsemble`). Generation
+takes the majority vote of the N decodes; rank classification averages the N scores.
 """
 from __future__ import annotations
 

@@ -99,7 +99,8 @@ class PromptBank(nn.Module):
     if task_ids is None:
       if self.num_prompts > 1 and not self.is_initializing():
         raise ValueError(f"This PromptBank holds {self.num_prompts} prompts and needs `task_ids` (one per example): "
-                         "serve tasks named in the bank, or use serving/ensemble.gin (PromptFamily.inference = PromptEnsemble).")
+                         "serve tasks named in the bank, or use serving/ensemble.gin (PromptFamily.inference = "
+                         "PromptEnsemble).")
       task_ids = jnp.zeros(embedded.shape[:1], jnp.int32)
     picked = jnp.take(self.bank, task_ids, axis=0, mode="fill", fill_value=jnp.nan)
     return picked.astype(self.dtype)

@@ -70,4 +70,3 @@ class AttemptPrompt(nn.Module):
     weights = jax.nn.softmax(query @ keys.T / temperature, axis=-1)  # [B, K]
     mixed = jnp.einsum("bk,kpd->bpd", weights, candidates)
     return (target[None] + mixed).astype(self.dtype)
-
