@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import masks
-from prompt_tuning.family import PromptFamily, StackInfo, family_of  # noqa: F401  (StackInfo: for hook modules)
+from prompt_tuning.family import PromptFamily, StackInfo, family_of
 from prompt_tuning.models import layers as L
 from prompt_tuning.models.config import T5Config
 
