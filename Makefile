@@ -10,19 +10,18 @@ PYTEST_ARGS ?=
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-compile -e ".[test,hf]"  # hf: the Hugging Face parity, PEFT, safetensors tests
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu bash launch/local/demo.sh
 
 bench: $(STAMP)  # the peer (PyTorch CPU, transformers, peft) comes with the hf extra
-	$(PY) -c "import peft" 2>/dev/null || $(PY) -m pip install -q -e ".[hf]"
 	JAX_PLATFORMS=cpu $(PY) -m benchmarks.step_time
 
 profile: $(STAMP)  # where our step's time goes, per XLA operation (huge pages as the step-time workers use)

@@ -19,6 +19,7 @@ import optax
 from benchmarks.flops import step_flops, xla_flops
 from benchmarks.shapes import StepShape, random_batch
 from prompt_tuning import prompts
+from prompt_tuning.family import PROMPT_REGEX, PromptFamily
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import EncoderDecoder
 from prompt_tuning.runtime import optim
@@ -42,10 +43,10 @@ def mode_shape(shape: StepShape, mode: str) -> StepShape:
 
 
 def make_model(config: T5Config, prompt_length: int) -> EncoderDecoderModel:
-  factory = None
+  family = None
   if prompt_length:
-    factory = functools.partial(prompts.PromptedInputs, prompts.Prompt(prompt_length), "prefix")
-  return EncoderDecoderModel(EncoderDecoder(config, factory))
+    family = PromptFamily(functools.partial(prompts.PromptedInputs, prompts.Prompt(prompt_length), "prefix"))
+  return EncoderDecoderModel(EncoderDecoder(config, family))
 
 
 def make_optimizer(mode: str) -> optax.GradientTransformation:
@@ -58,7 +59,7 @@ def make_optimizer(mode: str) -> optax.GradientTransformation:
 
 def trainable_regexes(mode: str) -> list[str]:
   check_mode(mode)
-  return [".*/prompt/.*"] if mode == "prompt" else [".*"]
+  return [PROMPT_REGEX] if mode == "prompt" else [".*"]
 
 
 def jit_train_step(model: EncoderDecoderModel, mode: str) -> Any:

@@ -162,4 +162,10 @@ NO_FAMILY = PromptFamily()
 
 def family_of(module: Any) -> PromptFamily:
   """The family a model module (or a model wrapper's module) was built with; `NO_FAMILY` for a plain model."""
-  return getattr(module, "family", None) or NO_FAMILY
+  family = getattr(module, "family", None)
+  if family is None:
+    return NO_FAMILY
+  if not isinstance(family, PromptFamily):
+    raise TypeError(f"A model's family must be a prompt_tuning.family.PromptFamily, got {family!r}; wrap a prompt "
+                    "factory as PromptFamily(prompt=factory).")
+  return family

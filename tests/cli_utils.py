@@ -1,11 +1,22 @@
-"""Helpers for tests that drive the CLIs the way a user does (subprocess, gin flags)."""
+"""Helpers for tests that drive the CLIs the way a user does (`python -m prompt_tuning.<module> <flags>`).
+
+`run_cli` runs the module as `python -m` would (`runpy` as `__main__`, the same argv, absl flags and gin parsed
+afresh, the working directory and exit status of a real run) but inside the test process, so a call does not pay
+for starting Python, TensorFlow and JAX again. `PT_TEST_CLI_SUBPROCESS=1` (or `in_process=False`) runs each CLI in
+its own process instead, as a user's shell does.
+"""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import pathlib
+import runpy
 import subprocess
 import sys
-from typing import Sequence
+import traceback
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,10 +53,78 @@ def cli_command(module: str, flags: Sequence[str]) -> list[str]:
   return [sys.executable, "-m", f"prompt_tuning.{module}", *flags]
 
 
-def run_cli(module: str, flags: Sequence[str], cwd: pathlib.Path, timeout: int = 600,
-            check: bool = True) -> subprocess.CompletedProcess:
-  proc = subprocess.run(cli_command(module, flags), cwd=cwd, env=cli_env(), capture_output=True, text=True,
-                        timeout=timeout)
+def run_cli(module: str, flags: Sequence[str], cwd: pathlib.Path, timeout: int = 600, check: bool = True,
+            in_process: bool = True) -> subprocess.CompletedProcess:
+  """`python -m prompt_tuning.<module> <flags>` in `cwd`: its exit status, stdout and stderr (logs included)."""
+  if not in_process or os.environ.get("PT_TEST_CLI_SUBPROCESS") == "1":
+    proc = subprocess.run(cli_command(module, flags), cwd=cwd, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+  else:
+    proc = run_in_process(module, flags, cwd)
   if check and proc.returncode != 0:
     raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
   return proc
+
+
+def run_in_process(module: str, flags: Sequence[str], cwd: pathlib.Path) -> subprocess.CompletedProcess:
+  """The module run as `__main__` in this process, with a fresh gin config and fresh absl flags.
+
+  Each run executes the module afresh, so gin's interactive mode lets its configurables (T5X's
+  `import __main__ as train_script`) replace those of the previous run, as a new process would."""
+  import gin
+  argv = cli_command(module, flags)[2:]  # [module, *flags], as sys.argv of `python -m` but for argv[0]
+  out, err = io.StringIO(), io.StringIO()
+  code: int | str | None = 0
+  gin.clear_config()
+  _fresh_flags()
+  with gin.config.interactive_mode(), _captured_logs(err), _cwd(cwd), contextlib.redirect_stdout(out), \
+      contextlib.redirect_stderr(err):
+    saved_argv, sys.argv = sys.argv, list(argv)
+    try:
+      runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+      code = e.code
+    except BaseException:  # pylint: disable=broad-except  # a crash: the traceback a shell would show
+      traceback.print_exc()
+      code = 1
+    finally:
+      sys.argv = saved_argv
+      gin.clear_config()
+  if isinstance(code, str):  # sys.exit("error: ...") prints the message and exits with 1
+    err.write(code + "\n")
+    code = 1
+  return subprocess.CompletedProcess(argv, code or 0, out.getvalue(), err.getvalue())
+
+
+def _fresh_flags() -> None:
+  """absl flags back to their defaults and logging at INFO, as `app.run` leaves them in a new process."""
+  from absl import flags as absl_flags
+  from absl import logging as absl_logging
+  logging.disable(logging.INFO)  # unparse_flags logs that it ran
+  absl_flags.FLAGS.unparse_flags()
+  logging.disable(logging.NOTSET)
+  absl_logging.set_verbosity(absl_logging.INFO)
+
+
+@contextlib.contextmanager
+def _cwd(path: pathlib.Path) -> Iterator[None]:
+  saved = os.getcwd()
+  os.chdir(path)
+  try:
+    yield
+  finally:
+    os.chdir(saved)
+
+
+@contextlib.contextmanager
+def _captured_logs(stream: io.StringIO) -> Iterator[None]:
+  """absl's log handler (which `app.run` puts on the root logger) writes into `stream`, as into a CLI's stderr."""
+  from absl import logging as absl_logging
+  handler = absl_logging.get_absl_handler().python_handler
+  root = logging.getLogger()
+  saved_stream, saved_level = handler.setStream(stream), root.level
+  try:
+    yield
+  finally:
+    handler.setStream(saved_stream)
+    root.setLevel(saved_level)

@@ -6,9 +6,14 @@ import pathlib
 
 import pytest
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# JAX's persistent compilation cache, shared by the test workers and the CLI runs they start: the same tiny
+# programs compile once per clone instead of once per test. A fresh clone starts with it empty.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".pytest_cache" / "jax_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 

@@ -13,6 +13,9 @@ import zipfile
 
 import pytest
 
+# One xdist worker for the module: its module fixtures build the wheel and the fresh venv once.
+pytestmark = pytest.mark.xdist_group("test_packaging")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BARE_ENV = {"PATH": "/usr/bin:/bin"}  # no PYTHONPATH: nothing from the checkout or the test's environment
 

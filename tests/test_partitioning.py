@@ -28,6 +28,9 @@ from prompt_tuning.models import get_config
 from prompt_tuning.models import t5 as t5_lib
 from prompt_tuning.runtime import partitioning
 
+# One xdist worker for the module: its module fixtures run the 8-device and two-process checks once.
+pytestmark = pytest.mark.xdist_group("test_partitioning")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKS_SCRIPT = pathlib.Path(multidevice_checks.__file__)
 REPLICATED = [("relpos_buckets", None), ("abspos_buckets", None), ("length", None), ("layers", None),

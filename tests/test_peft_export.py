@@ -5,8 +5,6 @@ Tolerance as in test_hf_parity: rtol 1e-4, atol 1e-4 * max|HF logit|, on non-pad
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ peft = pytest.importorskip("peft", reason="needs the hf extra: pip install 'prom
 
 # Imported after the skips: test_hf_parity needs torch at import time.
 # pylint: disable-next=g-import-not-at-top
+from cli_utils import run_cli
 from test_hf_parity import (T5_1_1_CONFIGS, assert_logits_match, hf_logits, our_logits, random_batch,
                             random_hf_t5)
 
@@ -66,11 +65,8 @@ def test_cli_writes_an_adapter_peft_reads(base_model, tmp_path):
   model, path, params, config = base_model
   prompt = np.random.default_rng(5).uniform(-0.5, 0.5, size=(PROMPT_LENGTH, config.emb_dim)).astype(np.float32)
   np.save(tmp_path / "prompt.npy", prompt)
-  result = subprocess.run(
-      [sys.executable, "-m", "prompt_tuning.scripts.export_peft", "--prompt_file", str(tmp_path / "prompt.npy"),
-       "--output_dir", str(tmp_path / "adapter"), "--base_model", str(path)],
-      capture_output=True, text=True, check=False, timeout=120)
-  assert result.returncode == 0, result.stderr
+  run_cli("scripts.export_peft", ["--prompt_file", str(tmp_path / "prompt.npy"), "--output_dir",
+                                   str(tmp_path / "adapter"), "--base_model", str(path)], tmp_path)
   written = json.loads((tmp_path / "adapter" / peft_export.ADAPTER_CONFIG_FILE).read_text())
   assert written["num_virtual_tokens"] == PROMPT_LENGTH and written["num_transformer_submodules"] == 1
   batch = random_batch(seed=6)

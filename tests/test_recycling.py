@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from cli_utils import cli_env, write_tiny_t5x_checkpoint
+from cli_utils import run_cli, write_tiny_t5x_checkpoint
 from prompt_tuning.runtime.checkpoints.restore import load_checkpoint_variable
 from prompt_tuning.serving import recycling
 
@@ -56,11 +54,10 @@ def test_recycle_prompt_cli_between_two_checkpoints(tmp_path):
   prompt = tmp_path / "prompt.npy"
   np.save(prompt, RNG.normal(size=(3, 4)).astype(np.float32))
   out = tmp_path / "recycled.npy"
-  cmd = [sys.executable, "-m", "prompt_tuning.scripts.recycle_prompt", f"--source_model={source}",
-         f"--target_model={target}", f"--prompt_path={prompt}", f"--output_path={out}", "--recycler=v2v-lin",
-         f"--filtered_word={words}", "--num_words=200", "--word_offset=100"]
-  proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  flags = [f"--source_model={source}", f"--target_model={target}", f"--prompt_path={prompt}",
+           f"--output_path={out}", "--recycler=v2v-lin", f"--filtered_word={words}", "--num_words=200",
+           "--word_offset=100"]
+  proc = run_cli("scripts.recycle_prompt", flags, tmp_path)
   tables = [np.asarray(load_checkpoint_variable(str(c), "target/token_embedder/embedding")) for c in (source, target)]
   rows = np.arange(105, 305)
   projection = np.linalg.lstsq(tables[0][rows].astype(np.float64), tables[1][rows].astype(np.float64), rcond=None)[0]
@@ -68,5 +65,5 @@ def test_recycle_prompt_cli_between_two_checkpoints(tmp_path):
   assert "fitted on 200 words" in proc.stdout
 
   np.save(prompt, np.zeros((3, 5), np.float32))
-  bad = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
+  bad = run_cli("scripts.recycle_prompt", flags, tmp_path, check=False)
   assert bad.returncode != 0 and "pass the model the prompt was trained on as the source" in bad.stderr
