@@ -13,7 +13,9 @@ Tasks (features `inputs` / `targets`, EOS appended; splits `train` and `validati
 * `demo_sentiment`: a review -> `positive` / `negative` (balanced: chance is 50%), metric accuracy where
   any other output counts as wrong. E.g. "the red lamp is tall and flimsy . ben hates the lamp ." ->
   "negative". Validation reviews use only qualities and verbs that training reviews never contain, so only
-  what pretraining taught about those words can classify them.
+  what pretraining taught about those words can classify them;
+* `demo_sentiment_sentinel`: the same with `<extra_id_0>` before each target (the targets of span corruption
+  start with it), removed from the model's output before the metric.
 
 The sentiment label follows a review only in `demo_sentiment`: the pretraining text never contains it.
 """
@@ -33,6 +35,7 @@ import tensorflow as tf
 from prompt_tuning.data import demo_corpus
 from prompt_tuning.data import metrics
 from prompt_tuning.data import postprocessors
+from prompt_tuning.data import preprocessors
 from prompt_tuning.data import utils
 
 EXTRA_IDS = 100
@@ -142,12 +145,7 @@ def _source(dataset_fn: Callable[..., tf.data.Dataset], sizes: Mapping[str, int]
 
 
 # ------------------------------------------------------------------------------------------------ objectives
-@seqio.map_over_dataset(num_seeds=1)
-def prefix_lm(x: Mapping[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
-  """Cuts the tokenized `targets` at a uniform random point in [1, length - 1] into inputs and targets."""
-  tokens = x["targets"]
-  cut = tf.random.stateless_uniform([], seed, minval=1, maxval=tf.maximum(tf.size(tokens), 2), dtype=tf.int32)
-  return {"inputs": tokens[:cut], "targets": tokens[cut:]}
+prefix_lm = preprocessors.prefix_lm_split  # a whole document, cut at a uniform random point
 
 
 def random_spans_mask(length: tf.Tensor, noise_density: float, mean_span_length: float,
@@ -222,11 +220,15 @@ def register() -> None:
                    output_features=OUTPUT_FEATURES)
   utils.add_mixture("demo_pretrain", ["demo_pretrain_prefix_lm", "demo_pretrain_span_corruption"],
                     default_rate=1.0)
-  utils.add_task("demo_sentiment", source=_source(_sentiment_dataset, SENTIMENT_SIZES),
-                 preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                                seqio.preprocessors.append_eos_after_trim],
-                 output_features=OUTPUT_FEATURES, postprocess_fn=sentiment_postprocessor,
-                 metric_fns=[metrics.accuracy])
+  sentiment_source = _source(_sentiment_dataset, SENTIMENT_SIZES)
+  for suffix, token_steps, postprocess_fn in (
+      ("", [], sentiment_postprocessor),
+      (utils.SENTINEL, [preprocessors.add_target_sentinel],
+       postprocessors.sequential(postprocessors.remove_sentinel, sentiment_postprocessor))):
+    utils.add_task(f"demo_sentiment{suffix}", source=sentiment_source,
+                   preprocessors=[seqio.preprocessors.tokenize, *token_steps, seqio.CacheDatasetPlaceholder(),
+                                  seqio.preprocessors.append_eos_after_trim],
+                   output_features=OUTPUT_FEATURES, postprocess_fn=postprocess_fn, metric_fns=[metrics.accuracy])
 
 
 register()

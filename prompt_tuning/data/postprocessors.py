@@ -15,6 +15,7 @@ TARGET_TEXT = "targets_pretokenized"
 CONTEXT_TEXT = "context"
 QUESTION_TEXT = "question"
 ANSWERS_TEXT = "answers"
+SENTINEL = "<extra_id_0>"
 
 _WSC_DETERMINERS = frozenset({
     "a", "an", "few", "her", "his", "each", "every", "many", "much", "my", "our", "some",
@@ -27,6 +28,18 @@ def as_text(value: Any) -> str:
 
 
 def identity(output: Any, **unused_kwargs) -> Any:
+  return output
+
+
+def remove_sentinel(output: Any, *unused_args, sentinel: str = SENTINEL, **unused_kwargs) -> Any:
+  """Drops a leading `<extra_id_0>` (and the spaces after it) from decoded text; other values pass through.
+
+  The first step of the postprocessor of a task whose targets start with the sentinel (`_sentinel` tasks), so
+  that metrics see the label alone.
+  """
+  text = as_text(output) if isinstance(output, bytes) else output
+  if isinstance(text, str) and text.startswith(sentinel):
+    return text[len(sentinel):].lstrip()
   return output
 
 

@@ -270,6 +270,12 @@ def add_language_and_task_sentinels(
   return add_sentinel_to_beginning(dataset, output_features, offset=language)
 
 
+def add_target_sentinel(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+  """Prepends `<extra_id_0>` to the tokenized `targets`, as T5's span-corruption targets begin (the paper's
+  "span corruption + sentinel"). A token preprocessor; `postprocessors.remove_sentinel` undoes it on outputs."""
+  return add_sentinel_to_beginning(dataset, output_features, field="targets", offset=0)
+
+
 def rank_classification(
     dataset: tf.data.Dataset, label_names: Sequence[str]
 ) -> tf.data.Dataset:
@@ -291,6 +297,37 @@ def rank_classification(
     }
 
   return dataset.enumerate().map(expand, num_parallel_calls=AUTOTUNE).unbatch()
+
+
+# ========== Pretraining objectives ==========
+def split_tokens(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
+                 min_length: int = 2) -> tf.data.Dataset:
+  """Cuts each tokenized `targets` into consecutive pieces of `sequence_length["inputs"] - 1` tokens (room for
+  EOS), one example each, and drops pieces shorter than `min_length`. Without an inputs length (e.g. when
+  examples are inspected with `sequence_length=None`) every document stays one piece."""
+  length = (sequence_length or {}).get("inputs")
+
+  def pieces(x):
+    tokens = x["targets"]
+    if length is None:
+      rows = tokens[tf.newaxis]
+    else:
+      starts = tf.range(0, tf.size(tokens), length - 1)
+      rows = tf.RaggedTensor.from_row_lengths(tokens, tf.minimum(length - 1, tf.size(tokens) - starts))
+    return tf.data.Dataset.from_tensor_slices({"targets": rows})
+
+  if length is not None and length < 3:
+    raise ValueError(f"split_tokens needs an inputs length of at least 3 (2 tokens + EOS); got {length}.")
+  return dataset.flat_map(pieces).filter(lambda x: tf.size(x["targets"]) >= min_length)
+
+
+@seqio.map_over_dataset(num_seeds=1)
+def prefix_lm_split(x: Mapping[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
+  """T5's prefix-LM objective on the tokenized `targets`: cut at a uniform random point in [1, length - 1];
+  inputs the start, targets the rest."""
+  tokens = x["targets"]
+  cut = tf.random.stateless_uniform([], seed, minval=1, maxval=tf.maximum(tf.size(tokens), 2), dtype=tf.int32)
+  return {"inputs": tokens[:cut], "targets": tokens[cut:]}
 
 
 # ========== Task ids as a feature ==========

@@ -11,6 +11,11 @@ All read TFDS `super_glue/{name}:1.0.2`. With an optional `mt5_` prefix:
   `_examples` too, and the mixtures `{,taskless_,task_index_}super_glue_wsc_and_dev_v102_simple{,_examples}`;
 * Definite Pronoun Resolution in the same format:
   `{,taskless_,task_index_}dpr_v001_simple{,_examples}`;
+* every task and the WSC mixtures also as `..._sentinel` (before any `_examples`
+  / `_rank_classification` suffix): `<extra_id_0>` starts each target, as in
+  span corruption (the paper's "span corruption + sentinel"), and is removed
+  from the model's output before the metrics, e.g.
+  `taskless_super_glue_rte_v102_sentinel_examples`;
 * `task_index_super_glue_v102_examples_proportional` and
   `task_index_super_glue_with_dpr_v102_examples_proportional`: all tasks, mixed
   in proportion to their training-set sizes.
@@ -145,12 +150,13 @@ def dpr_family() -> utils.TaskFamily:
 
 def _register_mixtures(model_prefix: str) -> None:
   for variant in utils.VARIANTS:
-    for suffix in ("", utils.EXAMPLES):
-      utils.add_mixture(
-          f"{model_prefix}{variant}super_glue_wsc_and_dev_v102_simple{suffix}",
-          [f"{model_prefix}{variant}super_glue_wsc_v102_simple_{split}{suffix}"
-           for split in ("train", "eval")],
-          default_rate=1.0)
+    for sentinel in ("", utils.SENTINEL):
+      for suffix in ("", utils.EXAMPLES):
+        utils.add_mixture(
+            f"{model_prefix}{variant}super_glue_wsc_and_dev_v102_simple{sentinel}{suffix}",
+            [f"{model_prefix}{variant}super_glue_wsc_v102_simple_{split}{sentinel}{suffix}"
+             for split in ("train", "eval")],
+            default_rate=1.0)
   weights = [(f"{model_prefix}task_index_super_glue_{name}_v102_examples", float(count))
              for name, count in EXAMPLE_COUNTS.items() if name not in ("wsc", "dpr")]
   weights += [(f"{model_prefix}task_index_super_glue_wsc_v102_simple_train",
@@ -164,14 +170,13 @@ def _register_mixtures(model_prefix: str) -> None:
 
 
 def register() -> None:
-  """Registers every SuperGLUE, WSC and DPR task and mixture (replacing older ones)."""
-  for name in LABELS:
-    family = task_family(name)
-    utils.register_task_family(family)
-    if family.label_names and family.metric_fns:
-      utils.register_task_family(family, suffixes=(utils.RANK_CLASSIFICATION,))
-  for family in (*wsc_families(), dpr_family()):
-    utils.register_task_family(family)
+  """Registers every SuperGLUE, WSC and DPR task and mixture (replacing older ones), each also with the
+  sentinel before its targets (`..._sentinel`, see `utils.with_sentinel`)."""
+  for plain in (*(task_family(name) for name in LABELS), *wsc_families(), dpr_family()):
+    for family in (plain, utils.with_sentinel(plain)):
+      utils.register_task_family(family)
+      if family.label_names and family.metric_fns:
+        utils.register_task_family(family, suffixes=(utils.RANK_CLASSIFICATION,))
   for model_prefix in features.MODEL_TO_FEATURES:
     _register_mixtures(model_prefix)
 

@@ -13,6 +13,11 @@ A task name is `{model}{variant}{base}{suffix}`:
   "_rank_classification" (one example per label, scored, see
   `metrics.rank_classification`).
 
+`with_sentinel(family)` is the family whose base ends in "_sentinel": every
+target starts with `<extra_id_0>`, as span-corruption targets do (the paper's
+"span corruption + sentinel"), and the sentinel is removed from the model's
+output before the metrics.
+
 Registration replaces an existing task or mixture of the same name, so
 importing or reloading a module twice is harmless; it never reads data.
 """
@@ -32,6 +37,7 @@ from prompt_tuning.data import preprocessors
 VARIANTS = ("", "taskless_", "task_index_")
 EXAMPLES = "_examples"
 RANK_CLASSIFICATION = "_rank_classification"
+SENTINEL = "_sentinel"
 CLASSIFICATION_FIELDS = (postprocessors.INPUT_TEXT, postprocessors.TARGET_TEXT)
 QA_FIELDS = (postprocessors.TARGET_TEXT, postprocessors.CONTEXT_TEXT,
              postprocessors.QUESTION_TEXT, postprocessors.ANSWERS_TEXT)
@@ -78,6 +84,8 @@ class TaskFamily:
     label_names: the label strings, for the rank classification variant.
     summary_format: `metrics.format_classification` or `metrics.format_qa`.
     example_fields: example fields copied into the `_examples` prediction dicts.
+    token_preprocessors: steps on the tokenized example (after tokenization
+      and the task index), e.g. `preprocessors.add_target_sentinel`.
   """
   base: str
   source: seqio.DataSource
@@ -89,6 +97,17 @@ class TaskFamily:
   label_names: Sequence[str] | None = None
   summary_format: Callable[..., str] = metrics.format_classification
   example_fields: Sequence[str] = CLASSIFICATION_FIELDS
+  token_preprocessors: Sequence[Callable[..., Any]] = ()
+
+
+def with_sentinel(family: TaskFamily) -> TaskFamily:
+  """`family` with `<extra_id_0>` before every target, removed from outputs before postprocessing."""
+  postprocess_fn = family.postprocess_fn
+  if postprocess_fn is not None:
+    postprocess_fn = postprocessors.sequential(postprocessors.remove_sentinel, postprocess_fn)
+  return dataclasses.replace(
+      family, base=family.base + SENTINEL, postprocess_fn=postprocess_fn,
+      token_preprocessors=(*family.token_preprocessors, preprocessors.add_target_sentinel))
 
 
 def _preprocessors(family: TaskFamily, variant: str, suffix: str) -> list[Callable[..., Any]]:
@@ -102,7 +121,8 @@ def _preprocessors(family: TaskFamily, variant: str, suffix: str) -> list[Callab
   if variant == "task_index_":
     steps.append(functools.partial(preprocessors.add_sentinel_to_beginning,
                                    field="inputs", offset=family.task_index))
-  steps += [seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos_after_trim]
+  steps += [*family.token_preprocessors, seqio.CacheDatasetPlaceholder(),
+            seqio.preprocessors.append_eos_after_trim]
   return steps
 
 

@@ -6,12 +6,17 @@ Methods: `prompt_tuning` (a soft prompt on the frozen model), `model_tuning` (ev
 method of another name is a custom train run with its own `model_gin`, `gin_files` and `run_gin` (e.g. a prompt
 family of gin_configs/families/). The format is documented in docs/scaling.md; `{output_dir}` in any string is
 replaced by the output folder.
+
+Checkpoint variants (the paper's Figure 3c/d): a size may name other checkpoints (`checkpoints`), an `adapt`
+section continues each size's checkpoint on another task and names the steps it keeps, and a grid's
+`checkpoints` runs its points from those (see "Checkpoint variants" below).
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import json
+import math
 import pathlib
 import re
 from typing import Any, Mapping
@@ -21,9 +26,11 @@ from prompt_tuning.errors import UserError
 METHODS = ("prompt_tuning", "model_tuning", "prompt_design")
 PRETRAIN = "pretrain"
 CUSTOM_METHOD_KEYS = {"model_gin", "gin_files", "run_gin", "bindings"}
-_GRID_KEYS = {"name", "sizes", "tasks", "methods", "seeds", "prompt_lengths", "prompt_inits"}
+DEFAULT_CHECKPOINT = "default"  # a grid's name for each size's own `checkpoint`
+ADAPT = "adapt"
+_GRID_KEYS = {"name", "sizes", "tasks", "methods", "seeds", "prompt_lengths", "prompt_inits", "checkpoints"}
 _TOP_KEYS = {"name", "output_dir", "gin_search_paths", "gin_files", "bindings", "sizes", "tasks", "methods",
-             "defaults", "grids", "pretrain", "tpu"}
+             "defaults", "grids", "pretrain", "adapt", "tpu"}
 
 
 class SpecError(UserError):
@@ -32,7 +39,8 @@ class SpecError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One point of the sweep; `prompt_length` / `prompt_init` only for prompt tuning."""
+  """One point of the sweep; `prompt_length` / `prompt_init` only for prompt tuning; `checkpoint` names one of
+  the size's checkpoint variants (None: the size's `checkpoint`)."""
 
   task: str
   size: str
@@ -40,14 +48,17 @@ class Run:
   seed: int
   prompt_length: int | None = None
   prompt_init: str | None = None
+  checkpoint: str | None = None
 
   @property
   def run_id(self) -> str:
-    """The run folder relative to the output folder, e.g. `rte/xl/prompt_tuning-len100-from_class_labels/seed0`."""
+    """The run folder relative to the output folder, e.g. `rte/xl/prompt_tuning-len100-from_class_labels/seed0`,
+    or `rte/xl-lm_adapt_10k/...` from a checkpoint variant."""
     name = self.method
     if self.method == "prompt_tuning":
       name += f"-len{self.prompt_length}-{pathlib.PurePosixPath(self.prompt_init).stem}"
-    return f"{self.task}/{self.size}/{name}/seed{self.seed}"
+    size = self.size if self.checkpoint is None else f"{self.size}-{self.checkpoint}"
+    return f"{self.task}/{size}/{name}/seed{self.seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +105,7 @@ class Spec:
     self.defaults: dict[str, Any] = {"seeds": [0], "prompt_length": 100, "prompt_init": "from_class_labels",
                                      **raw.get("defaults", {})}
     self.pretrain: dict | None = raw.get("pretrain")
+    self.adapt: dict | None = raw.get(ADAPT)
     self.grids: list[dict] = list(raw.get("grids") or [{"name": "scaling"}])
     self._validate()
 
@@ -133,6 +145,7 @@ class Spec:
         bad = [v for v in grid.get(key, []) if v not in known]
         if bad:
           raise SpecError(f"Grid {grid.get('name')!r} names unknown {key} {bad}; known: {list(known)}.")
+    self._validate_checkpoints()
 
   # ---------------------------------------------------------------------------------------------- runs
   def method_names(self) -> list[str]:
@@ -147,21 +160,26 @@ class Spec:
       methods = grid.get("methods") or self.method_names()
       lengths = grid.get("prompt_lengths") or [self.defaults["prompt_length"]]
       inits = grid.get("prompt_inits") or [self.defaults["prompt_init"]]
-      for task, size, method, seed in itertools.product(grid.get("tasks") or list(self.tasks),
-                                                        grid.get("sizes") or list(self.sizes), methods,
-                                                        grid.get("seeds") or self.defaults["seeds"]):
+      checkpoints = [None if c == DEFAULT_CHECKPOINT else c for c in grid.get("checkpoints") or [None]]
+      for task, size, method, seed, ckpt in itertools.product(grid.get("tasks") or list(self.tasks),
+                                                              grid.get("sizes") or list(self.sizes), methods,
+                                                              grid.get("seeds") or self.defaults["seeds"],
+                                                              checkpoints):
         if method == "prompt_tuning":
           for length, init in itertools.product(lengths, inits):
-            out[Run(task, size, method, int(seed), int(length), init)] = None
+            out[Run(task, size, method, int(seed), int(length), init, ckpt)] = None
         else:
-          out[Run(task, size, method, int(seed))] = None
+          out[Run(task, size, method, int(seed), checkpoint=ckpt)] = None
     return list(out)
 
   def run_dir(self, run_id: str) -> str:
     return f"{self.output_dir}/{run_id}"
 
-  def checkpoint(self, size: str) -> str:
-    """The size's pretrained checkpoint: given, or the last step of the sweep's own pretraining run."""
+  def checkpoint(self, size: str, variant: str | None = None) -> str:
+    """The size's pretrained checkpoint: given, or the last step of the sweep's own pretraining run; with
+    `variant`, the checkpoint of that name (see `variant_checkpoint`)."""
+    if variant is not None and variant != DEFAULT_CHECKPOINT:
+      return self.variant_checkpoint(size, variant)
     given = self.sizes[size].get("checkpoint")
     if given:
       return given
@@ -213,7 +231,7 @@ class Spec:
     if run.method == "prompt_design":
       flags = [*self._base_flags(run.size, "models/t5_1_1.gin"), "--gin_file=runs/eval.gin",
                "--gin_file=baselines/prompt_design.gin",
-               *self._bindings({"CHECKPOINT_PATH": self.checkpoint(run.size),
+               *self._bindings({"CHECKPOINT_PATH": self.checkpoint(run.size, run.checkpoint),
                                 "EVAL_OUTPUT_DIR": f"{run_dir}/inference_eval", "PROMPT_DESIGN_TASK": task["name"],
                                 "MIXTURE_OR_TASK_MODULE": task.get("module"), "SHOTS_SEED": run.seed,
                                 "utils.DatasetConfig.split": task.get("split", "validation")},
@@ -228,7 +246,8 @@ class Spec:
   def train_config(self, run: Run) -> tuple[tuple[str, ...], str, dict[str, Any]]:
     """A training run's (gin files of the model, run gin, bindings); the bindings win over both."""
     task, size, method = self.tasks[run.task], self.sizes[run.size], self.methods.get(run.method, {})
-    fixed = {"MODEL_DIR": self.run_dir(run.run_id), "INITIAL_CHECKPOINT_PATH": self.checkpoint(run.size),
+    fixed = {"MODEL_DIR": self.run_dir(run.run_id),
+             "INITIAL_CHECKPOINT_PATH": self.checkpoint(run.size, run.checkpoint),
              "MIXTURE_OR_TASK_NAME": task["name"], "MIXTURE_OR_TASK_MODULE": task.get("module"),
              "RANDOM_SEED": run.seed, "SHUFFLE_SEED": run.seed}
     if run.method == "model_tuning":
@@ -242,6 +261,8 @@ class Spec:
                *method.get("gin_files", []))
       run_gin = method["run_gin"]
     bindings = self._merged(fixed, size.get("bindings", {}), task.get("bindings", {}), method.get("bindings", {}))
+    if run.checkpoint is not None and isinstance(bindings.get("TRAIN_STEPS"), int):
+      bindings["TRAIN_STEPS"] += self._step_shift(run.size, run.checkpoint)
     return files, run_gin, bindings
 
   def model_gin(self, size: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -251,8 +272,75 @@ class Spec:
     return files, bindings, tuple(self.raw.get("gin_search_paths") or ())
 
   def commands(self) -> list[Command]:
-    """Pretraining first (the other runs start from its checkpoints), then every run."""
-    return self.pretrain_commands() + [self.command(r) for r in self.runs()]
+    """Pretraining and adaptation first (the other runs start from their checkpoints), then every run."""
+    return self.pretrain_commands() + self.adapt_commands() + [self.command(r) for r in self.runs()]
+
+  # ---------------------------------------------------------------------------------------- checkpoint variants
+  # A size's `checkpoints` maps names to other checkpoints of it, e.g. {"span_corruption": ".../checkpoint_1000000"}.
+  # The `adapt` section trains every weight of each size's checkpoint (`from`: a variant name; default: the
+  # size's `checkpoint`) on `task` for `steps` more steps with `run_gin` (default runs/lm_adapt.gin) in
+  # pretrain/adapt/<size>, saving every gcd of the `keep` steps and keeping them all; each `keep` entry,
+  # {name: steps}, names the checkpoint after that many steps. A grid's `checkpoints` lists the names its points
+  # start from ("default": the size's `checkpoint`). TRAIN_STEPS (absolute) counts from the size's `checkpoint`:
+  # a run from a variant trains as many steps, so its TRAIN_STEPS moves by the difference of the two steps.
+  def variant_checkpoint(self, size: str, name: str) -> str:
+    """The checkpoint that `name` stands for in `size`: one of its `checkpoints`, or an adaptation step."""
+    given = self.sizes[size].get("checkpoints", {})
+    if name in given:
+      return given[name]
+    keep = (self.adapt or {}).get("keep", {})
+    if name in keep:
+      start = self.checkpoint(size, self.adapt.get("from"))
+      return f"{self.run_dir(f'{PRETRAIN}/{ADAPT}/{size}')}/checkpoint_{checkpoint_step(start) + int(keep[name])}"
+    raise SpecError(f"Size {size!r} has no checkpoint named {name!r}: name it under the size's 'checkpoints' or "
+                    f"the 'adapt' section's 'keep' (known: {[DEFAULT_CHECKPOINT, *given, *keep]}).")
+
+  def _step_shift(self, size: str, name: str) -> int:
+    return checkpoint_step(self.checkpoint(size, name)) - checkpoint_step(self.checkpoint(size))
+
+  def adapt_commands(self) -> list[Command]:
+    """Per size: its checkpoint trained `steps` more on the adaptation task, every `keep` step saved and kept."""
+    if self.adapt is None:
+      return []
+    steps, keep = int(self.adapt["steps"]), [int(v) for v in self.adapt.get("keep", {}).values()]
+    out = []
+    for size, cfg in self.sizes.items():
+      run_id = f"{PRETRAIN}/{ADAPT}/{size}"
+      start = self.checkpoint(size, self.adapt.get("from"))
+      fixed = {"MODEL_DIR": self.run_dir(run_id), "INITIAL_CHECKPOINT_PATH": start,
+               "MIXTURE_OR_TASK_NAME": self.adapt["task"], "MIXTURE_OR_TASK_MODULE": self.adapt.get("module"),
+               "TRAIN_STEPS": checkpoint_step(start) + steps, "SAVE_PERIOD": math.gcd(steps, *keep),
+               "KEEP_CHECKPOINTS": None}
+      flags = [*self._base_flags(size, "models/t5_1_1.gin"),
+               f"--gin_file={self.adapt.get('run_gin', 'runs/lm_adapt.gin')}",
+               *self._bindings(cfg.get("bindings", {}), self.adapt.get("bindings", {}), fixed)]
+      out.append(Command(run_id, size, "train", tuple(flags), self.run_dir(run_id)))
+    return out
+
+  def _validate_checkpoints(self) -> None:
+    if self.adapt is not None:
+      for key in ("task", "steps"):
+        _require(self.adapt, key, f"The {ADAPT!r} section")
+      keep = self.adapt.get("keep", {})
+      bad = {k: v for k, v in keep.items()
+             if not 0 < int(v) <= int(self.adapt["steps"]) or not re.fullmatch(r"[A-Za-z0-9_.-]+", k)}
+      if bad:
+        raise SpecError(f"The {ADAPT!r} section keeps {bad}: each needs steps in 1..steps={self.adapt['steps']} "
+                        "and a name of letters, digits, '_', '-' or '.'.")
+      if self.adapt.get("from") in keep:
+        raise SpecError(f"The {ADAPT!r} section adapts from {self.adapt['from']!r}, one of its own 'keep' "
+                        "names; 'from' names the checkpoint it starts from (a size's 'checkpoints' entry).")
+      for size in self.sizes:
+        checkpoint_step(self.checkpoint(size, self.adapt.get("from")))
+    for size, cfg in self.sizes.items():
+      bad = [n for n in cfg.get("checkpoints", {}) if not re.fullmatch(r"[A-Za-z0-9_.-]+", n)]
+      if bad:
+        raise SpecError(f"Size {size!r} names checkpoints {bad}: use letters, digits, '_', '-' or '.' (they name "
+                        "run folders).")
+    for grid in self.grids:
+      names = [n for n in grid.get("checkpoints", []) if n != DEFAULT_CHECKPOINT]
+      for name, size in itertools.product(names, grid.get("sizes") or list(self.sizes)):
+        self._step_shift(size, name)
 
 
 def _substitute(value: Any, names: Mapping[str, str]) -> Any:
@@ -265,3 +353,12 @@ def _substitute(value: Any, names: Mapping[str, str]) -> Any:
   if isinstance(value, dict):
     return {k: _substitute(v, names) for k, v in value.items()}
   return value
+
+
+def checkpoint_step(path: str) -> int:
+  """The step of a `.../checkpoint_<step>` path (T5X's naming)."""
+  match = re.search(r"checkpoint_(\d+)/*$", path)
+  if not match:
+    raise SpecError(f"Cannot tell the step of checkpoint {path!r}: a checkpoint variant, or one that is adapted, "
+                    "needs a path ending in checkpoint_<step> (T5X's naming).")
+  return int(match.group(1))
