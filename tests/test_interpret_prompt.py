@@ -99,13 +99,23 @@ def test_real_t5_vocabulary_and_tiny_t5x_checkpoint(tiny_t5x_checkpoint, t5_voca
   assert all(n.id < 32100 for row in report.rows for n in row)  # padding rows 32,100-32,127 left out
 
 
-def test_released_prompt_on_the_tiny_checkpoint(tiny_t5x_checkpoint, t5_vocab_path, shared_data):
+def test_released_prompt_against_a_base_width_table(t5_vocab_path, shared_data, tmp_path):
+  """The released T5 1.1 Base RTE prompt (100 x 768) read as released, against a Base-width embedding table
+  written here: random rows, except that "positive" and "negative" (ids 1465, 2841) point along prompt rows 0
+  and 1, so those rows find them first; every row's nearest token is the cosine argmax over real tokens."""
   released = shared_data / "released_prompts" / "t5_1_1_lm100k_base" / "rte.npy"
   prompt = np.load(released)
-  table = np.load(shared_data / "t5x_tiny_checkpoint" / "token_embedder_embedding_32128x4.npy")
-  if prompt.shape[1] != table.shape[1]:
-    pytest.skip(f"the released prompts are {prompt.shape} for T5 1.1 Base (d=768); the only checkpoint here is the "
-                f"tiny one (d={table.shape[1]}), so they cannot be compared")
-  report = interpret_prompt.main([f"--checkpoint={tiny_t5x_checkpoint}", f"--vocab={t5_vocab_path}",
-                                  f"--prompt_path={released}", "--class_labels=entailment,not_entailment"])
-  assert len(report.rows) == len(prompt)
+  assert prompt.shape == (100, 768)
+  table = np.random.default_rng(0).normal(size=(32128, 768)).astype(np.float32)
+  table[1465], table[2841] = 3.0 * prompt[0], 0.5 * prompt[1]  # cosine ignores the scale
+  np.save(tmp_path / "table.npy", table)
+  report = interpret_prompt.main([f"--checkpoint={tmp_path / 'table.npy'}", f"--vocab={t5_vocab_path}",
+                                  f"--prompt_path={released}", "--k=1", "--class_labels=positive,negative"])
+  assert len(report.rows) == 100
+  assert [(r[0].id, r[0].token, r[0].class_label) for r in report.rows[:2]] == [
+      (1465, "▁positive", True), (2841, "▁negative", True)]
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  nearest = np.argmax(unit(prompt.astype(np.float64)) @ unit(table[:32100].astype(np.float64)).T, axis=-1)
+  assert [r[0].id for r in report.rows] == nearest.tolist()
+  labelled = int(np.isin(nearest, [1465, 2841]).sum())
+  assert report.rows_with_label == labelled and report.share_with_label == pytest.approx(labelled / 100)
