@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from prompt_tuning.launch import tpu
-from prompt_tuning.sweeps.spec import PRETRAIN, Command, Spec
+from prompt_tuning.sweeps.spec import Command, Spec
 
 DONE_FILE = "sweep_run.json"  # in each run folder once its command succeeded
 
@@ -43,10 +43,12 @@ def is_done(command: Command) -> bool:
 
 
 def _phases(spec: Spec) -> list[list[Command]]:
-  """Pretraining, then the runs that start from its checkpoints."""
-  commands = spec.commands()
-  first = [c for c in commands if c.run_id.startswith(f"{PRETRAIN}/")]
-  return [p for p in (first, [c for c in commands if c not in first]) if p]
+  """The commands by `Command.phase`: pretraining, then the runs that start from its checkpoints, then the runs
+  that read theirs (prompt ensembles)."""
+  phases: dict[int, list[Command]] = {}
+  for c in spec.commands():
+    phases.setdefault(c.phase, []).append(c)
+  return [phases[p] for p in sorted(phases)]
 
 
 # ------------------------------------------------------------------------------------------------------ local
