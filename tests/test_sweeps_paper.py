@@ -12,6 +12,7 @@ import shlex
 import numpy as np
 import pytest
 
+from cli_utils import TESTS_DIR, cli_env, write_tiny_t5x_checkpoint
 from prompt_tuning.launch import tpu
 from prompt_tuning.sweeps import backends, collect, plots
 from prompt_tuning.sweeps import cli as sweeps_cli
@@ -347,3 +348,32 @@ def test_table3_markdown_has_average_best_and_ensemble(tmp_path):
   assert "| xxl | cb | mean_3class_f1 | 82.0 ± 1.6 | 84.0 | 86.0 ± 0.0 |" in table
   # SuperGLUE: 70.5 + 0 / 2 / 4 per seed -> 72.5 ± 1.6; the ensemble 76.5.
   assert "| size | Prompt Tuning | Prompt Ensemble |\n| --- | --- | --- |\n| xxl | 72.5 ± 1.6 | 76.5 ± 0.0 |" in table
+
+
+# --------------------------------------------------------------------------------------------- end to end
+def test_local_sweep_of_a_prompt_ensemble_and_a_multi_task_run(tmp_path):
+  """Two prompts, their ensemble and a multi-task model on the tiny model through the real CLIs, then their
+  rows: the ensemble reads the prompts' latest checkpoints, the mixture run writes the task's metrics."""
+  ckpt = write_tiny_t5x_checkpoint(tmp_path / "pretrained")  # step 3: TRAIN_STEPS 5 trains 2 steps
+  lengths = {"inputs": 12, "targets": 4}
+  raw = {"name": "tiny", "gin_search_paths": [str(TESTS_DIR / "gin")], "gin_files": ["byte_vocab_tiny.gin"],
+         "bindings": {"BATCH_SIZE": 4, "DROPOUT_RATE": 0.0, "TRAIN_STEPS": 5, "EVAL_PERIOD": 5, "SAVE_PERIOD": 100},
+         "sizes": {"tiny": {"gin_files": ["models/sizes/tiny.gin"], "checkpoint": str(ckpt), "num_params": 1}},
+         "tasks": {"t": {"name": "cli_test_task", "module": "cli_tasks", "metric": "accuracy",
+                         "bindings": {"TASK_FEATURE_LENGTHS": lengths}}},
+         "methods": {"prompt_tuning": {}, "prompt_ensemble": {},
+                     "multi_task_model_tuning": {"mixture": "cli_test_mixture", "module": "sweep_tasks",
+                                                 "bindings": {"TASK_FEATURE_LENGTHS": lengths}}},
+         "defaults": {"seeds": [0, 1], "prompt_length": 3, "prompt_init": "random_uniform"},
+         "grids": [{"name": "ensemble", "methods": ["prompt_tuning", "prompt_ensemble"]},
+                   {"name": "multi_task", "methods": ["multi_task_model_tuning"], "seeds": [0]}]}
+  spec = Spec(raw, output_dir=str(tmp_path / "sweep"))
+  assert backends.run_local(spec, jobs=2, env=cli_env()) == [], [
+      (pathlib.Path(c.run_dir) / "sweep.log").read_text()[-3000:] for c in spec.commands()]
+  table, missing = collect.rows(spec)
+  assert not missing
+  assert [(r["run_id"], r["eval"], r["best_step"]) for r in table] == [
+      ("t/tiny/prompt_tuning-len3-random_uniform/seed0", "t", 5),
+      ("t/tiny/prompt_tuning-len3-random_uniform/seed1", "t", 5),
+      ("t/tiny/prompt_ensemble-len3-random_uniform/seeds0-1", "t", 3),  # the frozen checkpoint's step
+      ("mixture/tiny/multi_task_model_tuning/seed0", "t", 5)]
