@@ -240,6 +240,15 @@ def test_figure1_spec_grid_is_the_papers():
   assert values["CLASS_LABELS"] == "[]"  # no labels: the class-label initialiser samples the vocabulary
 
 
+def test_plot_reads_a_csv_from_before_evaluations(tmp_path):
+  old = tmp_path / "old.csv"
+  old.write_text("task,size,num_params,method,prompt_length,prompt_init,seed,metric,best,best_step,final,num_evals,"
+                 "run_id\nrte,a,10,model_tuning,,,0,accuracy,70.0000,20,65.0000,3,rte/a/model_tuning/seed0\n")
+  (row,) = collect.read_csv(str(old))
+  assert (row["eval"], row["values"], row["selected_by"], row["best"]) == ("rte", {}, "", 70.0)
+  assert [l.get_label() for l in plots.figure1([row], 100, "x").axes[0].lines] == ["Model Tuning"]
+
+
 # ------------------------------------------------------------------------------- selection and Markdown
 def _qa_spec() -> dict:
   """Table 1 in small: one run per method and seed trains on SQuAD and evaluates three sets."""

@@ -212,13 +212,16 @@ def _read(path: str) -> list[dict[str, Any]]:
 
 
 def read_csv(path: str) -> list[dict[str, Any]]:
-  """Rows with numbers parsed (empty prompt length / init for the methods without a prompt)."""
+  """Rows with numbers parsed (empty prompt length / init for the methods without a prompt); a CSV written
+  before runs had several evaluations reads as one evaluation per task."""
   table = _read(path)
   for row in table:
     for key in ("best_step", "num_evals"):
       row[key] = int(row[key])
     for key in ("best", "final"):
       row[key] = float(row[key])
+    row["eval"] = row.get("eval") or row["task"]
+    row["selected_by"] = row.get("selected_by") or ""
     row["values"] = json.loads(row["values"]) if row.get("values") else {}
   return table
 
