@@ -10,7 +10,7 @@ import matplotlib
 import matplotlib.ticker
 import numpy as np
 
-from prompt_tuning.sweeps.report import label, method_key
+from prompt_tuning.sweeps import report
 
 Row = Mapping[str, Any]
 
@@ -65,8 +65,8 @@ def figure1(table: Sequence[Row], prompt_length: int, prompt_init: str, title: s
   fig, axes = plt.subplots(1, len(tasks), figsize=(max(6, 5 * len(tasks)), 4.5), squeeze=False)
   for ax, task in zip(axes[0], tasks):
     def line(row, task=task):
-      return method_key(row, prompt_length, prompt_init) if row["eval"] == task else None
-    _draw(ax, aggregate(table, line), label)
+      return report.method_key(row, prompt_length, prompt_init) if row["eval"] == task else None
+    _draw(ax, aggregate(table, line), report.label)
     ax.set_ylabel(f"{task} {_metric(table, task)} (best validation)")
     ax.legend()
   fig.suptitle(title or "Score vs. model size", fontsize=11)
@@ -84,7 +84,8 @@ def benchmark_figure(table: Sequence[Row], name: str, prompt_length: int, prompt
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  _draw(ax, aggregate(table, lambda r: method_key(r, prompt_length, prompt_init), value="score"), label)
+  _draw(ax, aggregate(table, lambda r: report.method_key(r, prompt_length, prompt_init), value="score"),
+        report.label)
   ax.set_ylabel(f"{name} score")
   ax.set_title(title or f"{name} score vs. model size", fontsize=11)
   ax.legend()
