@@ -346,17 +346,22 @@ def test_table3_markdown_has_average_best_and_ensemble(tmp_path):
   for run in spec.runs():
     for evaluation in spec.evals(run):
       shift = 6.0 if run.method == "prompt_ensemble" else 2.0 * run.seed  # seeds: +0, +2, +4; ensemble: +6
-      write_metrics(tmp_path / run.run_id, evaluation.task_name,
-                    [{"step": 1130000, **{k: v + shift for k, v in BEST[evaluation.name].items()}}])
+      values = {k: v + shift for k, v in BEST[evaluation.name].items()}
+      if (evaluation.name, run.method, run.seed) == ("cb", "prompt_tuning", 0):
+        values = {"accuracy": 100.0, "mean_3class_f1": 60.0}  # the best accuracy, the worst CB score (80)
+      write_metrics(tmp_path / run.run_id, evaluation.task_name, [{"step": 1130000, **values}])
   assert sweeps_cli.main(["collect", write_spec(tmp_path, raw), "--output_dir", str(tmp_path),
                           "--report=markdown"]) == 0
   table = (tmp_path / "results.md").read_text()
   # RTE: seeds 72, 74, 76 -> mean 74, std sqrt(8/3) = 1.63; best 76; ensemble 78.
   assert "| size | eval | metric | Prompt Tuning | Prompt Tuning (best seed) | Prompt Ensemble |" in table
   assert "| xxl | rte | accuracy | 74.0 ± 1.6 | 76.0 | 78.0 ± 0.0 |" in table
-  assert "| xxl | cb | mean_3class_f1 | 82.0 ± 1.6 | 84.0 | 86.0 ± 0.0 |" in table
-  # SuperGLUE: 70.5 + 0 / 2 / 4 per seed -> 72.5 ± 1.6; the ensemble 76.5.
-  assert "| size | Prompt Tuning | Prompt Ensemble |\n| --- | --- | --- |\n| xxl | 72.5 ± 1.6 | 76.5 ± 0.0 |" in table
+  # CB: accuracy 100, 92, 94 (mean 95.33, std sqrt(34.67 / 3) = 3.40) and F1 60, 82, 84 (mean 75.33, std
+  # sqrt(354.67 / 3) = 10.87); the best seed is seed 2 (score 89, against 80 and 87), not seed 0's accuracy.
+  assert "| xxl | cb | accuracy | 95.3 ± 3.4 | 94.0 | 96.0 ± 0.0 |" in table
+  assert "| xxl | cb | mean_3class_f1 | 75.3 ± 10.9 | 84.0 | 86.0 ± 0.0 |" in table
+  # SuperGLUE per seed: (564 - 5) / 8 = 69.875, 72.5, 74.5 -> 72.29 ± 1.89; the ensemble 70.5 + 6.
+  assert "| size | Prompt Tuning | Prompt Ensemble |\n| --- | --- | --- |\n| xxl | 72.3 ± 1.9 | 76.5 ± 0.0 |" in table
 
 
 # --------------------------------------------------------------------------------------------- end to end

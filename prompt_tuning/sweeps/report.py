@@ -42,34 +42,42 @@ def _size_order(table: Sequence[Row]) -> list[str]:
                                key=lambda s: s[1])]
 
 
+def _metric_values(row: Row) -> dict[str, float]:
+  return {m: float(v) for m, v in (row["values"] or {row["metric"]: row["best"]}).items()}
+
+
 def evaluations(table: Sequence[Row], prompt_length: int, prompt_init: str) -> list[str]:
   """Rows (size, training task, evaluation, metric) by methods; a multi-task run counts as trained on each
-  task it is evaluated on. With a prompt ensemble, the best prompt tuning seed gets a column too."""
+  task it is evaluated on. With a prompt ensemble, the best prompt tuning seed (by the evaluation's score)
+  gets a column too."""
   cells: dict[tuple, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+  best: dict[tuple, Row] = {}
   for row in table:
     method = method_key(row, prompt_length, prompt_init)
     if method is None:
       continue
-    train = row["eval"] if row["task"] == MIXTURE else row["task"]
-    for metric, value in (row["values"] or {row["metric"]: row["best"]}).items():
-      cells[(row["size"], train, row["eval"], metric)][method].append(float(value))
+    key = (row["size"], row["eval"] if row["task"] == MIXTURE else row["task"], row["eval"])
+    for metric, value in _metric_values(row).items():
+      cells[(*key, metric)][method].append(value)
+    if method == "prompt_tuning" and (key not in best or row["best"] > best[key]["best"]):
+      best[key] = row
   methods = list(dict.fromkeys(m for by_method in cells.values() for m in by_method))
-  columns = [(m, m) for m in methods]
   if ENSEMBLE in methods and "prompt_tuning" in methods:
-    columns.insert(methods.index("prompt_tuning") + 1, (BEST_SEED, "prompt_tuning"))
+    methods.insert(methods.index("prompt_tuning") + 1, BEST_SEED)
+    for key, row in best.items():
+      for metric, value in _metric_values(row).items():
+        cells[(*key, metric)][BEST_SEED].append(value)
   sizes = _size_order(table)
   keys = sorted(cells, key=lambda k: sizes.index(k[0]))  # stable: the spec's order within a size
   show_train = any(k[1] != k[2] for k in keys)
-  header = ["size", *(["train"] if show_train else []), "eval", "metric", *(label(c) for c, _ in columns)]
+  header = ["size", *(["train"] if show_train else []), "eval", "metric", *(label(m) for m in methods)]
   body = []
   for key in keys:
     values = cells[key]
     line = [key[0], *([key[1]] if show_train else []), key[2], key[3]]
-    for column, method in columns:
-      if column == BEST_SEED:
-        line.append(f"{max(values[method]):.1f}" if values[method] else "–")
-      else:
-        line.append(mean_std(values[method]))
+    for method in methods:
+      one = method == BEST_SEED and values[method]
+      line.append(f"{values[method][0]:.1f}" if one else mean_std(values[method]))
     body.append(line)
   return _table(header, body)
 
