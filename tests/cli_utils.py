@@ -16,6 +16,7 @@ import runpy
 import subprocess
 import sys
 import traceback
+import warnings
 from typing import Iterator, Sequence
 
 import jax
@@ -66,6 +67,20 @@ def run_cli(module: str, flags: Sequence[str], cwd: pathlib.Path, timeout: int =
   return proc
 
 
+def run_sweep_command_in_process(command) -> int:
+  """A runner for `sweeps.backends.run_local` (with `jobs=1`): each command runs in this process, its output in
+  the run's `sweep.log` and its folder marked done, as the local backend does with a subprocess."""
+  from prompt_tuning.sweeps import backends
+
+  def execute(argv: list[str], log) -> int:
+    module = argv[2][len("prompt_tuning."):]  # [python, -m, prompt_tuning.<module>, *flags]
+    proc = run_in_process(module, argv[3:], pathlib.Path.cwd())
+    log.write(proc.stdout + proc.stderr)
+    return proc.returncode
+
+  return backends.run_local_command(command, execute=execute)
+
+
 def run_in_process(module: str, flags: Sequence[str], cwd: pathlib.Path) -> subprocess.CompletedProcess:
   """The module run as `__main__` in this process, with a fresh gin config and fresh absl flags.
 
@@ -81,7 +96,10 @@ def run_in_process(module: str, flags: Sequence[str], cwd: pathlib.Path) -> subp
       contextlib.redirect_stderr(err):
     saved_argv, sys.argv = sys.argv, list(argv)
     try:
-      runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+      with warnings.catch_warnings():  # a test may have imported the module; `python -m` would not have
+        warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package",
+                                category=RuntimeWarning)
+        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
     except SystemExit as e:
       code = e.code
     except BaseException:  # pylint: disable=broad-except  # a crash: the traceback a shell would show

@@ -44,7 +44,8 @@ def test_wheel_ships_every_gin_file_where_the_cli_looks(wheel, tmp_path):
   # gin_utils.default_search_paths() looks in <package>/gin_configs first: the installed layout.
   assert "prompt_tuning/gin_configs/runs/prompt_finetune.gin" in shipped
   specs = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".json")}
-  assert specs == {"prompt_tuning/sweeps/specs/micro.json", "prompt_tuning/sweeps/specs/paper_superglue.json"}
+  assert specs == {str(p.relative_to(ROOT)) for p in (ROOT / "prompt_tuning" / "sweeps" / "specs").glob("*.json")}
+  assert "prompt_tuning/sweeps/specs/paper_figure1.json" in specs
   # Installed from the wheel (no source tree next to it), the CLI's search path finds them.
   site = tmp_path / "site"
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],

@@ -294,8 +294,8 @@ def test_collect_and_plot(tmp_path):
 
 
 def test_figure3_is_skipped_without_ablation():
-  rows = [{"task": "t", "metric": "accuracy", "method": "prompt_tuning", "prompt_length": 4, "prompt_init": "x",
-           "num_params": 10, "best": 1.0}]
+  rows = [{"task": "t", "eval": "t", "metric": "accuracy", "method": "prompt_tuning", "prompt_length": 4,
+           "prompt_init": "x", "num_params": 10, "best": 1.0}]
   assert plots.figure3(rows, 4, "x") is None
 
 

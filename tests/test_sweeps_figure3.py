@@ -3,6 +3,7 @@ dry runs, the spec's checkpoint variants and `adapt` section, and a tiny LM-adap
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import pathlib
 import shlex
@@ -11,12 +12,12 @@ import gin
 import numpy as np
 import pytest
 
-from cli_utils import TESTS_DIR, cli_env, write_tiny_t5x_checkpoint
+from cli_utils import TESTS_DIR, run_sweep_command_in_process, write_tiny_t5x_checkpoint
 from prompt_tuning import gin_utils
 from prompt_tuning.launch import tpu
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
 from prompt_tuning.runtime.checkpoints.formats import all_steps
-from prompt_tuning.sweeps import backends
+from prompt_tuning.sweeps import backends, collect, plots
 from prompt_tuning.sweeps import cli as sweeps_cli
 from prompt_tuning.sweeps.spec import Run, Spec, SpecError
 
@@ -130,6 +131,31 @@ def test_checkpoint_variants_name_the_run_and_shift_train_steps():
       "t/a-x/model_tuning/seed0")
 
 
+def test_collect_and_plot_keep_checkpoint_variants_apart(tmp_path, capsys):
+  """Runs from three checkpoints of one size: `collect` names each run's checkpoint, and Figure 3's panel
+  draws one point per checkpoint at its own mean over seeds (hand-written metrics: 60 + 10 k + seed)."""
+  raw = {**copy.deepcopy(RAW), "output_dir": str(tmp_path), "defaults": {"seeds": [0, 2]}}
+  raw["sizes"]["a"]["num_params"] = 1000
+  spec = Spec(raw)
+  for k, run in enumerate(r for r in spec.runs()):
+    folder = tmp_path / run.run_id / "inference_eval"
+    folder.mkdir(parents=True)
+    value = 60.0 + 10 * (k // 2) + run.seed  # the runs come seed by seed within each checkpoint
+    (folder / "demo_sentiment-metrics.jsonl").write_text(json.dumps({"step": 130, "accuracy": value}) + "\n")
+  spec_file = tmp_path / "spec.json"
+  spec_file.write_text(json.dumps(raw))
+  assert sweeps_cli.main(["collect", str(spec_file)]) == 0
+  with open(tmp_path / "results.csv") as f:
+    rows = sorted((r["checkpoint"], int(r["seed"]), float(r["best"])) for r in csv.DictReader(f))
+  assert rows == [("", 0, 60.0), ("", 2, 62.0), ("early", 0, 80.0), ("early", 2, 82.0), ("other", 0, 70.0),
+                  ("other", 2, 72.0)]
+  fig = plots.figure3(collect.read_csv(str(tmp_path / "results.csv")), 100, "from_class_labels")
+  (ax,) = fig.axes
+  assert ax.get_title().startswith("checkpoint (prompt length 100")
+  means = {l.get_label(): l.get_ydata().tolist() for l in ax.lines}
+  assert means == {"default checkpoint": [61.0], "other checkpoint": [71.0], "early checkpoint": [81.0]}
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda r: r["grids"][0].update(checkpoints=["nope"]), "no checkpoint named 'nope'"),
     (lambda r: r["sizes"]["a"]["checkpoints"].update(other="/c/o/final"), "Cannot tell the step of checkpoint"),
@@ -176,7 +202,7 @@ def test_lm_adaptation_sweep_keeps_its_steps_and_prompt_tunes_from_them(tmp_path
          "defaults": {"seeds": [0], "prompt_length": 3, "prompt_init": "random_uniform"},
          "grids": [{"checkpoints": ["lm2"]}]}
   spec = Spec(raw, output_dir=str(tmp_path / "sweep"))
-  assert backends.run_local(spec, env=cli_env()) == [], [
+  assert backends.run_local(spec, runner=run_sweep_command_in_process) == [], [
       (pathlib.Path(c.run_dir) / "sweep.log").read_text()[-3000:] for c in spec.commands()]
   adapted = pathlib.Path(spec.run_dir("pretrain/adapt/tiny"))
   assert all_steps(adapted) == [3, 5, 7]  # every 2 steps (gcd of the kept steps), none deleted

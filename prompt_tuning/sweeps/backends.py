@@ -11,7 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import IO, Any, Callable, Sequence
 
 from prompt_tuning.launch import tpu
 from prompt_tuning.sweeps.spec import Command, Spec
@@ -43,10 +43,12 @@ def is_done(command: Command) -> bool:
 
 
 def _phases(spec: Spec) -> list[list[Command]]:
-  """Pretraining, then adaptation (from pretrained checkpoints), then the runs that start from their
-  checkpoints."""
-  phases = (spec.pretrain_commands(), spec.adapt_commands(), [spec.command(r) for r in spec.runs()])
-  return [p for p in phases if p]
+  """The commands by `Command.phase`: pretraining, then adaptation, then the runs that start from their
+  checkpoints, then the runs that read theirs (prompt ensembles)."""
+  phases: dict[int, list[Command]] = {}
+  for c in spec.commands():
+    phases.setdefault(c.phase, []).append(c)
+  return [phases[p] for p in sorted(phases)]
 
 
 # ------------------------------------------------------------------------------------------------------ local
@@ -54,14 +56,19 @@ def local_argv(command: Command) -> list[str]:
   return [sys.executable, "-m", f"prompt_tuning.{command.module}", *command.flags]
 
 
-def run_local_command(command: Command, env: dict[str, str] | None = None) -> int:
-  """Run one command, its output in `<run_dir>/sweep.log`; marks the folder done when it succeeds."""
+def run_local_command(command: Command, env: dict[str, str] | None = None,
+                      execute: Callable[[list[str], IO[str]], int] | None = None) -> int:
+  """Run one command (by default a subprocess; `execute(argv, log)` runs it otherwise), its output in
+  `<run_dir>/sweep.log`; marks the folder done when it succeeds."""
   run_dir = as_path(command.run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
   start = time.time()
   with open(run_dir / "sweep.log", "w") as log:
-    code = subprocess.run(local_argv(command), stdout=log, stderr=subprocess.STDOUT, env=env,
-                          check=False).returncode
+    if execute is not None:
+      code = execute(local_argv(command), log)
+    else:
+      code = subprocess.run(local_argv(command), stdout=log, stderr=subprocess.STDOUT, env=env,
+                            check=False).returncode
   record = {"returncode": code, "seconds": round(time.time() - start, 1), "argv": local_argv(command)}
   if code == 0:
     mark_done(command, record)

@@ -1,6 +1,6 @@
-"""Scaling plots from the sweep CSV, in the style of the paper: Figure 1 (score against model parameters, log x,
-one line per method, mean and standard deviation over seeds) and Figure 3 (prompt length and initialiser
-ablations for prompt tuning)."""
+"""Scaling plots from the sweep CSVs, in the style of the paper: Figure 1 (score against model parameters, log x,
+one line per method, mean and standard deviation over seeds; per evaluation, and on the benchmark score) and
+Figure 3 (prompt length and initialiser ablations for prompt tuning)."""
 from __future__ import annotations
 
 import collections
@@ -10,17 +10,20 @@ import matplotlib
 import matplotlib.ticker
 import numpy as np
 
-LABELS = {"model_tuning": "Model Tuning", "prompt_tuning": "Prompt Tuning", "prompt_design": "Prompt Design"}
+from prompt_tuning.sweeps import report
+
 Row = Mapping[str, Any]
 
 
-def aggregate(table: Sequence[Row], line: Callable[[Row], Any]) -> dict[Any, list[tuple[int, float, float, int]]]:
-  """{line key: [(num_params, mean best, std best, seeds)] sorted by size} over the rows with a line key."""
+def aggregate(table: Sequence[Row], line: Callable[[Row], Any], value: str = "best"
+              ) -> dict[Any, list[tuple[int, float, float, int]]]:
+  """{line key: [(num_params, mean, std, seeds)] sorted by size} of `value` over the rows with a line key and
+  a value."""
   groups: dict[Any, dict[int, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
   for row in table:
     key = line(row)
-    if key is not None:
-      groups[key][int(row["num_params"])].append(float(row["best"]))
+    if key is not None and row[value] is not None:
+      groups[key][int(row["num_params"])].append(float(row[value]))
   return {k: [(n, float(np.mean(v)), float(np.std(v)), len(v)) for n, v in sorted(by_size.items())]
           for k, by_size in groups.items()}
 
@@ -47,28 +50,23 @@ def _draw(ax, curves: Mapping[Any, list[tuple[int, float, float, int]]], label: 
 
 
 def _tasks(table: Sequence[Row]) -> list[str]:
-  return list(dict.fromkeys(r["task"] for r in table))
+  return list(dict.fromkeys(r["eval"] for r in table))
 
 
 def _metric(table: Sequence[Row], task: str) -> str:
-  return next(r["metric"] for r in table if r["task"] == task)
+  return next(r["metric"] for r in table if r["eval"] == task)
 
 
 def figure1(table: Sequence[Row], prompt_length: int, prompt_init: str, title: str = ""):
-  """Score against parameters per task; prompt tuning at the default length and initialiser."""
+  """Score against parameters per evaluation; prompt tuning at the default length and initialiser."""
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   tasks = _tasks(table)
   fig, axes = plt.subplots(1, len(tasks), figsize=(max(6, 5 * len(tasks)), 4.5), squeeze=False)
   for ax, task in zip(axes[0], tasks):
     def line(row, task=task):
-      if row["task"] != task:
-        return None
-      if row["method"] == "prompt_tuning" and (row["prompt_length"], row["prompt_init"]) != (prompt_length,
-                                                                                             prompt_init):
-        return None
-      return row["method"]
-    _draw(ax, aggregate(table, line), lambda m: LABELS.get(m, m))
+      return report.method_key(row, prompt_length, prompt_init) if row["eval"] == task else None
+    _draw(ax, aggregate(table, line), report.label)
     ax.set_ylabel(f"{task} {_metric(table, task)} (best validation)")
     ax.legend()
   fig.suptitle(title or "Score vs. model size", fontsize=11)
@@ -78,25 +76,45 @@ def figure1(table: Sequence[Row], prompt_length: int, prompt_init: str, title: s
   return fig
 
 
+def benchmark_figure(table: Sequence[Row], name: str, prompt_length: int, prompt_init: str, title: str = ""):
+  """The paper's Figure 1: the benchmark score against parameters, one line per method (prompt tuning at the
+  default length and initialiser), mean ± std over seeds; None without any complete score."""
+  if not any(r["score"] is not None for r in table):
+    return None
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  _draw(ax, aggregate(table, lambda r: report.method_key(r, prompt_length, prompt_init), value="score"),
+        report.label)
+  ax.set_ylabel(f"{name} score")
+  ax.set_title(title or f"{name} score vs. model size", fontsize=11)
+  ax.legend()
+  fig.tight_layout()
+  return fig
+
+
 def figure3(table: Sequence[Row], prompt_length: int, prompt_init: str, title: str = ""):
-  """Prompt tuning ablations per task: prompt length (at the default init) and init (at the default length).
-  None when the sweep varied neither."""
+  """Prompt tuning ablations per task: prompt length (at the default init), init (at the default length) and
+  the checkpoint it starts from (Figure 3c/d, at both defaults). None when the sweep varied none of them."""
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   pt = [r for r in table if r["method"] == "prompt_tuning"]
-  factors = [("prompt_length", "prompt_init", prompt_init, "Prompt length {}"),
-             ("prompt_init", "prompt_length", prompt_length, "{} init")]
-  factors = [f for f in factors if len({r[f[0]] for r in pt if r[f[1]] == f[2]}) > 1]
+  defaults = {"prompt_length": prompt_length, "prompt_init": prompt_init, "checkpoint": None}
+  factors = [(vary, {k: v for k, v in defaults.items() if k != vary}, label) for vary, label in
+             (("prompt_length", "Prompt length {}"), ("prompt_init", "{} init"), ("checkpoint", "{} checkpoint"))]
+  at = lambda row, fixed: all(row.get(k) == v for k, v in fixed.items())
+  factors = [f for f in factors if len({r.get(f[0]) for r in pt if at(r, f[1])}) > 1]
   tasks = _tasks(pt)
   if not factors or not tasks:
     return None
   fig, axes = plt.subplots(len(tasks), len(factors), figsize=(5 * len(factors), 4 * len(tasks)), squeeze=False)
   for row_axes, task in zip(axes, tasks):
-    for ax, (vary, fixed, fixed_value, label) in zip(row_axes, factors):
-      curves = aggregate(pt, lambda r: r[vary] if r["task"] == task and r[fixed] == fixed_value else None)
+    for ax, (vary, fixed, label) in zip(row_axes, factors):
+      curves = aggregate(pt, lambda r: (r.get(vary) or "default") if r["eval"] == task and at(r, fixed) else None)
       _draw(ax, curves, label.format)
       ax.set_ylabel(f"{task} {_metric(pt, task)}")
-      ax.set_title(f"{vary.replace('_', ' ')} ({fixed.replace('_', ' ')} {fixed_value})")
+      shown = ", ".join(f"{k.replace('_', ' ')} {v or 'default'}" for k, v in fixed.items())
+      ax.set_title(f"{vary.replace('_', ' ')} ({shown})")
       ax.legend()
   fig.suptitle(title or "Prompt tuning ablations", fontsize=11)
   fig.tight_layout()

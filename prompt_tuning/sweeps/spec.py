@@ -2,10 +2,12 @@
 prompt initialisers for prompt tuning), each a train or eval CLI command with its own run folder.
 
 Methods: `prompt_tuning` (a soft prompt on the frozen model), `model_tuning` (every weight trains) and
-`prompt_design` (a text prompt with `NUM_SHOTS` solved examples and no training, scored by the eval CLI); a
-method of another name is a custom train run with its own `model_gin`, `gin_files` and `run_gin` (e.g. a prompt
-family of gin_configs/families/). The format is documented in docs/scaling.md; `{output_dir}` in any string is
-replaced by the output folder.
+`prompt_design` (a text prompt with `NUM_SHOTS` solved examples and no training, scored by the eval CLI);
+`multi_task_model_tuning` (one model tuned on a `mixture` per size and seed, evaluated on each task) and
+`prompt_ensemble` (the prompts of a grid's seeds evaluated together, after their training); a method of another
+name is a custom train run with its own `model_gin`, `gin_files` and `run_gin` (e.g. a prompt family of
+gin_configs/families/). The format is documented in docs/scaling.md; `{output_dir}` in any string is replaced
+by the output folder.
 
 Checkpoint variants (the paper's Figure 3c/d): a size may name other checkpoints (`checkpoints`), an `adapt`
 section continues each size's checkpoint on another task and names the steps it keeps, and a grid's
@@ -23,14 +25,23 @@ from typing import Any, Mapping
 
 from prompt_tuning.errors import UserError
 
-METHODS = ("prompt_tuning", "model_tuning", "prompt_design")
+METHODS = ("prompt_tuning", "model_tuning", "prompt_design")  # one run per task, the default methods
+MULTI_TASK = "multi_task_model_tuning"
+ENSEMBLE = "prompt_ensemble"
+BUILTIN = (*METHODS, MULTI_TASK, ENSEMBLE)
+PROMPTED = ("prompt_tuning", ENSEMBLE)  # the methods with a prompt length and initialiser
 PRETRAIN = "pretrain"
-CUSTOM_METHOD_KEYS = {"model_gin", "gin_files", "run_gin", "bindings"}
-DEFAULT_CHECKPOINT = "default"  # a grid's name for each size's own `checkpoint`
 ADAPT = "adapt"
+DEFAULT_CHECKPOINT = "default"  # a grid's name for each size's own `checkpoint`
+MIXTURE = "mixture"  # the task folder of multi-task runs
+CUSTOM_METHOD_KEYS = {"model_gin", "gin_files", "run_gin", "bindings"}
+_METHOD_KEYS = {MULTI_TASK: {"mixture", "module", "eval_tasks", "bindings"}}
+_TASK_KEYS = {"name", "module", "metric", "bindings", "higher_is_better", "split", "evals", "select_by"}
 _GRID_KEYS = {"name", "sizes", "tasks", "methods", "seeds", "prompt_lengths", "prompt_inits", "checkpoints"}
-_TOP_KEYS = {"name", "output_dir", "gin_search_paths", "gin_files", "bindings", "sizes", "tasks", "methods",
-             "defaults", "grids", "pretrain", "adapt", "tpu"}
+_TOP_KEYS = {"name", "description", "output_dir", "gin_search_paths", "gin_files", "bindings", "sizes", "tasks",
+             "methods", "defaults", "grids", "pretrain", "adapt", "benchmark", "tpu"}
+# The order the commands run in (`Command.phase`): each phase starts from checkpoints the earlier ones write.
+PRETRAIN_PHASE, ADAPT_PHASE, RUN_PHASE, READS_RUNS_PHASE = range(4)
 
 
 class SpecError(UserError):
@@ -48,17 +59,37 @@ class Run:
   seed: int
   prompt_length: int | None = None
   prompt_init: str | None = None
+  members: tuple[int, ...] = ()  # a prompt ensemble's seeds (its `seed` is 0)
   checkpoint: str | None = None
 
   @property
   def run_id(self) -> str:
-    """The run folder relative to the output folder, e.g. `rte/xl/prompt_tuning-len100-from_class_labels/seed0`,
-    or `rte/xl-lm_adapt_10k/...` from a checkpoint variant."""
+    """The run folder relative to the output folder, e.g. `rte/xl/prompt_tuning-len100-from_class_labels/seed0`
+    (a multi-task run: `mixture/xl/multi_task_model_tuning/seed0`; an ensemble: `.../seeds0-1-2`; from a
+    checkpoint variant: `rte/xl-lm_adapt_10k/...`)."""
     name = self.method
-    if self.method == "prompt_tuning":
+    if self.prompt_length is not None:
       name += f"-len{self.prompt_length}-{pathlib.PurePosixPath(self.prompt_init).stem}"
+    seeds = f"seeds{'-'.join(map(str, self.members))}" if self.members else f"seed{self.seed}"
     size = self.size if self.checkpoint is None else f"{self.size}-{self.checkpoint}"
-    return f"{self.task}/{size}/{name}/seed{self.seed}"
+    return f"{self.task}/{size}/{name}/{seeds}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Eval:
+  """One evaluation a run writes, `inference_eval/<task_name>-metrics.jsonl`, scored by the mean of `metrics`.
+
+  `name` is what the results call it: the spec task, or one of its `evals`."""
+
+  name: str
+  task_name: str
+  metrics: tuple[str, ...]
+  higher_is_better: bool = True
+
+  @property
+  def metric(self) -> str:
+    """The metrics' name in the results, e.g. `accuracy` or `mean_3class_f1+accuracy` (their mean)."""
+    return "+".join(self.metrics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +101,7 @@ class Command:
   module: str  # train | eval
   flags: tuple[str, ...]
   run_dir: str
+  phase: int = RUN_PHASE
 
 
 def gin_value(value: Any) -> str:
@@ -83,6 +115,15 @@ def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
   if key not in mapping:
     raise SpecError(f"{where} needs {key!r}.")
   return mapping[key]
+
+
+def _metrics(value: Any, where: str) -> tuple[str, ...]:
+  """A `metric` entry: one metric key, or a list of them (the score is their mean)."""
+  names = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else ()
+  if not names or not all(isinstance(n, str) and n for n in names):
+    raise SpecError(f"{where}: 'metric' must be a metric key of the task's metrics file or a list of them "
+                    f"(scored by their mean), e.g. \"accuracy\" or [\"mean_3class_f1\", \"accuracy\"]; got {value!r}.")
+  return names
 
 
 class Spec:
@@ -119,18 +160,27 @@ class Spec:
 
   def _validate(self) -> None:
     for method, cfg in self.methods.items():
-      if method in METHODS:
-        if set(cfg) - {"bindings"}:
-          raise SpecError(f"Method {method!r} takes only 'bindings'; give another name to a custom method.")
+      if method in BUILTIN:
+        allowed = _METHOD_KEYS.get(method, {"bindings"})
+        if set(cfg) - allowed:
+          keys = ", ".join(repr(k) for k in sorted(allowed))
+          raise SpecError(f"Method {method!r} takes only {keys}; give another name to a custom method.")
       elif "run_gin" not in cfg:
-        raise SpecError(f"Unknown method {method!r} under 'methods'; choose from {list(METHODS)}, or give it a "
+        raise SpecError(f"Unknown method {method!r} under 'methods'; choose from {list(BUILTIN)}, or give it a "
                         "'run_gin' (a custom train run; also 'model_gin', 'gin_files', 'bindings').")
       elif set(cfg) - CUSTOM_METHOD_KEYS or not re.fullmatch(r"[A-Za-z0-9_.-]+", method):
         raise SpecError(f"Custom method {method!r} needs a name of letters, digits, '_', '-' or '.' and takes only "
                         f"{sorted(CUSTOM_METHOD_KEYS)}.")
     for name, task in self.tasks.items():
-      _require(task, "name", f"Task {name!r}")
-      _require(task, "metric", f"Task {name!r}")
+      self._validate_task(name, task)
+    if MULTI_TASK in self.methods:
+      cfg = self.methods[MULTI_TASK]
+      _require(cfg, "mixture", f"Method {MULTI_TASK!r}")
+      bad = [t for t in cfg.get("eval_tasks", {}) if t not in self.tasks or len(self.task_evals(t)) != 1]
+      if bad:
+        raise SpecError(f"Method {MULTI_TASK!r}: 'eval_tasks' maps each task with one evaluation to the SeqIO task "
+                        f"its mixture evaluates it by; {bad} are not such tasks (known: {list(self.tasks)}).")
+    self._validate_benchmark()
     for name, size in self.sizes.items():
       if "checkpoint" not in size and self.pretrain is None:
         raise SpecError(f"Size {name!r} needs 'checkpoint' (a pretrained model), or add a 'pretrain' section.")
@@ -146,31 +196,100 @@ class Spec:
         if bad:
           raise SpecError(f"Grid {grid.get('name')!r} names unknown {key} {bad}; known: {list(known)}.")
     self._validate_checkpoints()
+    runs = set(self.runs())
+    for run in runs:
+      if run.method == ENSEMBLE and not set(self.members(run)) <= runs:
+        raise SpecError(f"The prompt ensemble {run.run_id} needs the prompt tuning runs of its seeds "
+                        f"{list(run.members)}: add 'prompt_tuning' to the methods of its grid.")
+
+  def _validate_task(self, name: str, task: Mapping[str, Any]) -> None:
+    where = f"Task {name!r}"
+    if name in (MIXTURE, PRETRAIN):
+      raise SpecError(f"{where}: {name!r} names the folder of multi-task and pretraining runs; rename the task.")
+    unknown = set(task) - _TASK_KEYS
+    if unknown:
+      raise SpecError(f"{where}: unknown keys {sorted(unknown)}; the keys are {sorted(_TASK_KEYS)}.")
+    _require(task, "name", where)
+    evals = task.get("evals")
+    if evals is None:
+      _metrics(_require(task, "metric", where), where)
+    else:
+      if not isinstance(evals, dict) or not evals:
+        raise SpecError(f"{where}: 'evals' maps a name to {{'name': SeqIO task, 'metric': ...}} for each task "
+                        f"whose metrics the run writes; got {evals!r}.")
+      for key, value in evals.items():
+        _require(value, "name", f"{where}, eval {key!r}")
+        _metrics(_require(value, "metric", f"{where}, eval {key!r}"), f"{where}, eval {key!r}")
+    select = task.get("select_by")
+    if select is not None and select not in (evals or {}):
+      raise SpecError(f"{where}: 'select_by' {select!r} is not one of its 'evals' {list(evals or {})}.")
+
+  def _validate_benchmark(self) -> None:
+    benchmark = self.raw.get("benchmark")
+    if benchmark is None:
+      return
+    tasks = _require(benchmark, "tasks", "The 'benchmark' section")
+    name = _require(benchmark, "name", "The 'benchmark' section")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+      raise SpecError(f"The benchmark name {name!r} names its CSV and plot: use letters, digits, '_', '-' or '.'.")
+    known = self.eval_names()
+    bad = [t for t in tasks if t not in known]
+    if bad or not tasks:
+      raise SpecError(f"The 'benchmark' tasks {bad or tasks} are not evaluations of the spec; known: {known}.")
 
   # ---------------------------------------------------------------------------------------------- runs
   def method_names(self) -> list[str]:
-    """The built-in methods the spec configures (all three when it configures none), then its custom ones."""
-    builtin = [m for m in METHODS if m in self.methods] or list(METHODS)
-    return builtin + [m for m in self.methods if m not in METHODS]
+    """The built-in methods the spec configures (the three per-task ones when it configures none), then its
+    custom ones."""
+    builtin = [m for m in BUILTIN if m in self.methods] or list(METHODS)
+    return builtin + [m for m in self.methods if m not in BUILTIN]
 
   def runs(self) -> list[Run]:
-    """Every run of every grid, once (grids may share runs, e.g. the default prompt length), in spec order."""
+    """Every run of every grid, once (grids may share runs, e.g. the default prompt length), in spec order.
+
+    A multi-task method has one run per size and seed (task `mixture`); an ensemble one per task, size, prompt
+    length and initialiser, whose members are the grid's seeds."""
     out: dict[Run, None] = {}
     for grid in self.grids:
-      methods = grid.get("methods") or self.method_names()
       lengths = grid.get("prompt_lengths") or [self.defaults["prompt_length"]]
       inits = grid.get("prompt_inits") or [self.defaults["prompt_init"]]
+      seeds = [int(s) for s in grid.get("seeds") or self.defaults["seeds"]]
       checkpoints = [None if c == DEFAULT_CHECKPOINT else c for c in grid.get("checkpoints") or [None]]
-      for task, size, method, seed, ckpt in itertools.product(grid.get("tasks") or list(self.tasks),
-                                                              grid.get("sizes") or list(self.sizes), methods,
-                                                              grid.get("seeds") or self.defaults["seeds"],
-                                                              checkpoints):
-        if method == "prompt_tuning":
-          for length, init in itertools.product(lengths, inits):
-            out[Run(task, size, method, int(seed), int(length), init, ckpt)] = None
-        else:
-          out[Run(task, size, method, int(seed), checkpoint=ckpt)] = None
+      for task, size, method, ckpt in itertools.product(grid.get("tasks") or list(self.tasks),
+                                                        grid.get("sizes") or list(self.sizes),
+                                                        grid.get("methods") or self.method_names(), checkpoints):
+        prompts = [(int(n), i) for n, i in itertools.product(lengths, inits)] if method in PROMPTED else [(None, None)]
+        if method == ENSEMBLE:
+          for length, init in prompts:
+            out[Run(task, size, method, 0, length, init, members=tuple(seeds), checkpoint=ckpt)] = None
+          continue
+        for seed, (length, init) in itertools.product(seeds, prompts):
+          out[Run(MIXTURE if method == MULTI_TASK else task, size, method, seed, length, init,
+                  checkpoint=ckpt)] = None
     return list(out)
+
+  def members(self, run: Run) -> list[Run]:
+    """The prompt tuning runs whose prompts (their latest checkpoints) a prompt ensemble evaluates together."""
+    return [Run(run.task, run.size, "prompt_tuning", seed, run.prompt_length, run.prompt_init,
+                checkpoint=run.checkpoint) for seed in run.members]
+
+  def evals(self, run: Run) -> list[Eval]:
+    """The evaluations a run writes: its task's (one, or the task's `evals`); a multi-task run's, each task's
+    own under the SeqIO name its mixture gives it (`eval_tasks`, default the task's `name`)."""
+    if run.method != MULTI_TASK:
+      return self.task_evals(run.task)
+    names = self.methods[MULTI_TASK].get("eval_tasks") or dict.fromkeys(self.tasks)
+    return [dataclasses.replace(e, task_name=names[t] or e.task_name) for t in names for e in self.task_evals(t)]
+
+  def task_evals(self, name: str) -> list[Eval]:
+    task = self.tasks[name]
+    entries = task.get("evals") or {name: task}
+    return [Eval(key, e["name"], _metrics(e["metric"], f"Task {name!r}"), e.get("higher_is_better", True))
+            for key, e in entries.items()]
+
+  def eval_names(self) -> list[str]:
+    """Every evaluation's name, in spec order."""
+    return list(dict.fromkeys(e.name for t in self.tasks for e in self.task_evals(t)))
 
   def run_dir(self, run_id: str) -> str:
     return f"{self.output_dir}/{run_id}"
@@ -222,35 +341,54 @@ class Spec:
                                 "TRAIN_STEPS": int(self.pretrain["steps"])},
                                self.sizes[size].get("bindings", {}), self.pretrain.get("bindings", {}),
                                cfg.get("pretrain_bindings", {}))]
-      out.append(Command(run_id, size, "train", tuple(flags), self.run_dir(run_id)))
+      out.append(Command(run_id, size, "train", tuple(flags), self.run_dir(run_id), PRETRAIN_PHASE))
     return out
 
   def command(self, run: Run) -> Command:
-    task, size = self.tasks[run.task], self.sizes[run.size]
     run_dir = self.run_dir(run.run_id)
     if run.method == "prompt_design":
-      flags = [*self._base_flags(run.size, "models/t5_1_1.gin"), "--gin_file=runs/eval.gin",
-               "--gin_file=baselines/prompt_design.gin",
-               *self._bindings({"CHECKPOINT_PATH": self.checkpoint(run.size, run.checkpoint),
-                                "EVAL_OUTPUT_DIR": f"{run_dir}/inference_eval", "PROMPT_DESIGN_TASK": task["name"],
-                                "MIXTURE_OR_TASK_MODULE": task.get("module"), "SHOTS_SEED": run.seed,
-                                "utils.DatasetConfig.split": task.get("split", "validation")},
-                               size.get("bindings", {}), task.get("bindings", {}),
-                               self.methods.get(run.method, {}).get("bindings", {}))]
-      return Command(run.run_id, run.size, "eval", tuple(flags), run_dir)
+      task = self.tasks[run.task]
+      return self._eval_command(run, "models/t5_1_1.gin", ["baselines/prompt_design.gin"],
+                                {"PROMPT_DESIGN_TASK": task["name"], "MIXTURE_OR_TASK_MODULE": task.get("module"),
+                                 "SHOTS_SEED": run.seed})
+    if run.method == ENSEMBLE:
+      return self._eval_command(run, "models/t5_1_1_prompt.gin", ["serving/ensemble.gin"],
+                                {"MIXTURE_OR_TASK_NAME": self.tasks[run.task]["name"],
+                                 "MIXTURE_OR_TASK_MODULE": self.tasks[run.task].get("module"),
+                                 "ENSEMBLE_PROMPTS": [self.run_dir(m.run_id) for m in self.members(run)],
+                                 "PROMPT_LENGTH": run.prompt_length}, READS_RUNS_PHASE)
     files, run_gin, bindings = self.train_config(run)
     flags = [*self._search_path_flags(), *[f"--gin_file={f}" for f in (*files, run_gin)],
              *[f"--gin.{k}={gin_value(v)}" for k, v in bindings.items()]]
     return Command(run.run_id, run.size, "train", tuple(flags), run_dir)
 
+  def _eval_command(self, run: Run, model_gin: str, gin_files: list[str], fixed: Mapping[str, Any],
+                    phase: int = RUN_PHASE) -> Command:
+    """The eval CLI on the task's validation split (or its `split`) with the run's pretrained checkpoint;
+    an ensemble reads its members' latest checkpoints, so it runs after them (`READS_RUNS_PHASE`)."""
+    task, size = self.tasks[run.task], self.sizes[run.size]
+    run_dir = self.run_dir(run.run_id)
+    flags = [*self._base_flags(run.size, model_gin), "--gin_file=runs/eval.gin",
+             *[f"--gin_file={f}" for f in gin_files],
+             *self._bindings({"CHECKPOINT_PATH": self.checkpoint(run.size, run.checkpoint),
+                              "EVAL_OUTPUT_DIR": f"{run_dir}/inference_eval", **fixed,
+                              "utils.DatasetConfig.split": task.get("split", "validation")},
+                             size.get("bindings", {}), task.get("bindings", {}),
+                             self.methods.get(run.method, {}).get("bindings", {}))]
+    return Command(run.run_id, run.size, "eval", tuple(flags), run_dir, phase)
+
   def train_config(self, run: Run) -> tuple[tuple[str, ...], str, dict[str, Any]]:
     """A training run's (gin files of the model, run gin, bindings); the bindings win over both."""
-    task, size, method = self.tasks[run.task], self.sizes[run.size], self.methods.get(run.method, {})
+    size, method = self.sizes[run.size], self.methods.get(run.method, {})
+    if run.method == MULTI_TASK:  # the mixture's own bindings (e.g. TASK_FEATURE_LENGTHS) are the method's
+      task = {"name": method["mixture"], "module": method.get("module")}
+    else:
+      task = self.tasks[run.task]
     fixed = {"MODEL_DIR": self.run_dir(run.run_id),
              "INITIAL_CHECKPOINT_PATH": self.checkpoint(run.size, run.checkpoint),
              "MIXTURE_OR_TASK_NAME": task["name"], "MIXTURE_OR_TASK_MODULE": task.get("module"),
              "RANDOM_SEED": run.seed, "SHUFFLE_SEED": run.seed}
-    if run.method == "model_tuning":
+    if run.method in ("model_tuning", MULTI_TASK):
       files, run_gin = self._model_files(run.size, "models/t5_1_1.gin"), "runs/finetune.gin"
     elif run.method == "prompt_tuning":
       init = run.prompt_init if run.prompt_init.endswith(".gin") else f"prompts/{run.prompt_init}.gin"
@@ -272,7 +410,8 @@ class Spec:
     return files, bindings, tuple(self.raw.get("gin_search_paths") or ())
 
   def commands(self) -> list[Command]:
-    """Pretraining and adaptation first (the other runs start from their checkpoints), then every run."""
+    """Pretraining and adaptation first (the other runs start from their checkpoints), then every run (see
+    `Command.phase`)."""
     return self.pretrain_commands() + self.adapt_commands() + [self.command(r) for r in self.runs()]
 
   # ---------------------------------------------------------------------------------------- checkpoint variants
@@ -314,7 +453,7 @@ class Spec:
       flags = [*self._base_flags(size, "models/t5_1_1.gin"),
                f"--gin_file={self.adapt.get('run_gin', 'runs/lm_adapt.gin')}",
                *self._bindings(cfg.get("bindings", {}), self.adapt.get("bindings", {}), fixed)]
-      out.append(Command(run_id, size, "train", tuple(flags), self.run_dir(run_id)))
+      out.append(Command(run_id, size, "train", tuple(flags), self.run_dir(run_id), ADAPT_PHASE))
     return out
 
   def _validate_checkpoints(self) -> None:
