@@ -8,8 +8,9 @@ fusion, a copy...), named after its HLO instruction. Each event is matched to th
 and classified:
 
   category  matmul (a dot, or a library fusion holding one with the element-wise work XLA fused around it:
-            YNNPACK fuses e.g. the softmax's max/sum into the attention dots) | scan slicing (per-layer dynamic-slice and
-            dynamic-update-slice of `nn.scan`'s stacked weights and residuals) | transpose/copy | element-wise/other
+            YNNPACK fuses e.g. the softmax's max/sum into the attention dots) | scan slicing (per-layer
+            dynamic-slice and dynamic-update-slice of `nn.scan`'s stacked weights and residuals) |
+            transpose/copy | element-wise/other
   phase     forward | recompute (the forward work remat repeats inside the backward pass) | backward
 
 "op s/step" sums the operations' own durations over all threads. Operations may run two at a time (XLA runs
@@ -216,7 +217,8 @@ def format_report(report: Mapping[str, Any], label: str) -> str:
     cells = [f"{report['by_category_and_phase'][f'{c}/{p}'] * 1e3:.0f} ms" for p in PHASES]
     share = report["by_category"][c] / op if op else 0.0
     lines.append(f"| {c} | " + " | ".join(cells) + f" | {report['by_category'][c] * 1e3:.0f} ms | {share:.0%} |")
-  lines += ["", "| component (top 15) | ms/step | share of op time | matmul GFLOP/step | GFLOP/s |", "|---|---|---|---|---|"]
+  lines += ["", "| component (top 15) | ms/step | share of op time | matmul GFLOP/step | GFLOP/s |",
+            "|---|---|---|---|---|"]
   for c in report["by_component"][:15]:
     share = c["seconds_per_step"] / op if op else 0.0
     lines.append(f"| {c['component']} | {c['seconds_per_step'] * 1e3:.0f} | {share:.0%} | "
@@ -226,8 +228,8 @@ def format_report(report: Mapping[str, Any], label: str) -> str:
   for t in report["top_ops"]:
     where = "/".join(t["op_name"].split("/")[-3:])
     rate = f"{t['gflop_per_s']:.0f}" if t["gflop_per_s"] else "–"
-    lines.append(f"| {t['name']} | {t['seconds_per_step'] * 1e3:.1f} | {t['calls_per_step']:g} | {rate} | {t['category']} | "
-                 f"{t['phase']} | {t['shape']} | {where} |")
+    lines.append(f"| {t['name']} | {t['seconds_per_step'] * 1e3:.1f} | {t['calls_per_step']:g} | {rate} | "
+                 f"{t['category']} | {t['phase']} | {t['shape']} | {where} |")
   return "\n".join(lines)
 
 
@@ -261,8 +263,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   step = jax_step.build_step(config, shape, run.mode)
   step.run(2)
   report = profile_step(step, args.steps, args.top, args.trace_dir)
+  flags = list(argv if argv is not None else sys.argv[1:])
   report.update(run=args.run, shape=dataclasses.asdict(jax_step.mode_shape(shape, run.mode)),
-                command=" ".join(["python -m benchmarks.op_profile"] + list(argv if argv is not None else sys.argv[1:])))
+                command=" ".join(["python -m benchmarks.op_profile", *flags]))
   print(format_report(report, args.run))
   cli_flags.write_json(report, args.json)
   return report

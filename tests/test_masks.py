@@ -66,7 +66,8 @@ def test_bad_flags_are_named_with_the_fix():
 
 def _gin_model(*bindings):
   return count.configured_model(["models/t5_1_1_tiny_prompt.gin", "byte_vocab_tiny.gin"],
-                                [f"PROMPT_LENGTH={P}", "ACTIVATION_DTYPE='float32'", *bindings], [str(TESTS_DIR / "gin")])
+                                [f"PROMPT_LENGTH={P}", "ACTIVATION_DTYPE='float32'", *bindings],
+                                [str(TESTS_DIR / "gin")])
 
 
 def _encode(model, params, tokens):

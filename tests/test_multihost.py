@@ -15,8 +15,8 @@ PROMPT_FILE = "numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.prompt.
 # The prompt after a few Adafactor steps at learning rate 0.3 moves by ~0.1-1 per entry; two processes only
 # reorder the batch rows and the gradient all-reduce, which changes float32 sums in the last bits.
 RTOL = ATOL = 1e-5
-SAVED, LAST = 5, 9
-EVAL_AT_END = 100  # an eval period longer than the run: evaluate only after the last step  # the pretrained checkpoint is at step 3; saves every 2 steps from there
+SAVED, LAST = 5, 9  # the pretrained checkpoint is at step 3; saves every 2 steps from there
+EVAL_AT_END = 100  # an eval period longer than the run: evaluate only after the last step
 
 
 def train_flags(model_dir: pathlib.Path, ckpt: pathlib.Path, steps: int, eval_period: int = 0) -> list[str]:
@@ -50,8 +50,8 @@ def inference_eval(model_dir: pathlib.Path, step: int) -> tuple[list[str], dict]
 def test_two_processes_train_resume_and_match_one_process(tmp_path):
   ckpt = write_tiny_t5x_checkpoint(tmp_path / "pretrained")
   single, multi = tmp_path / "single", tmp_path / "multi"
-  reference = subprocess.Popen(cli_command("train", train_flags(single, ckpt, LAST, EVAL_AT_END)), cwd=tmp_path, env=cli_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  reference = subprocess.Popen(cli_command("train", train_flags(single, ckpt, LAST, EVAL_AT_END)), cwd=tmp_path,
+                               env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     first = two_processes(train_flags(multi, ckpt, SAVED), tmp_path / "logs_first", tmp_path)
     _, err = reference.communicate(timeout=400)

@@ -98,7 +98,8 @@ def test_released_prompt_file_loads(shared_data):
 
 def test_variable_from_a_t5x_checkpoint(tiny_t5x_checkpoint, shared_data):
   emb = prompts.t5x_load(str(tiny_t5x_checkpoint), "token_embedder/embedding")()
-  np.testing.assert_array_equal(emb, np.load(shared_data / "t5x_tiny_checkpoint" / "token_embedder_embedding_32128x4.npy"))
+  table = shared_data / "t5x_tiny_checkpoint" / "token_embedder_embedding_32128x4.npy"
+  np.testing.assert_array_equal(emb, np.load(table))
 
 
 TOKENS = jnp.array([[5, 6, 7, 1, 0, 0], [8, 1, 0, 0, 0, 0]])

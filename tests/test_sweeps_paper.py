@@ -38,6 +38,13 @@ def write_spec(tmp_path: pathlib.Path, raw: dict) -> str:
   return str(path)
 
 
+def markdown_report(tmp_path: pathlib.Path, raw: dict) -> str:
+  """`collect --report=markdown` on the run folders under `tmp_path`: the results.md it writes."""
+  assert sweeps_cli.main(["collect", write_spec(tmp_path, raw), "--output_dir", str(tmp_path),
+                          "--report=markdown"]) == 0
+  return (tmp_path / "results.md").read_text()
+
+
 # ---------------------------------------------------------------------------------------- SuperGLUE score
 # Each task's metrics at its best validation step (step 200); step 100 is 10 lower everywhere, and at step 300
 # CB's accuracy is higher (95) but its score, the mean with F1 (95 + 60) / 2 = 77.5, lower than (90 + 80) / 2.
@@ -328,9 +335,7 @@ def test_table2_layout_selects_by_each_tasks_in_domain_evaluation(tmp_path):
                                                                                  "f1": 40.0}])
       write_metrics(tmp_path / run.run_id, evaluation.task_name,
                     [{k: (v + bonus if k != "step" else v) for k, v in l.items()} for l in lines])
-  assert sweeps_cli.main(["collect", write_spec(tmp_path, raw), "--output_dir", str(tmp_path),
-                          "--report=markdown"]) == 0
-  table = (tmp_path / "results.md").read_text()
+  table = markdown_report(tmp_path, raw)
   assert "best validation mrpc / qqp score" in table
   assert "| xxl | qqp_to_mrpc | mrpc | accuracy | 60.0 ± 0.0 | 61.0 ± 0.0 |" in table
   assert "| xxl | qqp_to_mrpc | mrpc | f1 | 40.0 ± 0.0 | 41.0 ± 0.0 |" in table
@@ -350,9 +355,7 @@ def test_table3_markdown_has_average_best_and_ensemble(tmp_path):
       if (evaluation.name, run.method, run.seed) == ("cb", "prompt_tuning", 0):
         values = {"accuracy": 100.0, "mean_3class_f1": 60.0}  # the best accuracy, the worst CB score (80)
       write_metrics(tmp_path / run.run_id, evaluation.task_name, [{"step": 1130000, **values}])
-  assert sweeps_cli.main(["collect", write_spec(tmp_path, raw), "--output_dir", str(tmp_path),
-                          "--report=markdown"]) == 0
-  table = (tmp_path / "results.md").read_text()
+  table = markdown_report(tmp_path, raw)
   # RTE: seeds 72, 74, 76 -> mean 74, std sqrt(8/3) = 1.63; best 76; ensemble 78.
   assert "| size | eval | metric | Prompt Tuning | Prompt Tuning (best seed) | Prompt Ensemble |" in table
   assert "| xxl | rte | accuracy | 74.0 ± 1.6 | 76.0 | 78.0 ± 0.0 |" in table

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+from typing import Any
 from unittest import mock
 
 import flax.linen as nn
@@ -52,7 +53,14 @@ def batch(seed: int = 0) -> dict[str, np.ndarray]:
 
 def prompt_model(length: int = 3, **cfg) -> EncoderDecoderModel:
   config = get_config("tiny", dtype=jnp.float32, vocab_size=BYTE_VOCAB_ROWS, **cfg)
-  return EncoderDecoderModel(EncoderDecoder(config, PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(length)))))
+  family = PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(length)))
+  return EncoderDecoderModel(EncoderDecoder(config, family))
+
+
+def abstract_params(model: EncoderDecoderModel) -> Any:
+  """The model's parameter tree as shapes, without initialising it."""
+  shapes = jax.eval_shape(lambda k: model.get_initial_variables(k, SHAPES), jax.random.PRNGKey(0))
+  return nn.meta.unbox(shapes["params"])
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +107,8 @@ def test_microbatches_accumulate_the_same_update():
   outs = []
   for n in (None, 2, 4):
     state = init_train_state(jax.tree_util.tree_map(jnp.copy, run.trainable), tx)
-    state, metrics = jax.jit(make_train_step(model, tx, num_microbatches=n))(state, run.frozen, batch(), jax.random.PRNGKey(0))
+    step = jax.jit(make_train_step(model, tx, num_microbatches=n))
+    state, metrics = step(state, run.frozen, batch(), jax.random.PRNGKey(0))
     outs.append((float(metrics["loss"]), np.asarray(state.params["encoder"]["prompt"]["prompt"]["prompt"])))
   for loss, prompt in outs[1:]:
     assert loss == pytest.approx(outs[0][0], rel=1e-5)
@@ -206,14 +215,16 @@ def test_score_batch_is_the_summed_target_log_likelihood():
   b = batch()
   params = nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)["params"])
   logits = np.asarray(model.compute_logits(params, b), np.float64)
-  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
-  expected = (np.take_along_axis(logp, b["decoder_target_tokens"][..., None], -1)[..., 0] * b["decoder_loss_weights"]).sum(-1)
+  peak = logits.max(-1, keepdims=True)
+  logp = logits - np.log(np.exp(logits - peak).sum(-1, keepdims=True)) - peak
+  target_logp = np.take_along_axis(logp, b["decoder_target_tokens"][..., None], -1)[..., 0]
+  expected = (target_logp * b["decoder_loss_weights"]).sum(-1)
   np.testing.assert_allclose(np.asarray(model.score_batch(params, b)), expected, rtol=1e-5)
 
 
 def test_real_t5x_checkpoint_tree_equals_model_init_tree(tiny_t5x_checkpoint):
   model = EncoderDecoderModel(EncoderDecoder(get_config("tiny", dtype=jnp.float32)))
-  abstract = nn.meta.unbox(jax.eval_shape(lambda k: model.get_initial_variables(k, SHAPES), jax.random.PRNGKey(0))["params"])
+  abstract = abstract_params(model)
   ckpt, step = load_params(str(tiny_t5x_checkpoint))
   assert step == 3
   merged = merge_checkpoint_into(abstract, ckpt)  # raises on any missing, extra or mis-shaped parameter
@@ -224,26 +235,27 @@ def test_real_t5x_checkpoint_tree_equals_model_init_tree(tiny_t5x_checkpoint):
 def test_t5x_style_assignment_map_rules_name_target_paths(tiny_t5x_checkpoint):
   """T5X writes rules against 'target/...' keys; ours match either form."""
   model = EncoderDecoderModel(EncoderDecoder(get_config("tiny", dtype=jnp.float32)))
-  abstract = nn.meta.unbox(jax.eval_shape(lambda k: model.get_initial_variables(k, SHAPES), jax.random.PRNGKey(0))["params"])
+  abstract = abstract_params(model)
   ckpt, _ = load_params(str(tiny_t5x_checkpoint))
   rules = ((r"target/encoder/layers_1/(.*)", r"target/encoder/layers_0/\1"), (r"target/decoder/decoder_norm/.*", None))
   merged = traverse_util.flatten_dict(merge_checkpoint_into(abstract, ckpt, rules), sep="/")
-  np.testing.assert_array_equal(merged["encoder/layers_1/mlp/wo/kernel"], ckpt["encoder"]["layers_0"]["mlp"]["wo"]["kernel"])
+  np.testing.assert_array_equal(merged["encoder/layers_1/mlp/wo/kernel"],
+                                ckpt["encoder"]["layers_0"]["mlp"]["wo"]["kernel"])
   assert isinstance(merged["decoder/decoder_norm/scale"], jax.ShapeDtypeStruct)  # kept for fresh initialisation
 
 
 def test_tree_mismatch_names_missing_and_extra(tiny_t5x_checkpoint):
   ckpt, _ = load_params(str(tiny_t5x_checkpoint))
   model = EncoderDecoderModel(EncoderDecoder(get_config("tiny", dtype=jnp.float32, num_encoder_layers=3)))
-  abstract = nn.meta.unbox(jax.eval_shape(lambda k: model.get_initial_variables(k, SHAPES), jax.random.PRNGKey(0))["params"])
+  abstract = abstract_params(model)
   del ckpt["decoder"]["decoder_norm"]
   with pytest.raises(ParamTreeMismatchError) as err:
     merge_checkpoint_into(abstract, ckpt)
   assert "encoder/layers_2" in str(err.value) and "decoder/decoder_norm/scale" in str(err.value)
   wrong = EncoderDecoderModel(EncoderDecoder(get_config("tiny", dtype=jnp.float32, emb_dim=8)))
-  abstract = nn.meta.unbox(jax.eval_shape(lambda k: wrong.get_initial_variables(k, SHAPES), jax.random.PRNGKey(0))["params"])
-  with pytest.raises(ParamTreeMismatchError, match=r"shape mismatch: decoder/decoder_norm/scale: checkpoint \(4,\) vs model \(8,\)"):
-    merge_checkpoint_into(abstract, load_params(str(tiny_t5x_checkpoint))[0])
+  mismatch = r"shape mismatch: decoder/decoder_norm/scale: checkpoint \(4,\) vs model \(8,\)"
+  with pytest.raises(ParamTreeMismatchError, match=mismatch):
+    merge_checkpoint_into(abstract_params(wrong), load_params(str(tiny_t5x_checkpoint))[0])
 
 
 def test_frozen_weights_from_our_own_orbax_checkpoint(tmp_path, pretrained):

@@ -1,6 +1,7 @@
 r"""Print the directory a Python module is installed in (the reference's `find_module`), e.g. for gin search paths.
 
-  python -m prompt_tuning.train --gin_search_paths="$(python -m prompt_tuning.scripts.find_module prompt_tuning)/gin_configs" ...
+  DIR="$(python -m prompt_tuning.scripts.find_module prompt_tuning)"
+  python -m prompt_tuning.train --gin_search_paths="$DIR/gin_configs" ...
 
 Our own gin files are always on the search path; this helps a user add another installed package's configs.
 """

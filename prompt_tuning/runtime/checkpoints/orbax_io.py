@@ -74,7 +74,8 @@ def load_orbax_variable(location: epath.PathLike, variable_path: str) -> np.ndar
                      f"has no {key!r} (it holds {held}).")
     node = node[key]
   if isinstance(node, dict):
-    raise ValueError(f"{variable_path!r} in {str(location)!r} is a subtree with children {sorted(node)}, not a variable.")
+    raise ValueError(f"{variable_path!r} in {str(location)!r} is a subtree with children {sorted(node)}, not a "
+                     "variable.")
   nest = lambda leaf: functools.reduce(lambda inner, key: {key: inner}, reversed(keys), leaf)
   restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
       item=nest(0), restore_args=nest(ocp.RestoreArgs(restore_type=np.ndarray)), partial_restore=True))
