@@ -92,8 +92,8 @@ def run_in_process(module: str, flags: Sequence[str], cwd: pathlib.Path) -> subp
   code: int | str | None = 0
   gin.clear_config()
   _fresh_flags()
-  with gin.config.interactive_mode(), _captured_logs(err), _cwd(cwd), contextlib.redirect_stdout(out), \
-      contextlib.redirect_stderr(err):
+  with gin.config.interactive_mode(), _module_flags(argv[0]), _captured_logs(err), _cwd(cwd), \
+      contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     saved_argv, sys.argv = sys.argv, list(argv)
     try:
       with warnings.catch_warnings():  # a test may have imported the module; `python -m` would not have
@@ -112,6 +112,26 @@ def run_in_process(module: str, flags: Sequence[str], cwd: pathlib.Path) -> subp
     err.write(code + "\n")
     code = 1
   return subprocess.CompletedProcess(argv, code or 0, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _module_flags(module: str) -> Iterator[None]:
+  """The absl flags `module` defines come from its run as `__main__` alone: the definitions of an earlier import
+  are set aside (absl would refuse them twice) and the run's removed afterwards, so either order works."""
+  from absl import flags as absl_flags
+  registry = absl_flags.FLAGS
+  imported = list(registry.flags_by_module_dict().get(module, []))
+  for flag in imported:
+    delattr(registry, flag.name)
+  before = set(registry)
+  try:
+    yield
+  finally:
+    for name in set(registry) - before:
+      delattr(registry, name)
+    for flag in imported:
+      registry[flag.name] = flag
+      registry.register_flag_by_module(module, flag)
 
 
 def _fresh_flags() -> None:

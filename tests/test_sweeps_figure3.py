@@ -178,8 +178,9 @@ def test_lm_adapt_gin_keeps_the_figure3d_steps(monkeypatch):
   monkeypatch.setattr(__main__, "train", train.train, raising=False)  # run gins bind `__main__.train`, as T5X
   gin.clear_config(clear_constants=True)
   try:
-    gin_utils.parse_gin(["models/t5_1_1_small.gin", "runs/lm_adapt.gin"], ["MODEL_DIR = '/m'",
-                                                                            "INITIAL_CHECKPOINT_PATH = '/c'"], [])
+    with gin.config.interactive_mode():  # a CLI run in this process may have registered `__main__.train` first
+      gin_utils.parse_gin(["models/t5_1_1_small.gin", "runs/lm_adapt.gin"], ["MODEL_DIR = '/m'",
+                                                                              "INITIAL_CHECKPOINT_PATH = '/c'"], [])
     task, period = gin.query_parameter("%MIXTURE_OR_TASK_NAME"), gin.query_parameter("%SAVE_PERIOD")
     end, keep = gin.query_parameter("%TRAIN_STEPS"), gin.query_parameter("%KEEP_CHECKPOINTS")
   finally:
