@@ -1,6 +1,8 @@
 """The decoder-only model: Flaxformer's tree, prefix-LM masks with a prompt, target-only loss, KV-cache decoding."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,7 @@ from prompt_tuning.family import PROMPT_REGEX, PromptFamily
 from prompt_tuning.models import scan_utils
 from prompt_tuning.models.config import DecoderOnlyConfig
 from prompt_tuning.models.decoder_only import DecoderOnly
-from prompt_tuning.runtime import decoding, optim
+from prompt_tuning.runtime import decoding, optim, partitioning
 from prompt_tuning.runtime.models import DecoderOnlyModel
 
 VOCAB = 32
@@ -136,7 +138,8 @@ def test_prefix_lm_mask_with_a_prompt_position_by_position():
 
 def test_lm_mask_with_a_prompt_position_by_position():
   """Plain LM: the prompt sees itself whole, everything later sees it and the earlier positions."""
-  batch = {"decoder_target_tokens": np.array([[11, 1, 0]], np.int32), "decoder_input_tokens": np.array([[0, 11, 1]], np.int32)}
+  batch = {"decoder_target_tokens": np.array([[11, 1, 0]], np.int32),
+           "decoder_input_tokens": np.array([[0, 11, 1]], np.int32)}
   #                   p0 p1 x0 x1 x2
   expected = np.array([[1, 1, 0, 0, 0],
                        [1, 1, 0, 0, 0],
@@ -149,7 +152,8 @@ def test_lm_mask_with_a_prompt_position_by_position():
 def test_prompt_after_bos_with_causal_prompt_attention_position_by_position():
   """`prefix_after_bos` and PROMPT_ATTENTION=['prompt->prompt;causal']: the prompt reads only earlier prompt rows
   (not the BOS slot before it), and is read by every later position."""
-  batch = {"decoder_target_tokens": np.array([[11, 12, 1, 0]], np.int32), "decoder_input_tokens": np.array([[0, 11, 12, 1]], np.int32)}
+  batch = {"decoder_target_tokens": np.array([[11, 12, 1, 0]], np.int32),
+           "decoder_input_tokens": np.array([[0, 11, 12, 1]], np.int32)}
   module = DecoderOnly(RELATIVE, family(2, "prefix_after_bos", prompt_attention=["prompt->prompt;causal"]))
   #                   x0 p0 p1 x1 x2 x3
   expected = np.array([[1, 0, 0, 0, 0, 0],
@@ -311,3 +315,38 @@ def test_config_errors_name_the_fix():
     RELATIVE.replace(num_kv_heads=3)
   with pytest.raises(ValueError, match="position_embedding"):
     RELATIVE.replace(position_embedding="absolute")
+
+
+def test_family_site_and_stack_hooks_plug_in_and_decode_alike():
+  """IA³ site hooks (on 2 key/value heads) and key/value prefixes of the decoder's `self_attention` work in the
+  decoder-only model with an input prompt, and step-by-step decoding still reproduces the full pass."""
+  from prompt_tuning.families import deep, ia3  # pylint: disable=import-outside-toplevel
+  prefix = functools.partial(deep.PrefixTuning, length=2, attentions=("self_attention",))
+  hooked = family(3).replace(site_hooks=ia3.site_hooks(), stack_hooks={"prefix": prefix})
+  module = DecoderOnly(ROTARY, hooked)
+  batch = prefix_lm_batch()
+  params = unboxed(module, batch, seed=4)
+  flat = traverse_util.flatten_dict(params, sep="/")
+  assert flat["decoder/prefix/self_attention"].shape == (2, 2, 2, 16)  # [layers, k/v, P, heads * head_dim]
+  assert flat["decoder/layers_0/self_attention/k_conv/ia3_scaling"].shape == (2, 4)  # key/value heads
+  plain = {k: v for k, v in flat.items() if "ia3" not in k and "/prefix/" not in k}
+  without_prefix = full_logits(DecoderOnly(ROTARY, family(3).replace(site_hooks=ia3.site_hooks())),
+                               traverse_util.unflatten_dict({k: v for k, v in flat.items() if "/prefix/" not in k},
+                                                            sep="/"), batch)
+  np.testing.assert_allclose(without_prefix, full_logits(DecoderOnly(ROTARY, family(3)),
+                                                         traverse_util.unflatten_dict(plain, sep="/"), batch),
+                             rtol=1e-6, atol=1e-6)  # IA³ starts at ones: the plain model
+  expected = full_logits(module, params, batch)
+  got, fed = stepwise_logits(DecoderOnlyModel(module), params, batch)
+  real = fed & (batch["decoder_target_tokens"] > 0)
+  np.testing.assert_allclose(got[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+def test_every_logical_axis_has_a_partitioning_rule():
+  module = DecoderOnly(ROTARY.replace(logits_via_embedding=False), family(3))
+  batch = lm_batch()
+  variables = module.init(jax.random.PRNGKey(0), batch["decoder_input_tokens"], batch["decoder_target_tokens"])
+  names = {name for leaf in jax.tree_util.tree_leaves(variables["params"], is_leaf=lambda x: hasattr(x, "names"))
+           for name in leaf.names}
+  ruled = {name for name, _ in partitioning.default_logical_axis_rules()}
+  assert names and names <= ruled, names - ruled

@@ -122,7 +122,7 @@ def test_prompt_before_the_inputs_matches_transformers_inputs_embeds(tmp_path):
   params, config = hf_llama.load_hf_llama(tmp_path)
   prompt = np.random.default_rng(0).normal(size=(4, 32)).astype(np.float32)
   family = PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(4, initializer=prompts.from_array(prompt))),
-                        prompt_attention=["prompt->input", "prompt->prompt;causal"])
+                        prompt_attention=["input->input", "input->prompt", "prompt->input", "prompt->prompt;causal"])
   params = {"decoder": {**params["decoder"], "prompt": {"prompt": {"prompt": prompt}}}}
   ids = random_ids(seed=3)
   theirs = hf_logits(model, ids, prompt)
