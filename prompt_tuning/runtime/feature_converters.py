@@ -39,9 +39,11 @@ def enc_dec_converter(features: Sequence[str] = ()) -> Callable[..., seqio.Featu
   return functools.partial(PassThroughEncDecFeatureConverter, features=tuple(features))
 
 
-def decoder_converter(features: Sequence[str] = ()) -> Callable[..., seqio.FeatureConverter]:
-  """`seqio.DecoderFeatureConverter` (language-model features, or prefix-LM ones when the task has inputs)."""
+def decoder_converter(features: Sequence[str] = (), bos_id: int = 0) -> Callable[..., seqio.FeatureConverter]:
+  """`seqio.DecoderFeatureConverter` (language-model features, or prefix-LM ones when the task has inputs), with
+  `bos_id` in the BOS slot of `decoder_input_tokens`."""
   if features:
     raise ValueError(f"The family's prompt reads batch features {list(features)}, which the decoder-only feature "
                      "converter does not pass through yet; use a prompt that reads none (no task-id bank).")
-  return seqio.DecoderFeatureConverter
+  return seqio.DecoderFeatureConverter if bos_id == 0 else functools.partial(seqio.DecoderFeatureConverter,
+                                                                             bos_id=bos_id)

@@ -33,8 +33,10 @@ class _FamilyFeatureConverter:
 
   def __get__(self, obj: Any, owner: type | None = None) -> Callable[..., Any]:
     from prompt_tuning.runtime import feature_converters  # pylint: disable=import-outside-toplevel
-    features = family_of(obj.module).batch_features if obj is not None else ()
-    return getattr(feature_converters, self.name)(features)
+    if obj is None:
+      return getattr(feature_converters, self.name)()
+    return getattr(feature_converters, self.name)(family_of(obj.module).batch_features,
+                                                  **({"bos_id": obj.bos_id} if hasattr(obj, "bos_id") else {}))
 
 
 class BaseModel:
@@ -147,6 +149,11 @@ class EncoderDecoderModel(BaseModel):
   module: EncoderDecoder
 
   # ------------------------------------------------------------------------------------------- parameters
+  def input_shapes(self, task_feature_lengths: Mapping[str, int], batch_size: int) -> dict[str, tuple[int, int]]:
+    """The model features' shapes for SeqIO task feature lengths (`EncDecFeatureConverter`'s)."""
+    return {"encoder_input_tokens": (batch_size, task_feature_lengths["inputs"]),
+            "decoder_input_tokens": (batch_size, task_feature_lengths["targets"])}
+
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]) -> dict:
     """Boxed variables (with logical axes) for inputs of the given shapes; used under `jax.eval_shape` too."""
     enc = jnp.ones(input_shapes["encoder_input_tokens"], jnp.int32)
@@ -228,6 +235,19 @@ class DecoderOnlyModel(BaseModel):
 
   FEATURE_CONVERTER_CLS: Any = _FamilyFeatureConverter("decoder_converter")  # an instance may set its own
   module: DecoderOnly
+
+  def __init__(self, module: DecoderOnly, *args: Any, bos_id: int = 0, **kwargs: Any):
+    """`bos_id`: the token the feature converter puts in the BOS slot (seqio's 0; a Llama vocabulary's 1)."""
+    super().__init__(module, *args, **kwargs)
+    self.bos_id = bos_id
+
+  def input_shapes(self, task_feature_lengths: Mapping[str, int], batch_size: int) -> dict[str, tuple[int, int]]:
+    """The model features' shapes for SeqIO task feature lengths (`DecoderFeatureConverter`'s): inputs and
+    targets share one sequence; with inputs, `decoder_causal_attention` marks them."""
+    if "inputs" not in task_feature_lengths:
+      return {"decoder_input_tokens": (batch_size, task_feature_lengths["targets"])}
+    length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
+    return {"decoder_input_tokens": (batch_size, length), "decoder_causal_attention": (batch_size, length)}
 
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]) -> dict:
     """Boxed variables (with logical axes) for inputs of the given shapes; used under `jax.eval_shape` too."""

@@ -136,3 +136,8 @@ def load_hf_llama(path: epath.PathLike, dtype: Any = np.float32) -> tuple[dict, 
     raise ValueError(f"{str(root)!r} has no lm_head.weight and tie_word_embeddings is false; set it to true if the "
                      "head is the embedding.")
   return hf.rename_tensors(tensors, _name_map(config), root, dtype), config
+
+
+def config_from_dir(path: epath.PathLike, **overrides: Any) -> DecoderOnlyConfig:
+  """The `DecoderOnlyConfig` of a Hugging Face Llama folder's `config.json` (for gin: models/llama_prompt.gin)."""
+  return decoder_only_config_from_hf(hf.read_config(path), **overrides)
