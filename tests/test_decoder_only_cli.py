@@ -29,11 +29,12 @@ def fixture_llama_dir(tmp_path_factory) -> pathlib.Path:
 
 def test_prompt_tuning_a_hugging_face_llama_through_the_train_cli(tmp_path, llama_dir):
   model_dir = tmp_path / "run"
-  flags = ["--gin_file=models/llama_prompt.gin", "--gin_file=byte_vocab_tiny.gin", f"--gin_search_paths={TESTS_DIR / 'gin'}",
-           "--gin_file=prompts/random_uniform.gin", "--gin_file=runs/prompt_finetune.gin", *TASK_FLAGS,
+  model_flags = ["--gin_file=models/llama_prompt.gin", "--gin_file=byte_vocab_tiny.gin",
+                 f"--gin_search_paths={TESTS_DIR / 'gin'}", "--gin.ACTIVATION_DTYPE='float32'", "--gin.BATCH_SIZE=4",
+                 "--gin.PROMPT_LENGTH=3"]
+  flags = [*model_flags, "--gin_file=prompts/random_uniform.gin", "--gin_file=runs/prompt_finetune.gin", *TASK_FLAGS,
            f"--gin.MODEL_DIR='{model_dir}'", f"--gin.INITIAL_CHECKPOINT_PATH='{llama_dir}'", "--gin.TRAIN_STEPS=4",
-           "--gin.BATCH_SIZE=4", "--gin.PROMPT_LENGTH=3", "--gin.STATS_PERIOD=2", "--gin.SAVE_PERIOD=2",
-           "--gin.EVAL_PERIOD=4", "--gin.ACTIVATION_DTYPE='float32'", "--gin.KEEP_CHECKPOINTS=None"]
+           "--gin.STATS_PERIOD=2", "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=4", "--gin.KEEP_CHECKPOINTS=None"]
   proc = run_cli("train", flags, tmp_path)
   assert "step 4/4" in proc.stderr
   prompt = np.load(model_dir / PROMPT_FILE.format(step=4))
@@ -45,3 +46,13 @@ def test_prompt_tuning_a_hugging_face_llama_through_the_train_cli(tmp_path, llam
              for l in info), info  # one key/value head of 8
   metrics = [json.loads(l) for l in (model_dir / "inference_eval" / "cli_test_task-metrics.jsonl").open()]
   assert [m["step"] for m in metrics] == [4] and "accuracy" in metrics[0]
+
+  # Infer with the exported prompt and the Llama folder (LLAMA_DIR names it when there is no initial checkpoint).
+  out = tmp_path / "infer"
+  run_cli("infer", [*model_flags, "--gin_file=runs/prompt_infer.gin", *TASK_FLAGS,
+                    f"--gin.CHECKPOINT_PATH='{llama_dir}'", f"--gin.LLAMA_DIR='{llama_dir}'",
+                    f"--gin.PROMPT_FILE='{model_dir / PROMPT_FILE.format(step=4)}'",
+                    "--gin.utils.DatasetConfig.split='validation'", f"--gin.INFER_OUTPUT_DIR='{out}'"], tmp_path)
+  rows = [json.loads(l) for path in out.glob("cli_test_task-predict.jsonl-*-of-*") if path.suffix != ".COMPLETED"
+          for l in path.open()]
+  assert len(rows) == 8 and all("prediction" in row for row in rows)
