@@ -94,7 +94,7 @@ def build_step(config: T5Config, shape: StepShape, mode: str, seed: int = 0) -> 
   """Random weights on the default device, the step compiled ahead of time (compile time measured)."""
   shape = mode_shape(shape, mode)
   model = make_model(config, shape.prompt_length)
-  shapes = input_shapes_for({"inputs": shape.input_length, "targets": shape.target_length}, shape.batch)
+  shapes = input_shapes_for(model, {"inputs": shape.input_length, "targets": shape.target_length}, shape.batch)
   init = jax.jit(lambda key: nn.meta.unbox(model.get_initial_variables(key, shapes)["params"]))
   trainable, frozen = optim.split_trainable(init(jax.random.PRNGKey(seed)), trainable_regexes(mode))
   state = init_train_state(trainable, make_optimizer(mode))
@@ -117,7 +117,7 @@ def lower_abstract(config: T5Config, shape: StepShape, mode: str, partitioner: P
   """The train step lowered from shapes only, parameters and batch sharded as `partitioner` says."""
   shape = mode_shape(shape, mode)
   model = make_model(config, shape.prompt_length)
-  shapes = input_shapes_for({"inputs": shape.input_length, "targets": shape.target_length}, shape.batch)
+  shapes = input_shapes_for(model, {"inputs": shape.input_length, "targets": shape.target_length}, shape.batch)
   boxed = jax.eval_shape(lambda key: model.get_initial_variables(key, shapes), jax.random.PRNGKey(0))["params"]
   params = _abstract(nn.meta.unbox(boxed), partitioner.params_shardings(boxed))  # unboxed outside the mesh
   trainable, frozen = optim.split_trainable(params, trainable_regexes(mode))

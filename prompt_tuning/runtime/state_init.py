@@ -35,7 +35,8 @@ def _place(value: np.ndarray, sharding: jax.sharding.Sharding, dtype: Any) -> ja
 INFERENCE_INIT_LENGTHS = {"inputs": 8, "targets": 8}
 
 
-def input_shapes_for(model: BaseModel, feature_lengths: Mapping[str, int], batch_size: int) -> dict[str, tuple[int, int]]:
+def input_shapes_for(model: BaseModel, feature_lengths: Mapping[str, int],
+                     batch_size: int) -> dict[str, tuple[int, int]]:
   """The model's feature shapes for the task feature lengths (each wrapper converts them as its converter does)."""
   return model.input_shapes(feature_lengths, batch_size)
 
