@@ -163,6 +163,9 @@ class DecoderStack(nn.Module):
     y = L.constrain(dropout(x).astype(cfg.dtype), ("batch", "length", "embed"))
     y = run_layers(self, DecoderOnlyLayer, cfg.num_layers, y, mask, bias, positions, logit_mask,
                    not enable_dropout, decode, prefill, per_layer=per_layer)
+    if not step and prompt_length:  # the prompt positions predict nothing: drop them before the head
+      drop_prompt = lambda z: jnp.concatenate([z[:, :start], z[:, start + prompt_length:]], axis=1)
+      y, logit_mask = drop_prompt(y), drop_prompt(logit_mask)
     y = L.RMSNorm(cfg.dtype, cfg.layer_norm_epsilon, name="decoder_norm")(y)
     y = dropout(y) * logit_mask
     if cfg.logits_via_embedding:
@@ -171,8 +174,6 @@ class DecoderStack(nn.Module):
         logits = logits / jnp.sqrt(y.shape[-1]).astype(jnp.float32)
     else:
       logits = L.Projection(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32, name="logits_dense")(y)
-    if not step and prompt_length:
-      logits = jnp.concatenate([logits[:, :start], logits[:, start + prompt_length:]], axis=1)
     return L.constrain(logits, ("batch", "length", "vocab"))
 
 
