@@ -1,4 +1,4 @@
-"""Analytic matmul FLOPs of a T5 1.1 train step, counted from the shapes, and XLA's own count.
+"""Analytic matmul FLOPs of a T5 1.1 (or decoder-only) train step, counted from the shapes, and XLA's own count.
 
 Only matrix multiplications are counted (2·m·n·k each); XLA's cost analysis also counts element-wise work
 (norms, softmax, GELU, the optimizer), so it reads a few per cent higher on realistic shapes.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from benchmarks.shapes import StepShape
 
 if TYPE_CHECKING:
-  from prompt_tuning.models.config import T5Config
+  from prompt_tuning.models.config import DecoderOnlyConfig, T5Config
 
 MODES = ("forward", "prompt", "model")
 
@@ -64,11 +64,32 @@ def matmuls(config: T5Config, shape: StepShape) -> list[Matmul]:
   return out
 
 
-def step_flops(config: T5Config, shape: StepShape, mode: str) -> float:
+def decoder_only_matmuls(config: DecoderOnlyConfig, shape: StepShape) -> list[Matmul]:
+  """Every matrix multiplication of one forward pass of a decoder-only model over prompt + inputs + targets.
+
+  Every position follows the prompt, so everything depends on it; the head reads the non-prompt positions only.
+  Grouped-query attention shares key/value heads, so its key/value projections are narrower.
+  """
+  b, real = shape.batch, shape.input_length + shape.target_length
+  s = shape.prompt_length + real
+  d, hq, hkv = config.emb_dim, config.num_heads * config.head_dim, config.kv_heads * config.head_dim
+  n_wi, layers, tokens = len(config.mlp_activations), config.num_layers, b * s
+  proj = lambda rows, k, n: 2.0 * rows * k * n
+  return [
+      Matmul("decoder/q+out", layers * 2 * proj(tokens, d, hq), 1),
+      Matmul("decoder/kv", layers * 2 * proj(tokens, d, hkv), 1),
+      Matmul("decoder/attention", layers * 2 * 2.0 * b * s * s * hq, 2),
+      Matmul("decoder/mlp", layers * (n_wi + 1) * proj(tokens, d, config.mlp_dim), 1),
+      Matmul("logits", proj(b * real, d, config.vocab_size), 1),
+  ]
+
+
+def step_flops(config: T5Config | DecoderOnlyConfig, shape: StepShape, mode: str) -> float:
   """Matmul FLOPs of a forward pass ("forward"), a prompt-tuning step ("prompt") or a model-tuning step."""
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is not one of {MODES}.")
-  ops = matmuls(config, shape)
+  is_decoder_only = getattr(config, "num_encoder_layers", None) is None
+  ops = decoder_only_matmuls(config, shape) if is_decoder_only else matmuls(config, shape)
   forward = sum(op.flops for op in ops)
   if mode == "forward":
     return forward

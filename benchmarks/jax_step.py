@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks.flops import step_flops, xla_flops
-from benchmarks.shapes import StepShape, random_batch
+from benchmarks.shapes import StepShape, random_batch, random_decoder_batch
 from prompt_tuning import prompts
 from prompt_tuning.family import PROMPT_REGEX, PromptFamily
-from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.config import DecoderOnlyConfig, T5Config
+from prompt_tuning.models.decoder_only import DecoderOnly
 from prompt_tuning.models.t5 import EncoderDecoder
 from prompt_tuning.runtime import optim
-from prompt_tuning.runtime.models import EncoderDecoderModel
+from prompt_tuning.runtime.models import BaseModel, DecoderOnlyModel, EncoderDecoderModel
 from prompt_tuning.runtime.partitioning import Partitioner
 from prompt_tuning.runtime.state_init import input_shapes_for
 from prompt_tuning.runtime.trainer import TrainState, init_train_state, make_train_step
@@ -42,11 +43,28 @@ def mode_shape(shape: StepShape, mode: str) -> StepShape:
   return shape if mode == "prompt" else shape.without_prompt()
 
 
-def make_model(config: T5Config, prompt_length: int) -> EncoderDecoderModel:
+# PEFT's layout for a causal LM: the prompt first, causal among itself.
+DECODER_PROMPT_ATTENTION = ("input->input", "input->prompt", "prompt->input", "prompt->prompt;causal")
+
+
+def is_decoder_only(config: T5Config | DecoderOnlyConfig) -> bool:
+  return isinstance(config, DecoderOnlyConfig)
+
+
+def make_model(config: T5Config | DecoderOnlyConfig, prompt_length: int) -> BaseModel:
   family = None
   if prompt_length:
-    family = PromptFamily(functools.partial(prompts.PromptedInputs, prompts.Prompt(prompt_length), "prefix"))
+    family = PromptFamily(functools.partial(prompts.PromptedInputs, prompts.Prompt(prompt_length), "prefix"),
+                          prompt_attention=DECODER_PROMPT_ATTENTION if is_decoder_only(config) else None)
+  if is_decoder_only(config):
+    return DecoderOnlyModel(DecoderOnly(config, family))
   return EncoderDecoderModel(EncoderDecoder(config, family))
+
+
+def make_batch(config: T5Config | DecoderOnlyConfig, shape: StepShape, seed: int = 0) -> dict[str, Any]:
+  """Random tokens as the model's features: encoder-decoder pairs, or one prefix-LM sequence."""
+  make = random_decoder_batch if is_decoder_only(config) else random_batch
+  return make(shape, config.vocab_size, seed)
 
 
 def make_optimizer(mode: str) -> optax.GradientTransformation:
@@ -62,7 +80,7 @@ def trainable_regexes(mode: str) -> list[str]:
   return [PROMPT_REGEX] if mode == "prompt" else [".*"]
 
 
-def jit_train_step(model: EncoderDecoderModel, mode: str) -> Any:
+def jit_train_step(model: BaseModel, mode: str) -> Any:
   """As `prompt_tuning.train`: the state (argument 0) is donated."""
   step = make_train_step(model, make_optimizer(mode), dropout=model.module.config.dropout_rate > 0)
   return jax.jit(step, donate_argnums=(0,))
@@ -90,15 +108,15 @@ class JaxStep:
     return time.perf_counter() - start
 
 
-def build_step(config: T5Config, shape: StepShape, mode: str, seed: int = 0) -> JaxStep:
+def build_step(config: T5Config | DecoderOnlyConfig, shape: StepShape, mode: str, seed: int = 0) -> JaxStep:
   """Random weights on the default device, the step compiled ahead of time (compile time measured)."""
   shape = mode_shape(shape, mode)
   model = make_model(config, shape.prompt_length)
-  shapes = input_shapes_for({"inputs": shape.input_length, "targets": shape.target_length}, shape.batch)
+  shapes = input_shapes_for(model, {"inputs": shape.input_length, "targets": shape.target_length}, shape.batch)
   init = jax.jit(lambda key: nn.meta.unbox(model.get_initial_variables(key, shapes)["params"]))
   trainable, frozen = optim.split_trainable(init(jax.random.PRNGKey(seed)), trainable_regexes(mode))
   state = init_train_state(trainable, make_optimizer(mode))
-  batch = jax.device_put(random_batch(shape, config.vocab_size, seed))
+  batch = jax.device_put(make_batch(config, shape, seed))
   rng = jax.random.PRNGKey(seed + 1)
   start = time.perf_counter()
   compiled = jit_train_step(model, mode).lower(state, frozen, batch, rng).compile()
@@ -117,7 +135,7 @@ def lower_abstract(config: T5Config, shape: StepShape, mode: str, partitioner: P
   """The train step lowered from shapes only, parameters and batch sharded as `partitioner` says."""
   shape = mode_shape(shape, mode)
   model = make_model(config, shape.prompt_length)
-  shapes = input_shapes_for({"inputs": shape.input_length, "targets": shape.target_length}, shape.batch)
+  shapes = input_shapes_for(model, {"inputs": shape.input_length, "targets": shape.target_length}, shape.batch)
   boxed = jax.eval_shape(lambda key: model.get_initial_variables(key, shapes), jax.random.PRNGKey(0))["params"]
   params = _abstract(nn.meta.unbox(boxed), partitioner.params_shardings(boxed))  # unboxed outside the mesh
   trainable, frozen = optim.split_trainable(params, trainable_regexes(mode))

@@ -257,8 +257,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     raise ValueError(f"The operation profile matches XLA CPU's trace events; this backend is "
                      f"{jax.default_backend()!r}. Run it with JAX_PLATFORMS=cpu, or read a GPU trace in TensorBoard.")
   from benchmarks import jax_step  # pylint: disable=import-outside-toplevel
-  from prompt_tuning.models.config import T5Config  # pylint: disable=import-outside-toplevel
-  config = T5Config(**step_time._config_fields(args, run))  # pylint: disable=protected-access
+  args.model = "t5"
+  config = step_time._config(args, run)  # pylint: disable=protected-access
   shape = cli_flags.shape_from_flags(args)
   step = jax_step.build_step(config, shape, run.mode)
   step.run(2)

@@ -1,4 +1,5 @@
-"""The PyTorch peer: Hugging Face PEFT prompt tuning (and plain fine-tuning) of `transformers` T5.
+"""The PyTorch peer: Hugging Face PEFT prompt tuning (and plain fine-tuning) of `transformers` T5, or of a
+`LlamaForCausalLM` (PEFT's CAUSAL_LM prompt tuning; inputs then targets as one sequence, loss on the targets).
 
 Same T5 1.1 shapes as ours (the `config.json` dict from `hf_config_from_t5`), random weights, the same batch
 and lengths, and `transformers`' Adafactor set as our optimizer: prompt tuning lr 0.3, decay 0.8, clipping 1,
@@ -22,9 +23,13 @@ from benchmarks.shapes import StepShape, random_batch
 PEER_MODES = ("prompt", "model")
 
 
-def hf_model(hf_config: Mapping[str, Any], seed: int = 0) -> transformers.T5ForConditionalGeneration:
-  """A randomly initialised T5 with an untied output head (T5 1.1); transformers >= 5 ties it when built."""
+def hf_model(hf_config: Mapping[str, Any], seed: int = 0) -> transformers.PreTrainedModel:
+  """A randomly initialised T5 with an untied output head (T5 1.1; transformers >= 5 ties it when built), or a
+  `LlamaForCausalLM` for a Llama config."""
   torch.manual_seed(seed)
+  if hf_config.get("model_type") == "llama":
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{k: v for k, v in hf_config.items()
+                                                                     if k != "model_type"}))
   config = transformers.T5Config(**{k: v for k, v in hf_config.items() if k not in ("architectures", "model_type")})
   model = transformers.T5ForConditionalGeneration(config)
   if not hf_config.get("tie_word_embeddings", True) and model.lm_head.weight is model.shared.weight:
@@ -91,10 +96,11 @@ def build_step(hf_config: Mapping[str, Any], shape: StepShape, mode: str, device
 
   dev = "cuda" if device == "gpu" else "cpu"
   model = hf_model(hf_config, seed)
+  causal_lm = hf_config.get("model_type") == "llama"
   if mode == "prompt":
     # One [P, d] table, as ours: PEFT's seq2seq default (2) adds rows that prompt tuning never reads.
-    peft_config = peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=shape.prompt_length,
-                                          num_transformer_submodules=1)
+    peft_config = peft.PromptTuningConfig(task_type="CAUSAL_LM" if causal_lm else "SEQ_2_SEQ_LM",
+                                          num_virtual_tokens=shape.prompt_length, num_transformer_submodules=1)
     model = peft.get_peft_model(model, peft_config)
   else:
     shape = shape.without_prompt()
@@ -105,5 +111,9 @@ def build_step(hf_config: Mapping[str, Any], shape: StepShape, mode: str, device
   batch = {"input_ids": as_long("encoder_input_tokens"),
            "attention_mask": torch.ones(numpy_batch["encoder_input_tokens"].shape, dtype=torch.long, device=dev),
            "decoder_input_ids": as_long("decoder_input_tokens"), "labels": as_long("decoder_target_tokens")}
+  if causal_lm:  # one sequence, inputs then targets; the loss on the targets only
+    ids = torch.cat([batch["input_ids"], batch["labels"]], dim=1)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "labels": torch.cat([torch.full_like(batch["input_ids"], -100), batch["labels"]], dim=1)}
   autocast = None if dtype == "float32" else getattr(torch, dtype)
   return TorchStep(model, _adafactor(trainable, mode), batch, device, autocast, sum(p.numel() for p in trainable))

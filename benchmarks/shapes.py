@@ -43,3 +43,15 @@ def random_batch(shape: StepShape, vocab_size: int, seed: int = 0) -> dict[str, 
   decoder_inputs = np.concatenate([np.zeros((shape.batch, 1), np.int32), targets[:, :-1]], axis=1)
   return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
           "decoder_target_tokens": targets, "decoder_loss_weights": np.ones(targets.shape, np.float32)}
+
+
+def random_decoder_batch(shape: StepShape, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """The same tokens as prefix-LM features of a decoder-only model (`seqio.PrefixLMFeatureConverter`): one
+  sequence of inputs then targets, the inputs mutually visible, loss on the targets only."""
+  pair = random_batch(shape, vocab_size, seed)
+  sequence = np.concatenate([pair["encoder_input_tokens"], pair["decoder_target_tokens"]], axis=1)
+  positions = np.arange(sequence.shape[1])[None, :]
+  ones = np.ones_like(sequence)
+  return {"decoder_target_tokens": sequence, "decoder_input_tokens": np.pad(sequence, ((0, 0), (1, 0)))[:, :-1],
+          "decoder_causal_attention": ones * (positions <= shape.input_length),
+          "decoder_loss_weights": (ones * (positions >= shape.input_length)).astype(np.float32)}

@@ -3,6 +3,7 @@ r"""Step time, tokens/s, FLOP/s, memory and compile time of prompt and model tun
   python -m benchmarks.step_time                      # T5 1.1 Small, batch 8, inputs 128, targets 8, prompt 100
   python -m benchmarks.step_time --device=gpu         # bfloat16 on a GPU (see docs/benchmarks.md)
   python -m benchmarks.step_time --runs=ours:prompt,ours:prompt:fused,peft:prompt --rounds=9
+  python -m benchmarks.step_time --model=llama --runs=ours:prompt,peft:prompt   # a Llama-shaped decoder-only model
 
 Each run lives in its own worker process (separate memory high-water marks). After every worker has compiled
 and warmed up, the runs are timed ALTERNATELY, round by round (the order rotates), together with a matmul-peak
@@ -38,6 +39,11 @@ GIB = 2.0**30
 # temporaries (0.7 GB for the reference shape) are faulted in 4 KiB pages on every step (~170k faults, ~15% of
 # the step's CPU time). Set for all workers (ours and the peer) alike.
 HUGEPAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+# `--model=llama` (issue 16): a Llama-shaped decoder-only model, 8 layers, d 512, 8 heads of 64 sharing 2 key/value
+# heads (grouped-query attention), SwiGLU 1408, Llama 2's vocabulary size, untied head; PEFT's CAUSAL_LM peer.
+LLAMA_SHAPE = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 512, "intermediate_size": 1408,
+               "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2,
+               "tie_word_embeddings": False}
 # A Small step takes milliseconds on a GPU: time several per round so that one round is not one launch's jitter.
 GPU_STEPS_PER_ROUND = 20
 
@@ -70,31 +76,33 @@ def parse_run(text: str) -> RunSpec:
   return RunSpec(text.strip(), parts[0], parts[1], options)
 
 
-def _config_fields(args: argparse.Namespace, run: RunSpec) -> dict[str, Any]:
-  """Our T5Config for a run, as plain fields (the worker rebuilds it after setting up its environment)."""
+def _config(args: argparse.Namespace, run: RunSpec) -> Any:
+  """Our config for a run: T5 1.1 of `--size`, or the decoder-only model of `LLAMA_SHAPE` (`--model=llama`)."""
   from prompt_tuning.models.config import get_config
+  from prompt_tuning.runtime.checkpoints.hf_llama import decoder_only_config_from_hf
   opts = run.options
-  config = get_config(args.size, dtype=opts.get("dtype", args.dtype), dropout_rate=args.dropout,
-                      fused_attention="fused" in opts, scan_layers="scan" in opts,
-                      remat_policy=opts.get("remat", "none"))
-  fields = dataclasses.asdict(config)
-  fields["dtype"] = str(config.dtype)
-  return fields
+  options = dict(dtype=opts.get("dtype", args.dtype), dropout_rate=args.dropout, fused_attention="fused" in opts,
+                 scan_layers="scan" in opts, remat_policy=opts.get("remat", "none"))
+  if args.model == "llama":
+    return decoder_only_config_from_hf(LLAMA_SHAPE, **options)
+  return get_config(args.size, **options)
 
 
 def build_specs(args: argparse.Namespace, runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
+  """Each run as plain fields (the worker rebuilds its config after setting up its environment)."""
   from benchmarks.flops import step_flops
-  from prompt_tuning.models.config import T5Config
   from prompt_tuning.runtime.checkpoints.hf import hf_config_from_t5
   shape = cli_flags.shape_from_flags(args)
   specs = []
   for run in runs:
-    fields = _config_fields(args, run)
+    config = _config(args, run)
+    fields = dict(dataclasses.asdict(config), dtype=str(config.dtype))
     run_shape = shape if run.mode == "prompt" else shape.without_prompt()
+    hf_config = dict(LLAMA_SHAPE) if args.model == "llama" else hf_config_from_t5(config)
     specs.append({"label": run.label, "framework": run.framework, "mode": run.mode, "device": args.device,
-                  "dtype": fields["dtype"], "config": fields, "hf_config": hf_config_from_t5(T5Config(**fields)),
-                  "shape": dataclasses.asdict(run_shape), "tokens": run_shape.tokens,
-                  "analytic_flops": step_flops(T5Config(**fields), run_shape, run.mode)})
+                  "dtype": fields["dtype"], "config": fields, "config_class": type(config).__name__,
+                  "hf_config": hf_config, "shape": dataclasses.asdict(run_shape), "tokens": run_shape.tokens,
+                  "analytic_flops": step_flops(config, run_shape, run.mode)})
   return specs
 
 
@@ -224,6 +232,9 @@ def format_table(summary: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+  parser.add_argument("--model", choices=("t5", "llama"), default="t5",
+                      help="t5: T5 1.1 of --size; llama: the decoder-only LLAMA_SHAPE (inputs then targets as one "
+                           "prefix-LM sequence, the prompt first) against PEFT's CAUSAL_LM prompt tuning")
   parser.add_argument("--size", default="small")
   cli_flags.add_shape_flags(parser)
   parser.add_argument("--dtype", default=None, help="activation dtype; default float32 on CPU, bfloat16 on GPU")

@@ -74,9 +74,10 @@ class _Ours:
   def __init__(self, spec: dict[str, Any]):
     import jax
     from benchmarks import jax_step
-    from prompt_tuning.models.config import T5Config
+    from prompt_tuning.models import config as model_config
     self._jax = jax
-    self.step = jax_step.build_step(T5Config(**spec["config"]), StepShape(**spec["shape"]), spec["mode"])
+    config_class = getattr(model_config, spec.get("config_class", "T5Config"))
+    self.step = jax_step.build_step(config_class(**spec["config"]), StepShape(**spec["shape"]), spec["mode"])
     mem = self.step.memory
     self.info = {"compile_s": self.step.compile_s, "xla_flops": self.step.xla_flops,
                  "xla_memory": {k: int(getattr(mem, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",

@@ -1,5 +1,7 @@
 """Who may attend to whom in a prompted encoder: attention-visibility flags between prompt and input positions.
 
+`decoder_attention_mask` is the decoder-only counterpart (causal or prefix-LM, with the prompt before the inputs).
+
 Each flag reads `query->key` (the reference's `extended/masks.py` convention):
 
   input->input           inputs attend to (non-padding) inputs: always on
@@ -100,11 +102,42 @@ def prompt_attention_mask(mask_tokens: Array, is_prompt: Array, types: frozenset
   mask = query(is_input) & (key(is_input) | key(is_prompt))
   if PROMPT_INPUT in types:
     mask = mask | (query(is_prompt) & key(is_input))
-  positions = jnp.arange(mask_tokens.shape[1])
+  return mask | (query(is_prompt) & key(is_prompt) & _among_prompt(mask_tokens.shape[1], types))
+
+
+def _among_prompt(length: int, types: frozenset[str]) -> Array:
+  """[L, L]: which prompt positions a prompt position reads under the flags (all, earlier ones, or itself)."""
+  positions = jnp.arange(length)
   if PROMPT_PROMPT in types:
-    among_prompt = jnp.ones((positions.size, positions.size), bool)
-  elif PROMPT_PROMPT_CAUSAL in types:
-    among_prompt = positions[None, :] <= positions[:, None]
-  else:
-    among_prompt = positions[None, :] == positions[:, None]
-  return mask | (query(is_prompt) & key(is_prompt) & among_prompt)
+    return jnp.ones((length, length), bool)
+  if PROMPT_PROMPT_CAUSAL in types:
+    return positions[None, :] <= positions[:, None]
+  return positions[None, :] == positions[:, None]
+
+
+def decoder_attention_mask(mask_tokens: Array, is_prompt: Array | None = None,
+                           bidirectional: Array | None = None, types: frozenset[str] | None = None) -> Array:
+  """[B, 1, L, L] self-attention mask of a (prompted) decoder-only sequence.
+
+  Causal, except that positions where `bidirectional` is set (prefix-LM inputs, Flaxformer's
+  `decoder_causal_attention`, with the prompt included) see each other; the prompt positions (`is_prompt`) see
+  each other and are seen by every later position; padding (`mask_tokens == 0`) sees and is seen by nothing.
+  `types` (the flags above) restricts what the prompt positions read: the other prompt positions by the
+  prompt->prompt flags, the rest (what causality or the prefix allows) only with prompt->input; None keeps both.
+  """
+  valid = mask_tokens > 0
+  length = mask_tokens.shape[1]
+  query = lambda x: x[:, None, :, None]
+  key = lambda x: x[:, None, None, :]
+  positions = jnp.arange(length)
+  allowed = jnp.broadcast_to((positions[None, :] <= positions[:, None])[None, None], (valid.shape[0], 1, length,
+                                                                                      length))
+  if bidirectional is not None:
+    allowed = allowed | (query(bidirectional > 0) & key(bidirectional > 0))
+  if is_prompt is not None:
+    types = frozenset({PROMPT_INPUT, PROMPT_PROMPT}) if types is None else types
+    from_prompt = key(is_prompt) & _among_prompt(length, types)
+    if PROMPT_INPUT in types:
+      from_prompt = from_prompt | (key(~is_prompt) & allowed)
+    allowed = jnp.where(query(is_prompt), from_prompt, allowed)
+  return allowed & query(valid) & key(valid)

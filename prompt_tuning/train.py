@@ -80,7 +80,7 @@ def _build_params(model: EncoderDecoderModel, partitioner: Any, cfg: DatasetConf
                   model_dir: str) -> RunParams:
   """The run's parameters, recorded in MODEL_DIR: `model-info.txt`, and `frozen_weights.json` naming the
   checkpoint of the frozen weights."""
-  shapes = input_shapes_for(cfg.task_feature_lengths, cfg.batch_size)
+  shapes = input_shapes_for(model, cfg.task_feature_lengths, cfg.batch_size)
   run = build_run_params(model, partitioner, shapes, restore, trainable_regexes, rng)
   summaries.write_model_info(model_dir, run.trainable, run.frozen)
   if restore is not None and restore.path and jax.tree_util.tree_leaves(run.frozen) and jax.process_index() == 0:

@@ -140,6 +140,32 @@ def check_forward_matches_single_device():
   np.testing.assert_allclose(np.asarray(logits), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
+def check_decoder_only_forward_matches_single_device():
+  """A Llama-shaped decoder-only model with a prompt (rotary, 4 query heads sharing 2 key/value heads, SwiGLU)
+  on the (4, 2) mesh: its kernels split over 'model' as the encoder-decoder's, prefix-LM logits as on one device."""
+  from prompt_tuning.models.config import DecoderOnlyConfig  # pylint: disable=import-outside-toplevel
+  from prompt_tuning.models.decoder_only import DecoderOnly  # pylint: disable=import-outside-toplevel
+  cfg = DecoderOnlyConfig(vocab_size=32, emb_dim=8, num_heads=4, num_kv_heads=2, head_dim=4, mlp_dim=16,
+                          num_layers=2, position_embedding="rotary", scale_attention_logits=True,
+                          mlp_activations=("silu", "linear"), dtype=jnp.float32)
+  model = DecoderOnly(cfg, PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(length=3))))
+  causal = np.broadcast_to(np.arange(TGT.shape[1]) <= 1, TGT.shape).astype(np.int32)  # BOS + one input
+  init = lambda rng: model.init(rng, DEC_IN[:1], TGT[:1], causal[:1])
+  partitioner = partitioning.Partitioner(num_partitions=2)
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  variables = partitioner.initialize(init, abstract, jax.random.PRNGKey(0))
+  for path, value in flat(variables).items():
+    assert value.sharding.spec == expected_spec(path), (path, value.sharding.spec)
+  key_kernel = next(v for k, v in flat(variables).items() if k.endswith("layers_0/self_attention/key/kernel"))
+  assert {s.data.shape for s in key_kernel.addressable_shards} == {(8, 4)}  # 2 key/value heads of 4, split in 2
+  batch = partitioner.shard_batch({"dec_in": DEC_IN, "tgt": TGT, "causal": causal})
+  forward = partitioner.partition(lambda v, b: model.apply(v, b["dec_in"], b["tgt"], b["causal"]),
+                                  in_shardings=(partitioner.params_shardings(abstract), partitioner.data_sharding),
+                                  out_shardings=None)
+  want = jax.jit(model.apply)(jax.jit(init)(jax.random.PRNGKey(0)), DEC_IN, TGT, causal)
+  np.testing.assert_allclose(np.asarray(forward(variables, batch)), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def check_activation_constraints_apply():
   partitioner = partitioning.Partitioner(num_partitions=2)
   constrained = lambda x: nn.with_logical_constraint(x + 1.0, ("batch", "length", "vocab"))

@@ -178,6 +178,31 @@ def test_peft_peer_does_the_same_work():
   assert 0.85 < counted / flops.step_flops(TOY, SHAPE, "prompt") <= 1.01
 
 
+# A Llama-shaped toy (grouped-query attention, SwiGLU, untied head) for the decoder-only comparison.
+LLAMA_TOY = {"model_type": "llama", "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False}
+
+
+def test_decoder_only_prompt_step_flops_match_xla_and_the_peft_peer():
+  from prompt_tuning.runtime.checkpoints.hf_llama import decoder_only_config_from_hf
+  config = decoder_only_config_from_hf(LLAMA_TOY, dtype="float32")
+  step = jax_step.build_step(config, SHAPE, "prompt")
+  assert step.analytic_flops == flops.step_flops(config, SHAPE, "prompt")
+  assert 1.0 <= step.xla_flops / step.analytic_flops < 1.1
+  trainable = jax.tree_util.tree_leaves(step.state.params)
+  assert [x.shape for x in trainable] == [(SHAPE.prompt_length, 128)]
+  assert step.run(1) > 0
+  pytest.importorskip("torch")
+  pytest.importorskip("peft")
+  from benchmarks import peft_peer
+  peer = peft_peer.build_step(LLAMA_TOY, SHAPE, "prompt")
+  assert peer.trainable_params == SHAPE.prompt_length * 128
+  assert peer.batch["input_ids"].shape == (SHAPE.batch, SHAPE.input_length + SHAPE.target_length)
+  assert int((peer.batch["labels"] >= 0).sum()) == SHAPE.batch * SHAPE.target_length  # loss on the targets
+  counted = peer.count_flops()  # PyTorch's counter misses the attention backward
+  assert 0.8 < counted / step.analytic_flops <= 1.05
+
+
 def test_device_gpu_without_a_gpu_stops_at_once_with_the_fix(monkeypatch):
   """Without a CUDA jaxlib, JAX raises a bare AssertionError in every worker; the harness says what to install."""
   from benchmarks import cli_flags, matmul_peak

@@ -40,11 +40,12 @@ def adapter_config(num_virtual_tokens: int, token_dim: int, base_model_name_or_p
 
 
 def _base_model_width(base_model_name_or_path: str) -> int | None:
-  """`d_model` of a local Hugging Face model dir, or None when the base is a hub name or has no config."""
+  """The width of a local Hugging Face model dir, or None when the base is a hub name or has no config."""
   config_file = epath.Path(base_model_name_or_path) / hf.CONFIG_FILE
   if "://" in base_model_name_or_path or not config_file.exists():
     return None
-  return json.loads(config_file.read_text()).get("d_model")
+  config = json.loads(config_file.read_text())
+  return config.get("d_model") or config.get("hidden_size")  # T5, or a decoder-only (Llama) model
 
 
 def export_peft_prompt(prompt: np.ndarray, out_dir: epath.PathLike, base_model_name_or_path: str,

@@ -1,7 +1,9 @@
 """T5 1.1 building blocks with Flaxformer's parameter names, logical axes and numerics."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -144,7 +146,10 @@ class RelativePositionBias(nn.Module):
 
   @nn.compact
   def __call__(self, q_len: int, k_len: int, query_offset: Array | None = None) -> Array:
-    """Bias [1, heads, q_len, k_len]; with `query_offset` (decoding) the rows start at that position."""
+    """Bias [1, heads, q_len, k_len]; with `query_offset` (decoding) the rows start at that position.
+
+    A `query_offset` of shape [B] (per-row positions of a prefilled cache) gives [B, heads, q_len, k_len].
+    """
     table = param(self, "rel_embedding", nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
                   (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
     if query_offset is None:
@@ -153,9 +158,59 @@ class RelativePositionBias(nn.Module):
     else:
       full = jnp.asarray(relative_position_buckets(k_len, k_len, self.bidirectional, self.num_buckets,
                                                    self.max_distance))
+      if jnp.ndim(query_offset) == 1:
+        rows = jnp.take(full, query_offset[:, None] + jnp.arange(q_len)[None, :], axis=0)  # [B, q, k]
+        return jnp.moveaxis(jnp.take(table.astype(self.dtype), rows, axis=1), 0, 1)
       buckets = jax.lax.dynamic_slice_in_dim(full, query_offset, q_len, axis=0)
     bias = jnp.take(table.astype(self.dtype), buckets, axis=1)  # [H, q, k]
     return bias[None]
+
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rope:
+  """Rotary position embeddings on the two halves of each head (Llama's `rotate_half` layout).
+
+  `scaling` holds ("rope_type", name) and that type's parameters: "linear" divides every frequency by `factor`;
+  "llama3" divides the low frequencies by `factor` and interpolates the middle band (`low_freq_factor`,
+  `high_freq_factor`, `original_max_position_embeddings`).
+  """
+
+  theta: float = 10000.0
+  scaling: tuple[tuple[str, Any], ...] = ()
+
+  def __post_init__(self):
+    kind = dict(self.scaling).get("rope_type", "default")
+    if kind not in ROPE_TYPES:
+      raise ValueError(f"rope_type={kind!r} is not supported; use one of {ROPE_TYPES}.")
+
+  def inverse_frequencies(self, head_dim: int) -> np.ndarray:
+    """[head_dim / 2] float32 angular frequencies after scaling."""
+    inv = 1.0 / self.theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))
+    params = dict(self.scaling)
+    kind = params.get("rope_type", "default")
+    if kind == "linear":
+      inv = inv / params["factor"]
+    elif kind == "llama3":
+      factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+      context = params["original_max_position_embeddings"]
+      wavelength = 2 * math.pi / inv
+      scaled = np.where(wavelength > context / low, inv / factor, inv)
+      smooth = (context / wavelength - low) / (high - low)
+      middle = (wavelength >= context / high) & (wavelength <= context / low)
+      inv = np.where(middle, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    return np.asarray(inv, np.float32)
+
+  def __call__(self, x: Array, positions: Array) -> Array:
+    """Rotate `x` [B, L, heads, head_dim] by its absolute `positions` [B, L]."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(self.inverse_frequencies(x.shape[-1]))
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, L, 1, head_dim]
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    return x * cos + rotated * sin
 
 
 def attention_mask(query_valid: Array, key_valid: Array) -> Array:
@@ -191,6 +246,9 @@ class MultiHeadAttention(nn.Module):
   Kernels are 2-D: query/key/value [embed, heads*head_dim] and out [heads*head_dim, embed].
   `prefix_kv` (prefix tuning) adds learned keys/values before the (cached) ones; they are not cached.
   `sites` (a family's site hooks): "keys" and "values" transform the keys and values before the KV cache.
+  Decoder-only models add: `num_kv_heads` (grouped-query attention: key/value kernels and the cache have that many
+  heads), `rope` (rotary embeddings of queries and keys at `positions`), `logits_scale` (multiplies q·k), and a
+  cache that is `prefill`ed with a whole sequence and then written at each row's own position.
   """
 
   num_heads: int
@@ -199,27 +257,41 @@ class MultiHeadAttention(nn.Module):
   dtype: Any = jnp.float32
   fused: bool = False
   sites: Mapping[str, Callable[..., nn.Module]] | None = None
+  num_kv_heads: int | None = None
+  rope: Rope | None = None
+  logits_scale: float = 1.0
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None, bias: Array | None = None,
                *, deterministic: bool = True, decode: bool = False,
-               prefix_kv: tuple[Array, Array] | None = None) -> Array:
+               prefix_kv: tuple[Array, Array] | None = None, prefill: bool = False,
+               positions: Array | None = None) -> Array:
+    """`positions` [B, q]: the queries' absolute positions (rotary embeddings; with `decode`, where each row
+    writes its key and value in the cache)."""
+    kv_heads = self.num_kv_heads or self.num_heads
     hk = self.num_heads * self.head_dim
     base_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
-    query_init = lambda key, shape, dtype: base_init(key, shape, dtype) / np.sqrt(self.head_dim)
-    proj = functools.partial(Projection, hk, ("embed", "joined_kv"), dtype=self.dtype)
-    split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
-    q = split(proj(kernel_init=query_init, name="query")(inputs_q))
-    k = split(proj(kernel_init=base_init, name="key")(inputs_kv))
-    v = split(proj(kernel_init=base_init, name="value")(inputs_kv))
+    query_divisor = np.sqrt(self.head_dim) if self.logits_scale == 1.0 else 1.0
+    query_init = lambda key, shape, dtype: base_init(key, shape, dtype) / query_divisor
+    proj = lambda heads, **kw: Projection(heads * self.head_dim, ("embed", "joined_kv"), dtype=self.dtype, **kw)
+    split = lambda x: x.reshape(x.shape[:-1] + (-1, self.head_dim))
+    q = split(proj(self.num_heads, kernel_init=query_init, name="query")(inputs_q))
+    k = split(proj(kv_heads, kernel_init=base_init, name="key")(inputs_kv))
+    v = split(proj(kv_heads, kernel_init=base_init, name="value")(inputs_kv))
     q = constrain(q, ("batch", "length", "heads", "kv"))
     k = constrain(k, ("batch", "length", "heads", "kv"))
     v = constrain(v, ("batch", "length", "heads", "kv"))
     k = apply_site(self.sites, "keys", k)
     v = apply_site(self.sites, "values", v)
+    if self.rope is not None:
+      if positions is None:
+        raise ValueError("Rotary attention needs the queries' positions; pass positions=[B, length].")
+      q, k = self.rope(q, positions), self.rope(k, positions)
 
-    if decode:
-      k, v, mask, bias = self._update_cache(k, v, mask, bias)
+    if decode or prefill:
+      k, v, mask, bias = self._update_cache(k, v, mask, bias, prefill, positions if decode else None)
+    if kv_heads != self.num_heads:
+      k, v = (jnp.repeat(x, self.num_heads // kv_heads, axis=2) for x in (k, v))
     if prefix_kv is not None:
       k, v, mask, bias = prepend_prefix(prefix_kv, k, v, mask, bias)
 
@@ -230,9 +302,11 @@ class MultiHeadAttention(nn.Module):
       attn_bias = bias.astype(self.dtype) if attn_bias is None else attn_bias + bias.astype(self.dtype)
 
     if self.fused and (deterministic or self.dropout_rate == 0.0):
-      out = jax.nn.dot_product_attention(q, k, v, bias=attn_bias, scale=1.0)
+      out = jax.nn.dot_product_attention(q, k, v, bias=attn_bias, scale=self.logits_scale)
     else:
       logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+      if self.logits_scale != 1.0:
+        logits = logits * jnp.asarray(self.logits_scale, logits.dtype)
       if attn_bias is not None:
         logits = logits + attn_bias
       weights = jax.nn.softmax(logits).astype(self.dtype)
@@ -246,8 +320,10 @@ class MultiHeadAttention(nn.Module):
     return Projection(inputs_q.shape[-1], ("joined_kv", "embed"), kernel_init=base_init, dtype=self.dtype,
                       name="out")(out)
 
-  def _update_cache(self, k: Array, v: Array, mask: Array | None, bias: Array | None):
-    """Write one step's key/value at `cache_index`; the first call (init) only allocates the cache."""
+  def _update_cache(self, k: Array, v: Array, mask: Array | None, bias: Array | None, prefill: bool = False,
+                    positions: Array | None = None):
+    """Write one step's key/value at `cache_index` (or at each row's `positions`); the first call (init) only
+    allocates the cache, and `prefill` writes a whole sequence and leaves the attention as it is."""
     is_initialized = self.has_variable("cache", "cached_key")
     cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
@@ -255,8 +331,25 @@ class MultiHeadAttention(nn.Module):
     if not is_initialized:
       return k, v, mask, bias
     batch, max_len = cached_key.value.shape[:2]
+    if prefill:
+      if k.shape[1] > max_len:
+        raise ValueError(f"Prefilling {k.shape[1]} positions into a cache of length {max_len}; initialise the "
+                         "cache with the full decoding length.")
+      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype),
+                                                      (0, 0, 0, 0))
+      cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype),
+                                                        (0, 0, 0, 0))
+      return k, v, mask, bias
     if k.shape[1] != 1:
       raise ValueError(f"Decoding feeds one token per step; got a query of length {k.shape[1]}.")
+    if positions is not None:  # each row writes at its own position (a prefilled cache)
+      row_index = positions[:, 0]
+      at = (jnp.arange(max_len)[None, :] == row_index[:, None])[:, :, None, None]
+      cached_key.value = jnp.where(at, k, cached_key.value)
+      cached_value.value = jnp.where(at, v, cached_value.value)
+      step_mask = (jnp.arange(max_len)[None, :] <= row_index[:, None])[:, None, None, :]
+      mask = step_mask if mask is None else mask & step_mask
+      return cached_key.value, cached_value.value, mask, bias
     idx = cache_index.value
     cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, (0, idx, 0, 0))
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, (0, idx, 0, 0))

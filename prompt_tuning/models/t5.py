@@ -43,7 +43,7 @@ def apply_layer_prompt(x: Array, keep: Array, prompt: Array) -> Array:
   return jnp.concatenate([head, x[:, p:]], axis=1)
 
 
-def _layer_output(cfg: T5Config, x: Array):
+def layer_output(cfg: T5Config, x: Array):
   """Scanned layers return `(carry, per-layer output)`; unrolled ones return the activations."""
   return (x, None) if cfg.scan_layers else x
 
@@ -72,7 +72,7 @@ class EncoderLayer(nn.Module):
     h = L.RMSNorm(cfg.dtype, name="pre_mlp_layer_norm")(x) * logit_mask
     h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, sites,
                    name="mlp")(h, deterministic)
-    return _layer_output(cfg, L.constrain(x + drop(h), ("batch", "length", "embed")))
+    return layer_output(cfg, L.constrain(x + drop(h), ("batch", "length", "embed")))
 
 
 class DecoderLayer(nn.Module):
@@ -102,7 +102,7 @@ class DecoderLayer(nn.Module):
     h = L.RMSNorm(cfg.dtype, name="pre_mlp_layer_norm")(y) * logit_mask
     h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, sites,
                    name="mlp")(h, deterministic)
-    return _layer_output(cfg, L.constrain(y + drop(h), ("batch", "length", "embed")))
+    return layer_output(cfg, L.constrain(y + drop(h), ("batch", "length", "embed")))
 
 
 def run_layers(module: nn.Module, layer_cls: type, num_layers: int, x: Array, *args,

@@ -16,7 +16,7 @@ from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.optim import merge_trainable
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                  TASK_IDS)
+                  "decoder_causal_attention", TASK_IDS)
 
 
 def batched_indexed(ds: tf.data.Dataset, batch_size: int):

@@ -1,4 +1,5 @@
-"""SeqIO feature converters for the model wrapper: T5X's encoder-decoder features, plus a family's batch features.
+"""SeqIO feature converters for the model wrappers: T5X's encoder-decoder and decoder-only features, plus a family's
+batch features.
 
 A prompt family may read extra batch features (e.g. `task_ids`, `prompt_tuning.family.TASK_IDS`). They reach the
 batch when the task provides them and the task feature lengths name them (`'task_ids': 1`); without them the
@@ -36,3 +37,13 @@ def enc_dec_converter(features: Sequence[str] = ()) -> Callable[..., seqio.Featu
   if not features:
     return seqio.EncDecFeatureConverter
   return functools.partial(PassThroughEncDecFeatureConverter, features=tuple(features))
+
+
+def decoder_converter(features: Sequence[str] = (), bos_id: int = 0) -> Callable[..., seqio.FeatureConverter]:
+  """`seqio.DecoderFeatureConverter` (language-model features, or prefix-LM ones when the task has inputs), with
+  `bos_id` in the BOS slot of `decoder_input_tokens`."""
+  if features:
+    raise ValueError(f"The family's prompt reads batch features {list(features)}, which the decoder-only feature "
+                     "converter does not pass through yet; use a prompt that reads none (no task-id bank).")
+  return seqio.DecoderFeatureConverter if bos_id == 0 else functools.partial(seqio.DecoderFeatureConverter,
+                                                                             bos_id=bos_id)

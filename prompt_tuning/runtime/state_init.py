@@ -12,7 +12,7 @@ from flax import traverse_util
 
 from prompt_tuning.runtime.checkpoints.restore import restore_params
 from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
-from prompt_tuning.runtime.models import EncoderDecoderModel
+from prompt_tuning.runtime.models import BaseModel
 from prompt_tuning.runtime.optim import split_trainable
 
 
@@ -35,12 +35,13 @@ def _place(value: np.ndarray, sharding: jax.sharding.Sharding, dtype: Any) -> ja
 INFERENCE_INIT_LENGTHS = {"inputs": 8, "targets": 8}
 
 
-def input_shapes_for(feature_lengths: Mapping[str, int], batch_size: int) -> dict[str, tuple[int, int]]:
-  return {"encoder_input_tokens": (batch_size, feature_lengths["inputs"]),
-          "decoder_input_tokens": (batch_size, feature_lengths["targets"])}
+def input_shapes_for(model: BaseModel, feature_lengths: Mapping[str, int],
+                     batch_size: int) -> dict[str, tuple[int, int]]:
+  """The model's feature shapes for the task feature lengths (each wrapper converts them as its converter does)."""
+  return model.input_shapes(feature_lengths, batch_size)
 
 
-def build_run_params(model: EncoderDecoderModel, partitioner: Any, input_shapes: Mapping[str, tuple[int, ...]],
+def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[str, tuple[int, ...]],
                      restore: RestoreCheckpointConfig | None, trainable_regexes: Sequence[str],
                      rng: jax.Array) -> RunParams:
   """Frozen weights from `restore.path` (T5X / Orbax / HF); the rest (e.g. the prompt) freshly initialised,
@@ -81,9 +82,9 @@ def build_run_params(model: EncoderDecoderModel, partitioner: Any, input_shapes:
   return RunParams(trainable, frozen, sh_trainable, sh_frozen, ckpt_step)
 
 
-def build_inference_params(model: EncoderDecoderModel, partitioner: Any, dataset_cfg: DatasetConfig,
+def build_inference_params(model: BaseModel, partitioner: Any, dataset_cfg: DatasetConfig,
                            restore: RestoreCheckpointConfig | None, seed: int = 0) -> RunParams:
   """The parameters eval and infer run with, all in `trainable` (nothing is held apart as frozen): the
   checkpoint's values, and a fresh initialisation from `seed` for what it lacks."""
-  shapes = input_shapes_for(INFERENCE_INIT_LENGTHS, dataset_cfg.batch_size)
+  shapes = input_shapes_for(model, INFERENCE_INIT_LENGTHS, dataset_cfg.batch_size)
   return build_run_params(model, partitioner, shapes, restore, (".*",), jax.random.PRNGKey(seed))

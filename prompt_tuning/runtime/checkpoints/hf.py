@@ -191,26 +191,38 @@ def load_hf_t5(path: epath.PathLike, dtype: Any = np.float32) -> tuple[dict, T5C
   The config keeps the default activation dtype: `config.replace(dtype=...)` to change it.
   """
   root = epath.Path(path)
-  if not (root / CONFIG_FILE).exists():
-    raise FileNotFoundError(f"{os.fspath(root)!r} has no {CONFIG_FILE}; give the directory a Hugging Face "
-                            "save_pretrained() wrote.")
-  hf_config = json.loads((root / CONFIG_FILE).read_text())
+  hf_config = read_config(root)
   tensors = read_safetensors(root)
   if "shared.weight" not in tensors:
     raise ValueError(f"{os.fspath(root)!r} holds no shared.weight; it is not a T5ForConditionalGeneration checkpoint.")
   config = _resolve_head(tensors, t5_config_from_hf(hf_config), scales_decoder_output(hf_config))
-  names = _name_map(config)
   for name in _IGNORED:
     tensors.pop(name, None)
+  return rename_tensors(tensors, _name_map(config), root, dtype), config
+
+
+def rename_tensors(tensors: dict[str, np.ndarray], names: Mapping[str, tuple[str, bool]], source: epath.PathLike,
+                   dtype: Any = np.float32) -> dict:
+  """Our nested tree from HF tensors, by `names` (HF name -> (our '/'-joined path, transposed)); every tensor must
+  have a name and every name a tensor. Consumes `tensors`."""
   missing, unexpected = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
   if missing or unexpected:
-    raise ValueError(f"Checkpoint {os.fspath(root)!r} does not match its config.json: missing {missing[:8]}, "
+    raise ValueError(f"Checkpoint {os.fspath(source)!r} does not match its config.json: missing {missing[:8]}, "
                      f"unexpected {unexpected[:8]} (counts {len(missing)}, {len(unexpected)}).")
   flat = {}
   for name, (ours, transpose) in names.items():
     array = tensors.pop(name)
     flat[ours] = np.ascontiguousarray(array.T if transpose else array, dtype=dtype)
-  return traverse_util.unflatten_dict(flat, sep="/"), config
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def read_config(path: epath.PathLike) -> dict[str, Any]:
+  """The `config.json` of a Hugging Face model dir, with a clear error when there is none."""
+  root = epath.Path(path)
+  if not (root / CONFIG_FILE).exists():
+    raise FileNotFoundError(f"{os.fspath(root)!r} has no {CONFIG_FILE}; give the directory a Hugging Face "
+                            "save_pretrained() wrote.")
+  return json.loads((root / CONFIG_FILE).read_text())
 
 
 def load_hf_variable(path: epath.PathLike, variable_path: str, dtype: Any = np.float32) -> np.ndarray:

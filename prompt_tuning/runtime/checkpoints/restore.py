@@ -34,9 +34,7 @@ def load_params(path: str, step: int | None = None, dtype: str | None = None) ->
     from prompt_tuning.runtime.checkpoints.orbax_io import load_orbax_params
     return load_orbax_params(location, dtype)
   if fmt == formats.HF:
-    from prompt_tuning.runtime.checkpoints.hf import load_hf_t5
-    params, _ = load_hf_t5(str(location))
-    return _cast(params, dtype), None
+    return _cast(_load_hf(location), dtype), None
   raise formats.UnknownCheckpointFormatError(epath.Path(path))
 
 
@@ -49,9 +47,35 @@ def load_checkpoint_variable(path: str, variable_path: str = "token_embedder/emb
     from prompt_tuning.runtime.checkpoints.orbax_io import load_orbax_variable
     return load_orbax_variable(location, variable_path)
   if fmt == formats.HF:
+    if _is_llama(location):  # the whole (small to medium) checkpoint is read
+      return _variable_at(_load_hf(location), variable_path.removeprefix("target/"), location)
     from prompt_tuning.runtime.checkpoints.hf import load_hf_variable
     return load_hf_variable(str(location), variable_path.removeprefix("target/"))
   raise formats.UnknownCheckpointFormatError(epath.Path(path))
+
+
+def _is_llama(location: epath.Path) -> bool:
+  from prompt_tuning.runtime.checkpoints import hf, hf_llama
+  return hf.read_config(location).get("model_type") in hf_llama.SUPPORTED_MODEL_TYPES
+
+
+def _load_hf(location: epath.Path) -> Params:
+  """A Hugging Face folder's parameters: a Llama-family decoder-only model or a T5 (by `model_type`)."""
+  if _is_llama(location):
+    from prompt_tuning.runtime.checkpoints.hf_llama import load_hf_llama
+    return load_hf_llama(str(location))[0]
+  from prompt_tuning.runtime.checkpoints.hf import load_hf_t5
+  return load_hf_t5(str(location))[0]
+
+
+def _variable_at(params: Params, variable_path: str, location: epath.Path) -> np.ndarray:
+  value: Any = params
+  for key in variable_path.split("/"):
+    if not isinstance(value, Mapping) or key not in value:
+      raise KeyError(f"{variable_path!r} is not a parameter of the checkpoint {str(location)!r} (a decoder-only "
+                     "model's paths look like 'decoder/token_embedder/embedding').")
+    value = value[key]
+  return np.asarray(value)
 
 
 def _cast(params: Params, dtype: str | None) -> Params:
