@@ -118,17 +118,18 @@ def run_in_process(module: str, flags: Sequence[str], cwd: pathlib.Path) -> subp
 def _module_flags(module: str) -> Iterator[None]:
   """The absl flags `module` defines come from its run as `__main__` alone: the definitions of an earlier import
   are set aside (absl would refuse them twice) and the run's removed afterwards, so either order works."""
+  import importlib.util
   from absl import flags as absl_flags
   registry = absl_flags.FLAGS
   imported = list(registry.flags_by_module_dict().get(module, []))
   for flag in imported:
     delattr(registry, flag.name)
-  before = set(registry)
+  as_main = importlib.util.find_spec(module).origin  # absl names `__main__`'s flags by sys.argv[0], its file
   try:
     yield
   finally:
-    for name in set(registry) - before:
-      delattr(registry, name)
+    for flag in list(registry.flags_by_module_dict().get(as_main, [])):
+      delattr(registry, flag.name)
     for flag in imported:
       registry[flag.name] = flag
       registry.register_flag_by_module(module, flag)
