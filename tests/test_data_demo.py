@@ -168,7 +168,7 @@ def test_random_spans_mask_has_the_asked_noise_and_span_count():
 # ---------------------------------------------------------------------------------------------- more tasks
 def test_labelled_generators_give_these_exact_texts():
   assert demo_corpus.quality_reviews(2, seed=0, half=0) == [
-      ("the white chair is tall and shaky .", 0), ("the pink radio is new and clumsy .", 0)]
+      ("the red scarf is light and clumsy .", 0), ("the grey oven is light and handy .", 1)]
   assert demo_corpus.stories(2, seed=0, half=1) == [
       ("nora found a white chair . nora regrets it because it is faulty .", 0),
       ("leo found a green clock . leo likes it because it is reliable .", 1)]
