@@ -163,3 +163,69 @@ def test_random_spans_mask_has_the_asked_noise_and_span_count():
     assert len(mask) == length and abs(mask.sum() - 0.15 * length) <= 0.51
     spans = np.sum(mask & ~np.roll(mask, 1))  # counted cyclically: the pattern is rolled
     assert spans == max(1, round(mask.sum() / 3.0))
+
+
+# ---------------------------------------------------------------------------------------------- more tasks
+def test_labelled_generators_give_these_exact_texts():
+  assert demo_corpus.quality_reviews(2, seed=0, half=0) == [
+      ("the red scarf is light and clumsy .", 0), ("the grey oven is light and handy .", 1)]
+  assert demo_corpus.stories(2, seed=0, half=1) == [
+      ("nora found a white chair . nora regrets it because it is faulty .", 0),
+      ("leo found a green clock . leo likes it because it is reliable .", 1)]
+  assert demo_corpus.choices(2, seed=0, half=1) == [
+      ("the scarf is awful and the lamp is solid . mia bought the scarf .", 0),
+      ("the radio is reliable and the desk is awful . ella bought the radio .", 1)]
+  with pytest.raises(ValueError, match="half=3 must be 0 or 1"):
+    demo_corpus.choices(2, seed=0, half=3)
+
+
+def test_choices_oppose_two_items_and_label_the_bought_one():
+  polarity = {w: p for p, words in enumerate(demo_corpus.QUALITIES) for w in words}
+  pairs = demo_corpus.choices(400, seed=1, half=0)
+  assert collections.Counter(label for _, label in pairs) == {0: 200, 1: 200}
+  for text, label in pairs:
+    match = re.fullmatch(r"the (\w+) is (\w+) and the (\w+) is (\w+) \. \w+ bought the (\w+) \.", text)
+    assert match, text
+    first, q1, second, q2, bought = match.groups()
+    assert first != second and polarity[q1] == 1 - polarity[q2] and q1 in demo_corpus.QUALITIES[polarity[q1]][0::2]
+    assert polarity[q1 if bought == first else q2] == label, text
+
+
+def test_stories_use_pretraining_patterns_that_training_reviews_never_use():
+  reviews = {r for r, _ in demo_corpus.reviews(4000, seed=2, half=0)}
+  for story, label in demo_corpus.stories(200, seed=8, half=1):
+    assert re.fullmatch(r"\w+ (bought|found) a \w+ \w+ \. .*", story), story
+    assert " it " in story and story not in reviews
+    words = set(story.split()) & set(sum(demo_corpus.QUALITIES + demo_corpus.VERBS, ()))
+    assert words and all(w in demo_corpus.QUALITIES[label][1::2] + demo_corpus.VERBS[label][1::2] for w in words)
+
+
+def test_new_tasks_splits_and_label_words():
+  expected = {"demo_opinion": ({"train", "validation"}, set(demo_corpus.OPINION_LABELS)),
+              "demo_choice": ({"train", "validation"}, set(demo_corpus.LABELS)),
+              "demo_sentiment_ood": ({"validation"}, set(demo_corpus.LABELS)),
+              "demo_opinion_from_sentiment": ({"validation"}, set(demo_corpus.OPINION_LABELS)),
+              "demo_sentiment_from_opinion": ({"validation"}, set(demo_corpus.LABELS))}
+  for name, (splits, labels) in expected.items():
+    assert set(seqio.get_mixture_or_task(name).splits) == splits, name
+    examples = _examples(name, split="validation", num=40)
+    assert {VOCAB.decode(_strip_eos(ex["targets"])) for ex in examples} == labels, name
+    assert all(len(ex["inputs"]) <= demo.SENTIMENT_FEATURE_LENGTHS["inputs"] for ex in examples)
+  first = _examples("demo_opinion", split="validation", num=1)[0]
+  assert first["inputs_pretokenized"].decode() == demo.labelled("opinion", "validation")[0][0]
+  mixtures = {"demo_sentiment_and_shifts": {"demo_sentiment", "demo_sentiment_ood", "demo_opinion_from_sentiment"},
+              "demo_opinion_and_shifts": {"demo_opinion", "demo_sentiment_from_opinion"}}
+  for name, tasks in mixtures.items():
+    assert {t.name for t in seqio.get_mixture_or_task(name).tasks} == tasks
+
+
+def test_zero_shot_tasks_read_predictions_in_the_training_tasks_labels():
+  task = seqio.get_mixture_or_task("demo_opinion_from_sentiment")
+  post = lambda text, is_target: task.postprocess_fn(text, example={}, is_target=is_target)
+  assert [post(t, True) for t in ("hates", "loves")] == [0, 1]
+  assert [post(t, False) for t in ("negative", "positive", "loves", "")] == [0, 1, -1, -1]
+  back = seqio.get_mixture_or_task("demo_sentiment_from_opinion")
+  assert back.postprocess_fn("loves", example={}, is_target=False) == 1
+  assert back.postprocess_fn("positive", example={}, is_target=True) == 1
+  opinion = seqio.get_mixture_or_task("demo_opinion")
+  assert [opinion.postprocess_fn(t, example={}, is_target=False) for t in ("hates", "negative")] == [0, -1]

@@ -230,6 +230,44 @@ def test_paper_spec_dry_run_prints_every_cloud_tpu_command(name, tmp_path, capsy
   assert ensembles == list(range(len(lines) - len(ensembles), len(lines)))  # after the prompts they read
 
 
+# Micro reproductions on CPU (docs/reproduction.md): pretraining, adaptation and run commands of each spec
+# (Figure 3c/d per size: sentiment and its sentinel variant from span corruption, sentiment after 500, 50 and
+# 200 adaptation steps).
+MICRO_SPECS = {"micro_figure1": 3 + 3 * 3 * 2, "micro_table1_shift": 3 + 3 * 2,
+               "micro_table2_transfer": 3 + 2 * 3 * 2, "micro_table3_ensemble": 1 + 3 * 3 + 3,
+               "micro_figure3ab": 3 + 3 * 5, "micro_figure3cd": 2 + 2 + 2 * (2 + 1 + 2)}
+
+
+@pytest.mark.parametrize("name", MICRO_SPECS)
+def test_micro_spec_dry_run_prints_every_local_command(name, tmp_path, capsys):
+  path = str(SPECS / f"{name}.json")
+  assert sweeps_cli.main(["run", path, "--dry-run", "--output_dir", str(tmp_path)]) == 0
+  lines = [shlex.split(l) for l in capsys.readouterr().out.splitlines()]
+  spec = Spec.load(path, output_dir=str(tmp_path))
+  assert len(lines) == len(spec.commands()) == MICRO_SPECS[name]
+  phases = backends._phases(spec)  # pylint: disable=protected-access
+  assert lines == [backends.local_argv(c) for phase in phases for c in phase]
+  import seqio  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import demo  # pylint: disable=g-import-not-at-top,unused-import
+  for task in spec.tasks.values():  # each evaluation is a task of what the run trains on
+    trained = seqio.get_mixture_or_task(task["name"])
+    names = {t.name for t in getattr(trained, "tasks", [trained])}
+    assert {e["name"] for e in task.get("evals", {"": task}).values()} <= names
+
+
+def test_micro_specs_share_the_pretraining_and_the_runs_they_report():
+  """Specs on one output folder pretrain once (micro.json's commands) and name the same runs identically."""
+  micro = Spec.load(SPECS / "micro.json")
+  commands = {}
+  for name in MICRO_SPECS:
+    spec = Spec.load(SPECS / f"{name}.json")
+    if spec.output_dir == micro.output_dir:
+      assert set(spec.pretrain_commands()) <= set(micro.pretrain_commands()), name
+    for command in spec.commands():
+      assert commands.setdefault(command.run_dir, command) == command, (name, command.run_id)
+  assert len([c for c in commands if "/pretrain/" in c]) == 3 + 2 + 2  # micro's 3, span corruption's 2 + adapted
+
+
 def test_figure1_spec_grid_is_the_papers():
   spec = Spec(paper("paper_figure1"))
   runs = spec.runs()

@@ -15,7 +15,24 @@ Tasks (features `inputs` / `targets`, EOS appended; splits `train` and `validati
   "negative". Validation reviews use only qualities and verbs that training reviews never contain, so only
   what pretraining taught about those words can classify them;
 * `demo_sentiment_sentinel`: the same with `<extra_id_0>` before each target (the targets of span corruption
-  start with it), removed from the model's output before the metric.
+  start with it), removed from the model's output before the metric;
+* `demo_opinion`: a quality statement -> what a buyer does, `hates` / `loves` ("the red lamp is tall and
+  flimsy ." -> "hates"), validation on the unseen qualities;
+* `demo_choice`: two items of opposite qualities and the one a person bought -> `positive` / `negative`, the
+  bought item's ("the lamp is flimsy and the chair is sturdy . ben bought the chair ." -> "positive");
+  validation on the unseen qualities;
+* `demo_sentiment_ood` (validation only): stories in the pretraining documents' sentence patterns, which the
+  training reviews never use ("anna bought a red lamp . it looks flimsy and tall ." -> "negative"): a domain
+  shift for `demo_sentiment` (the paper's Table 1);
+* `demo_opinion_from_sentiment`, `demo_sentiment_from_opinion` (validation only): zero-shot transfer (the
+  paper's Table 2): one task's validation set answered in the other task's labels (`negative` = `hates`,
+  `positive` = `loves`);
+* mixtures `demo_sentiment_and_shifts` (train `demo_sentiment`; evaluate it, `demo_sentiment_ood` and
+  `demo_opinion_from_sentiment`) and `demo_opinion_and_shifts` (train `demo_opinion`; evaluate it and
+  `demo_sentiment_from_opinion`).
+
+Every labelled task is balanced (chance is 50%) and scored by accuracy, any output but a label word counting as
+wrong.
 
 The sentiment label follows a review only in `demo_sentiment`: the pretraining text never contains it.
 """
@@ -26,7 +43,7 @@ import hashlib
 import io
 import os
 import tempfile
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import seqio
 import sentencepiece as spm
@@ -44,10 +61,18 @@ EXTRA_IDS = 100
 NUM_EMBEDDINGS = 256
 # Examples per split: enough variety for a few thousand steps; generated in about a second.
 PRETRAIN_SIZES = {"train": 50_000, "validation": 1_000}
-SENTIMENT_SIZES = {"train": 4_000, "validation": 500}
+SENTIMENT_SIZES = {"train": 4_000, "validation": 500}  # every labelled task's
+VALIDATION_ONLY = {"validation": SENTIMENT_SIZES["validation"]}
 _SEEDS = {("pretrain", "train"): 0, ("pretrain", "validation"): 1,
-          ("sentiment", "train"): 2, ("sentiment", "validation"): 3}
-# Longest pretraining document: 31 tokens (+ EOS); longest review: 12 tokens (+ EOS).
+          ("sentiment", "train"): 2, ("sentiment", "validation"): 3,
+          ("opinion", "train"): 4, ("opinion", "validation"): 5,
+          ("choice", "train"): 6, ("choice", "validation"): 7, ("story", "validation"): 8}
+# The labelled texts: kind -> (generator, label words).
+_LABELLED = {"sentiment": (demo_corpus.reviews, demo_corpus.LABELS),
+             "opinion": (demo_corpus.quality_reviews, demo_corpus.OPINION_LABELS),
+             "choice": (demo_corpus.choices, demo_corpus.LABELS),
+             "story": (demo_corpus.stories, demo_corpus.LABELS)}
+# Longest pretraining document: 31 tokens (+ EOS); longest labelled text: 15 tokens (+ EOS), a choice.
 PRETRAIN_FEATURE_LENGTHS = {"inputs": 32, "targets": 32}
 SENTIMENT_FEATURE_LENGTHS = {"inputs": 16, "targets": 2}
 # Validation reviews use only qualities and verbs that training reviews never contain.
@@ -120,9 +145,11 @@ def _documents(split: str) -> tuple[str, ...]:
 
 
 @functools.cache
-def _reviews(split: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  pairs = demo_corpus.reviews(SENTIMENT_SIZES[split], _SEEDS["sentiment", split], half=_HALVES[split])
-  return tuple(r for r, _ in pairs), tuple(demo_corpus.LABELS[label] for _, label in pairs)
+def labelled(kind: str, split: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(texts, label words) of one kind of labelled text ("sentiment", "opinion", "choice", "story")."""
+  generate, labels = _LABELLED[kind]
+  pairs = generate(SENTIMENT_SIZES[split], _SEEDS[kind, split], half=_HALVES[split])
+  return tuple(text for text, _ in pairs), tuple(labels[label] for _, label in pairs)
 
 
 def _shuffled(ds: tf.data.Dataset, shuffle: bool, seed: int | None) -> tf.data.Dataset:
@@ -134,8 +161,9 @@ def _pretrain_dataset(split: str, shuffle_files: bool = False, seed: int | None 
   return _shuffled(ds, shuffle_files, seed)
 
 
-def _sentiment_dataset(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
-  texts, labels = _reviews(split)
+def _labelled_dataset(kind: str, split: str, shuffle_files: bool = False, seed: int | None = None
+                      ) -> tf.data.Dataset:
+  texts, labels = labelled(kind, split)
   ds = tf.data.Dataset.from_tensor_slices({"inputs": list(texts), "targets": list(labels)})
   return _shuffled(ds, shuffle_files, seed)
 
@@ -204,10 +232,27 @@ def span_corruption(dataset: tf.data.Dataset, output_features: Mapping[str, seqi
 
 
 # ------------------------------------------------------------------------------------------------ tasks
-def sentiment_postprocessor(output: str, example=None, is_target: bool = False) -> int:
-  """The label's class id; anything that is not exactly a label word is -1 (always wrong)."""
-  del example, is_target
-  return postprocessors.string_label_to_class_id(output.strip(), demo_corpus.LABELS)
+def label_postprocessor(labels: Sequence[str], answered_in: Sequence[str] | None = None) -> Callable[..., int]:
+  """Text -> its class id in `labels`; anything that is not exactly a label word is -1 (always wrong).
+
+  With `answered_in` (another task's label words, index-aligned with `labels`), predictions are read in those
+  words and targets in `labels`: a model trained on the other task, evaluated zero-shot."""
+  def postprocess(output: str, example=None, is_target: bool = False) -> int:
+    del example
+    words = labels if is_target or answered_in is None else answered_in
+    return postprocessors.string_label_to_class_id(output.strip(), words)
+  return postprocess
+
+
+sentiment_postprocessor = label_postprocessor(demo_corpus.LABELS)
+
+
+def _add_labelled_task(name: str, kind: str, sizes: Mapping[str, int], postprocess_fn: Callable[..., int],
+                       token_steps: Sequence[Callable[..., tf.data.Dataset]] = ()) -> None:
+  utils.add_task(name, source=_source(functools.partial(_labelled_dataset, kind), sizes),
+                 preprocessors=[seqio.preprocessors.tokenize, *token_steps, seqio.CacheDatasetPlaceholder(),
+                                seqio.preprocessors.append_eos_after_trim],
+                 output_features=OUTPUT_FEATURES, postprocess_fn=postprocess_fn, metric_fns=[metrics.accuracy])
 
 
 def register() -> None:
@@ -220,15 +265,21 @@ def register() -> None:
                    output_features=OUTPUT_FEATURES)
   utils.add_mixture("demo_pretrain", ["demo_pretrain_prefix_lm", "demo_pretrain_span_corruption"],
                     default_rate=1.0)
-  sentiment_source = _source(_sentiment_dataset, SENTIMENT_SIZES)
-  for suffix, token_steps, postprocess_fn in (
-      ("", [], sentiment_postprocessor),
-      (utils.SENTINEL, [preprocessors.add_target_sentinel],
-       postprocessors.sequential(postprocessors.remove_sentinel, sentiment_postprocessor))):
-    utils.add_task(f"demo_sentiment{suffix}", source=sentiment_source,
-                   preprocessors=[seqio.preprocessors.tokenize, *token_steps, seqio.CacheDatasetPlaceholder(),
-                                  seqio.preprocessors.append_eos_after_trim],
-                   output_features=OUTPUT_FEATURES, postprocess_fn=postprocess_fn, metric_fns=[metrics.accuracy])
+  _add_labelled_task("demo_sentiment", "sentiment", SENTIMENT_SIZES, sentiment_postprocessor)
+  _add_labelled_task(f"demo_sentiment{utils.SENTINEL}", "sentiment", SENTIMENT_SIZES,
+                     postprocessors.sequential(postprocessors.remove_sentinel, sentiment_postprocessor),
+                     [preprocessors.add_target_sentinel])
+  opinion, sentiment = demo_corpus.OPINION_LABELS, demo_corpus.LABELS
+  _add_labelled_task("demo_opinion", "opinion", SENTIMENT_SIZES, label_postprocessor(opinion))
+  _add_labelled_task("demo_choice", "choice", SENTIMENT_SIZES, sentiment_postprocessor)
+  _add_labelled_task("demo_sentiment_ood", "story", VALIDATION_ONLY, sentiment_postprocessor)
+  _add_labelled_task("demo_opinion_from_sentiment", "opinion", VALIDATION_ONLY,
+                     label_postprocessor(opinion, answered_in=sentiment))
+  _add_labelled_task("demo_sentiment_from_opinion", "sentiment", VALIDATION_ONLY,
+                     label_postprocessor(sentiment, answered_in=opinion))
+  utils.add_mixture("demo_sentiment_and_shifts",
+                    ["demo_sentiment", "demo_sentiment_ood", "demo_opinion_from_sentiment"], default_rate=1.0)
+  utils.add_mixture("demo_opinion_and_shifts", ["demo_opinion", "demo_sentiment_from_opinion"], default_rate=1.0)
 
 
 register()

@@ -7,13 +7,18 @@ and feelings follow that quality. Two kinds of text come out of it:
   The label words `positive` / `negative` occur only inside the phrase "{name} feels {label} about the
   {item}", so a model pretrained on them can emit the words and learns which qualities and verbs go with
   which, but never sees a text followed by its sentiment label alone;
-* reviews (`reviews`): a quality, an opinion or both, with a sentiment label (`LABELS[label]`), balanced.
+* labelled texts, balanced between two classes, each from one half of the world's sentiment words (`half`):
+  reviews (`reviews`: a quality, an opinion or both; label `LABELS[label]`), quality statements
+  (`quality_reviews`: what would a buyer do, `OPINION_LABELS[label]`), stories (`stories`: reviews in the
+  pretraining documents' sentence patterns, which training reviews never use: a shifted domain) and choices
+  (`choices`: two items of opposite qualities and the one a person bought; label: the bought item's polarity).
 
 Every string is lower case, words and punctuation separated by single spaces.
 """
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 NAMES = ("anna", "ben", "carla", "dev", "ella", "finn", "gina", "hugo", "iris", "jack", "kim", "leo",
          "mia", "nora", "omar", "pia")
@@ -33,6 +38,7 @@ QUALITIES = (
 VERBS = (("hates", "dislikes", "returned", "regrets", "avoids"),
          ("loves", "likes", "enjoys", "praises", "recommends"))
 LABELS = ("negative", "positive")
+OPINION_LABELS = (VERBS[0][0], VERBS[1][0])  # "hates", "loves": what a buyer does about a quality
 LABEL_FRAME = ("feels", "about the")  # the only context label words appear in during pretraining
 _FUNCTION_WORDS = (".", "a", "about", "and", "because", "bought", "counted", "feels", "found", "has",
                    "is", "it", "looks", "the", "to", "went")
@@ -83,6 +89,41 @@ def _review(rng: random.Random, polarity: int, half: int) -> str:
   return rng.choice([quality, opinion, quality + " " + opinion])
 
 
+def _quality_review(rng: random.Random, polarity: int, half: int) -> str:
+  item, colour, size = rng.choice(ITEMS), rng.choice(COLOURS), rng.choice(SIZES)
+  return _sentence("the", colour, item, "is", size, "and", rng.choice(QUALITIES[polarity][half::2]))
+
+
+def _story(rng: random.Random, polarity: int, half: int) -> str:
+  """A scene, then a quality or an opinion, in the sentence patterns of pretraining documents."""
+  name, item, colour, size = rng.choice(NAMES), rng.choice(ITEMS), rng.choice(COLOURS), rng.choice(SIZES)
+  quality, verb = rng.choice(QUALITIES[polarity][half::2]), rng.choice(VERBS[polarity][half::2])
+  return rng.choice([_sentence(name, "bought a", colour, item) + " " + _sentence("it looks", quality, "and", size),
+                     _sentence(name, "found a", colour, item) + " " + _sentence(name, verb, "it because it is",
+                                                                                quality)])
+
+
+def _choice(rng: random.Random, polarity: int, half: int) -> str:
+  """Two items of opposite polarity, then the one a person bought (of polarity `polarity`)."""
+  first, second = rng.sample(ITEMS, 2)
+  bought_first = rng.random() < 0.5
+  polarities = (polarity, 1 - polarity) if bought_first else (1 - polarity, polarity)
+  q1, q2 = (rng.choice(QUALITIES[p][half::2]) for p in polarities)
+  return " ".join([_sentence("the", first, "is", q1, "and the", second, "is", q2),
+                   _sentence(rng.choice(NAMES), "bought the", first if bought_first else second)])
+
+
+def _balanced(num: int, seed: int, half: int, text: Callable[[random.Random, int, int], str]
+              ) -> list[tuple[str, int]]:
+  """`num` (text, label) pairs, classes balanced and in random order, texts from `text(rng, label, half)`."""
+  if half not in (0, 1):
+    raise ValueError(f"half={half!r} must be 0 or 1 (the even or odd positions of each word list).")
+  rng = random.Random(seed)
+  labels = [i % 2 for i in range(num)]
+  rng.shuffle(labels)
+  return [(text(rng, label, half), label) for label in labels]
+
+
 def reviews(num: int, seed: int, half: int) -> list[tuple[str, int]]:
   """`num` (review, label) pairs, classes balanced and in random order.
 
@@ -90,12 +131,24 @@ def reviews(num: int, seed: int, half: int) -> list[tuple[str, int]]:
   (`half=0`: even positions, `1`: odd), so a task can train on one half and evaluate on words its training
   examples never had: only what pretraining taught about them can tell their sentiment.
   """
-  if half not in (0, 1):
-    raise ValueError(f"half={half!r} must be 0 or 1.")
-  rng = random.Random(seed)
-  labels = [i % 2 for i in range(num)]
-  rng.shuffle(labels)
-  return [(_review(rng, label, half), label) for label in labels]
+  return _balanced(num, seed, half, _review)
+
+
+def quality_reviews(num: int, seed: int, half: int) -> list[tuple[str, int]]:
+  """`num` (quality statement, label) pairs: "the red lamp is tall and flimsy ." -> 0 (`OPINION_LABELS[0]`)."""
+  return _balanced(num, seed, half, _quality_review)
+
+
+def stories(num: int, seed: int, half: int) -> list[tuple[str, int]]:
+  """`num` (story, sentiment label) pairs in the patterns of pretraining documents, not of `reviews`:
+  "anna bought a red lamp . it looks flimsy and tall ." -> 0."""
+  return _balanced(num, seed, half, _story)
+
+
+def choices(num: int, seed: int, half: int) -> list[tuple[str, int]]:
+  """`num` (choice, label) pairs: "the lamp is flimsy and the chair is sturdy . ben bought the chair ." -> 1,
+  the polarity of the bought item (the other item always has the opposite one)."""
+  return _balanced(num, seed, half, _choice)
 
 
 def vocabulary_words() -> tuple[str, ...]:
