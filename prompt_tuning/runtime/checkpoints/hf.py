@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from etils import epath
 from flax import traverse_util
@@ -50,15 +50,22 @@ def scales_decoder_output(hf_config: Mapping[str, Any]) -> bool:
   return bool(hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True)))
 
 
+def check_config(hf_config: Mapping[str, Any], kind: str, supported: Sequence[str], required: Sequence[str],
+                 note: str = "") -> None:
+  """Refuse a `config.json` of another model type (default: `supported[0]`) or without a required key."""
+  model_type = hf_config.get("model_type", supported[0])
+  if model_type not in supported:
+    raise ValueError(f"Hugging Face model_type={model_type!r} is not supported; convert one of "
+                     f"{tuple(supported)}{note}.")
+  missing = [k for k in required if k not in hf_config]
+  if missing:
+    raise ValueError(f"Hugging Face config lacks {missing}; a {kind} config.json needs all of {list(required)}.")
+
+
 def t5_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> T5Config:
   """Our `T5Config` for a Hugging Face T5/mT5 `config.json` dict; `overrides` (e.g. `dtype=`) win."""
-  model_type = hf_config.get("model_type", "t5")
-  if model_type not in SUPPORTED_MODEL_TYPES:
-    raise ValueError(f"Hugging Face model_type={model_type!r} is not supported; convert one of "
-                     f"{SUPPORTED_MODEL_TYPES} (umT5 has per-layer position biases, which T5 does not).")
-  missing = [k for k in _REQUIRED_KEYS if k not in hf_config]
-  if missing:
-    raise ValueError(f"Hugging Face config lacks {missing}; a T5 config.json needs all of {list(_REQUIRED_KEYS)}.")
+  check_config(hf_config, "T5", SUPPORTED_MODEL_TYPES, _REQUIRED_KEYS,
+               " (umT5 has per-layer position biases, which T5 does not)")
   proj = hf_config.get("feed_forward_proj", "relu")
   if proj not in FEED_FORWARD_PROJ:
     raise ValueError(f"feed_forward_proj={proj!r} is not supported; use one of {sorted(FEED_FORWARD_PROJ)} "

@@ -63,13 +63,7 @@ def rope_settings(hf_config: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
 
 def decoder_only_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> DecoderOnlyConfig:
   """Our `DecoderOnlyConfig` for a Hugging Face Llama `config.json` dict; `overrides` (e.g. `dtype=`) win."""
-  model_type = hf_config.get("model_type", "llama")
-  if model_type not in SUPPORTED_MODEL_TYPES:
-    raise ValueError(f"Hugging Face model_type={model_type!r} is not supported; convert one of "
-                     f"{SUPPORTED_MODEL_TYPES}.")
-  missing = [k for k in _REQUIRED_KEYS if k not in hf_config]
-  if missing:
-    raise ValueError(f"Hugging Face config lacks {missing}; a Llama config.json needs all of {list(_REQUIRED_KEYS)}.")
+  hf.check_config(hf_config, "Llama", SUPPORTED_MODEL_TYPES, _REQUIRED_KEYS)
   for field, allowed in _FIXED_FIELDS.items():
     if hf_config.get(field, allowed[0]) not in allowed:
       raise ValueError(f"{field}={hf_config[field]!r} is not supported by this decoder-only model, which "
