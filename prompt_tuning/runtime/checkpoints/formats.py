@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any, Mapping
 
+import numpy as np
 from etils import epath
 
 from prompt_tuning.errors import UserError
@@ -125,3 +127,13 @@ def resolve_checkpoint(path: epath.PathLike, step: int | None = None) -> tuple[s
 def detect_checkpoint_format(path: epath.PathLike) -> str:
   """One of 't5x', 'orbax', 'hf' or 'tf' for the checkpoint at `path` (a model dir means its latest step)."""
   return resolve_checkpoint(path)[0]
+
+
+def variable_at(params: Mapping[str, Any], variable_path: str, not_found: str) -> np.ndarray:
+  """The array at `a/b/c` in a nested parameter tree; KeyError `not_found` (naming the path) when absent."""
+  value: Any = params
+  for key in variable_path.split("/"):
+    if not isinstance(value, Mapping) or key not in value:
+      raise KeyError(not_found)
+    value = value[key]
+  return np.asarray(value)

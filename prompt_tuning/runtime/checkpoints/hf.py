@@ -21,6 +21,7 @@ from flax.core import meta
 import numpy as np
 
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.runtime.checkpoints import formats
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -244,13 +245,10 @@ def load_hf_variable(path: epath.PathLike, variable_path: str, dtype: Any = np.f
              for name, (ours, transpose) in _name_map(t5_config_from_hf(json.loads(
                  (root / CONFIG_FILE).read_text()))).items()}
   if variable_path not in inverse or variable_path.startswith("decoder/logits_dense") or "://" in os.fspath(root):
-    value: Any = load_hf_t5(root, dtype)[0]
-    for key in variable_path.split("/"):
-      if not isinstance(value, Mapping) or key not in value:
-        raise KeyError(f"{variable_path!r} is not a parameter of the Hugging Face checkpoint {os.fspath(root)!r} "
-                       "(paths look like 'token_embedder/embedding' or 'encoder/layers_0/mlp/wo/kernel').")
-      value = value[key]
-    return np.asarray(value)
+    return formats.variable_at(load_hf_t5(root, dtype)[0], variable_path,
+                               f"{variable_path!r} is not a parameter of the Hugging Face checkpoint "
+                               f"{os.fspath(root)!r} (paths look like 'token_embedder/embedding' or "
+                               "'encoder/layers_0/mlp/wo/kernel').")
   name, transpose = inverse[variable_path]
   shard = WEIGHTS_FILE
   if not (root / WEIGHTS_FILE).exists() and (root / INDEX_FILE).exists():

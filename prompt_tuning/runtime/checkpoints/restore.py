@@ -69,13 +69,9 @@ def _load_hf(location: epath.Path) -> Params:
 
 
 def _variable_at(params: Params, variable_path: str, location: epath.Path) -> np.ndarray:
-  value: Any = params
-  for key in variable_path.split("/"):
-    if not isinstance(value, Mapping) or key not in value:
-      raise KeyError(f"{variable_path!r} is not a parameter of the checkpoint {str(location)!r} (a decoder-only "
-                     "model's paths look like 'decoder/token_embedder/embedding').")
-    value = value[key]
-  return np.asarray(value)
+  return formats.variable_at(params, variable_path, f"{variable_path!r} is not a parameter of the checkpoint "
+                             f"{str(location)!r} (a decoder-only model's paths look like "
+                             "'decoder/token_embedder/embedding').")
 
 
 def _cast(params: Params, dtype: str | None) -> Params:
