@@ -282,7 +282,7 @@ def test_figure1_spec_grid_is_the_papers():
   wsc = spec.command(Run("wsc", "xxl", "prompt_tuning", 0, 100, "from_class_labels"))
   values = dict(f[len("--gin."):].split("=", 1) for f in wsc.flags if f.startswith("--gin."))
   assert values["MIXTURE_OR_TASK_NAME"] == "'taskless_super_glue_wsc_and_dev_v102_simple'"
-  assert values["CLASS_LABELS"] == "[]"  # no labels: the class-label initialiser samples the vocabulary
+  assert values["CLASS_LABELS"] == "None"  # no labels: the class-label initialiser samples the vocabulary
 
 
 def test_plot_reads_a_csv_from_before_evaluations(tmp_path):
