@@ -206,7 +206,7 @@ def _read_npy(path: str, version: tuple[int, int]) -> np.ndarray:
     with epath.Path(path).open("rb") as f:
       np.lib.format.read_magic(f)  # raises on anything but numpy's own header
       f.seek(0)
-      value = np.load(f, allow_pickle=False)
+      value = np.load(f)  # allow_pickle is False by default: a pickle is refused
   except PermissionError as e:
     raise PromptFileError(f"cannot be read ({e.strerror}); fix its permissions.") from None
   except (ValueError, EOFError, OSError) as e:
