@@ -3,6 +3,7 @@ and errors as one line with an exit code a scheduler can read (`prompt_tuning/er
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -98,13 +99,20 @@ def _show_traceback() -> bool:
   return os.environ.get(errors.TRACEBACK_ENV, "") not in ("", "0") or bool(FLAGS["verbose"].value)
 
 
-def exit_with(error: BaseException, code: int) -> NoReturn:
+def exit_with(error: BaseException | str, code: int) -> NoReturn:
   """One `error: ...` line on stderr (after the traceback with --verbose / PT_TRACEBACK=1), then exit `code`."""
   message = str(error).split("\n  In call to configurable")[0].split("\n  In file ")[0]
   if _show_traceback():
     traceback.print_exc()
   print(errors.one_line(message), file=sys.stderr, flush=True)
   sys.exit(code)
+
+
+# Mistakes of the machine's set-up rather than of the code: one line that says what to fix.
+_FIXABLE_OS_ERRORS = {errno.ENOSPC: "free space on that disk or give a folder on another one",
+                      errno.EDQUOT: "free space within the disk quota or give a folder on another disk",
+                      errno.EROFS: "that file system is read-only: give a writable folder",
+                      errno.EACCES: "fix the permissions or give a folder you can write to"}
 
 
 @contextlib.contextmanager
@@ -115,6 +123,11 @@ def reported_errors() -> Iterator[None]:
     yield
   except (UserError, NonFiniteError) as e:
     exit_with(e, e.exit_code)
+  except OSError as e:
+    if e.errno not in _FIXABLE_OS_ERRORS:
+      raise
+    exit_with(f"{e.strerror} ({e.filename or 'a file of the run'}): {_FIXABLE_OS_ERRORS[e.errno]}; a training run "
+              "resumes from its last checkpoint when started again.", errors.EXIT_USER_ERROR)
   except (ValueError, TypeError) as e:
     friendly = gin_utils.explain_missing(e)
     if friendly is None:

@@ -6,7 +6,9 @@ Then the other exit codes: the NaN stop, preemption, `infer`'s output folder and
 from __future__ import annotations
 
 import os
+import errno
 import pathlib
+import shutil
 import signal
 import threading
 import time
@@ -36,6 +38,9 @@ def files(tmp_path_factory) -> dict[str, pathlib.Path]:
            "locked_dir": root / "locked_dir", "locked_file": root / "locked.npy", "text": root / "prompt.txt",
            "pickle": root / "pickle.npy", "wrong_shape": root / "wrong_shape.npy", "flat": root / "flat.npy",
            "nan": root / "nan.npy", "inf": root / "inf.npy", "good": root / "good.npy", "out_used": root / "out_used"}
+  paths["truncated"] = pathlib.Path(shutil.copytree(ckpt, root / "truncated" / ckpt.name))
+  msgpack = paths["truncated"] / "checkpoint"
+  msgpack.write_bytes(msgpack.read_bytes()[:msgpack.stat().st_size // 2])
   paths["file"].write_text("not a folder")
   paths["empty"].mkdir()
   paths["locked_dir"].mkdir()
@@ -139,6 +144,8 @@ CASES = [
     ("checkpoint_not_a_checkpoint", "train", ["--gin.INITIAL_CHECKPOINT_PATH='{file}'"],
      "is not a checkpoint in any format understood here"),
     ("checkpoint_unreadable", "train", ["--gin.INITIAL_CHECKPOINT_PATH='{locked_file}'"], "cannot be read"),
+    ("checkpoint_truncated", "train", ["--gin.INITIAL_CHECKPOINT_PATH='{truncated}'"],
+     "cannot be read (ValueError"),
     ("checkpoint_nan_weights", "train", ["--gin.INITIAL_CHECKPOINT_PATH='{nan_ckpt}'"],
      "holds NaN/Inf in 1 variable(s): decoder/layers_0/mlp/wo/kernel (32 values)"),
     # Files: missing, a folder, not a .npy, a pickle, wrong shape, not 2-D, NaN, Inf, unreadable.
@@ -182,7 +189,7 @@ SKIPS = {"model_dir_unwritable": NOT_AS_ROOT, "checkpoint_unreadable": NOT_AS_RO
          "model_dir_read_only_mount": pytest.mark.skipif(not os.path.isdir("/proc"), reason="no /proc here")}
 
 
-FOUND_AT_LOAD = {"checkpoint_nan_weights"}
+FOUND_AT_LOAD = {"checkpoint_nan_weights", "checkpoint_truncated"}
 
 
 def _fill(text: str, paths: dict[str, pathlib.Path]) -> str:
@@ -237,6 +244,18 @@ def test_known_but_unused_macro_warns_and_runs_on(tmp_path, files):
   proc = run_cli("train", flags, tmp_path, check=False)
   assert "--gin.CLASS_LABELS is not read by the loaded gin files" in proc.stderr, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1].startswith("error: BATCH_SIZE=0")
+
+
+def test_full_disk_is_one_line_naming_the_fix(capsys):
+  """A full disk or a read-only mount met mid-run (a save) is reported like a user error, not as a crash."""
+  from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as stop, cli.reported_errors():
+    raise OSError(errno.ENOSPC, "No space left on device", "/data/run/checkpoint_7")
+  assert stop.value.code == errors.EXIT_USER_ERROR
+  line = capsys.readouterr().err.strip()
+  assert line.startswith("error: No space left on device (/data/run/checkpoint_7): free space") and "\n" not in line
+  with pytest.raises(OSError), cli.reported_errors():  # anything else stays a crash with its traceback
+    raise OSError(errno.EIO, "Input/output error")
 
 
 def test_diff_checkpoints_exit_codes(tmp_path, files):

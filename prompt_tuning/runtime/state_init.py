@@ -55,8 +55,14 @@ def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[s
 
   ckpt_step = None
   if restore is not None and restore.path:
-    merged, ckpt_step = restore_params(abstract, restore.path, restore.step, restore.dtype, restore.assignment_map,
-                                       restore.fallback_to_scratch)
+    try:
+      merged, ckpt_step = restore_params(abstract, restore.path, restore.step, restore.dtype,
+                                         restore.assignment_map, restore.fallback_to_scratch)
+    except UserError:
+      raise
+    except (OSError, EOFError, ValueError) as e:  # a truncated file, a damaged chunk, a malformed msgpack
+      raise UserError(f"The checkpoint {restore.path!r} cannot be read ({type(e).__name__}: "
+                      f"{' '.join(str(e).split())[:200]}); it is truncated or damaged: use an intact copy.") from e
     check_finite_weights(merged, restore.path)
   else:
     merged = abstract
