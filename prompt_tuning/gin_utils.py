@@ -65,8 +65,9 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
 def _parse_error(error: Exception) -> ConfigError:
   """Gin's parse error (bad syntax, an unknown configurable or parameter) as one line with the binding."""
   if isinstance(error, SyntaxError):
-    where = f" in {error.text.strip()!r}" if error.text else ""
-    return ConfigError(f"Gin cannot parse {error.msg!r}{where}: values are Python literals (strings need inner "
+    where = f" {error.text.strip()!r}" if error.text else ""
+    reason = [line.strip() for line in str(error.msg).splitlines() if line.strip()][-1:] or ["a syntax error"]
+    return ConfigError(f"Gin cannot parse{where} ({reason[0]}): values are Python literals (strings need inner "
                        "quotes: --gin.MODEL_DIR=\"'/tmp/run'\"), @configurable() references or %MACROS.")
   message = str(error).split("\n  In ")[0]
   binding = re.search(r"In bindings string line \d+\n\s*(.*)", str(error))
