@@ -62,7 +62,7 @@ def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[s
       raise
     except (OSError, EOFError, ValueError) as e:  # a truncated file, a damaged chunk, a malformed msgpack
       raise UserError(f"The checkpoint {restore.path!r} cannot be read ({type(e).__name__}: "
-                      f"{' '.join(str(e).split())[:200]}); it is truncated or damaged: use an intact copy.") from e
+                      f"{' '.join(str(e).split())[:300]}); where it is truncated or damaged, use an intact copy.") from e
     check_finite_weights(merged, restore.path)
   else:
     merged = abstract
