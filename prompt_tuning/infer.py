@@ -5,7 +5,9 @@ task name (a prompt bank, `serving/prompt_bank.gin`) one frozen model serves the
 task's prompt.
 
 Output: `INFER_OUTPUT_DIR/<task>-<mode>.jsonl-<shard:05>-of-<num:05>` with one JSON object per example
-(`inputs`, `prediction` or `score`, `targets`), then a `.COMPLETED` marker.
+(`inputs`, `prediction` or `score`, `targets`), then a `.COMPLETED` marker. An output folder that already holds
+anything but `config.gin` and the other shards' files of this task and mode is refused (before any work) unless
+`--overwrite` (or `infer.overwrite=True`) is given.
 """
 from __future__ import annotations
 
@@ -21,13 +23,17 @@ from absl import flags
 from etils import epath
 
 from prompt_tuning import cli
+from prompt_tuning.gin_utils import ConfigError
 from prompt_tuning.runtime import evaluation, input_pipeline
 from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.state_init import build_inference_params
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("shard_id", None, "This job's shard of the input (T5X); the same as binding infer.shard_id.")
+flags.DEFINE_integer("shard_id", None, "This job's shard of the input (T5X); the same as binding infer.shard_id.",
+                     lower_bound=0)
+flags.DEFINE_boolean("overwrite", None, "Write into an output folder that holds earlier outputs (the same as "
+                     "binding infer.overwrite=True).")
 
 MODES = ("predict", "score", "predict_with_aux")
 
@@ -38,13 +44,19 @@ def _text(value: Any) -> str:
 
 def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner: Any,
           restore_checkpoint_cfg: RestoreCheckpointConfig, output_dir: str, mode: str = "predict",
-          shard_id: int = 0, num_shards: int = 1, random_seed: int = 0) -> list[str]:
+          shard_id: int = 0, num_shards: int = 1, random_seed: int = 0, overwrite: bool = False) -> list[str]:
   """Run inference for every task of the task/mixture; returns the written file paths."""
   if mode not in MODES:
-    raise ValueError(f"infer mode={mode!r} is not one of {MODES}.")
-  cli.write_config(output_dir)
+    raise ConfigError(f"infer mode={mode!r} is not one of {MODES}; bind e.g. infer_script.infer.mode='predict'.")
+  if not (isinstance(num_shards, int) and num_shards >= 1 and isinstance(shard_id, int)
+          and 0 <= shard_id < num_shards):
+    raise ConfigError(f"--shard_id={shard_id!r} must be in [0, num_shards={num_shards!r}); set "
+                      "infer_script.infer.num_shards to the number of jobs and --shard_id below it.")
   root = input_pipeline.get_task_or_mixture(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
   tasks = root.tasks if isinstance(root, seqio.Mixture) else [root]
+  if not overwrite:
+    check_output_dir_is_new(output_dir, [t.name for t in tasks], mode, shard_id, num_shards)
+  cli.write_config(output_dir)
   input_pipeline.count_truncated(dataset_cfg)
   run = build_inference_params(model, partitioner, dataset_cfg, restore_checkpoint_cfg, random_seed)
   runner = evaluation.InferenceRunner(model, partitioner, dataset_cfg.batch_size)
@@ -88,6 +100,22 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: DatasetConfig, partitioner
   return written
 
 
+def check_output_dir_is_new(output_dir: str, task_names: Sequence[str], mode: str, shard_id: int,
+                            num_shards: int) -> None:
+  """Refuse a folder holding earlier outputs: anything but `config.gin` and the files of this run's other shards
+  (which parallel jobs write beside each other)."""
+  out_dir = epath.Path(output_dir)
+  if not out_dir.is_dir():
+    return
+  others = {f"{name}-{mode}.jsonl-{k:05d}-of-{num_shards:05d}{suffix}" for name in task_names
+            for k in range(num_shards) if k != shard_id for suffix in ("", ".COMPLETED")}
+  earlier = sorted(p.name for p in out_dir.iterdir() if p.name != "config.gin" and p.name not in others)
+  if earlier:
+    shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+    raise ConfigError(f"INFER_OUTPUT_DIR={output_dir!r} already holds {shown}; give an empty or new folder, or "
+                      "pass --overwrite to write over it.")
+
+
 def _with_aux(predictions: list[tuple[int, Any]], aux: Mapping[str, list[Any]]) -> list[tuple[int, Any]]:
   """(index, (tokens, {aux name: that row's value})) from `predict_with_aux_fn`'s two parallel outputs."""
   return [(i, (tokens, {name: values[row] for name, values in aux.items()}))
@@ -109,8 +137,10 @@ def _run_mixed(run_fn: Callable[[tf.data.Dataset], list[tuple[int, Any]]],
 
 
 def main(argv: Sequence[str]) -> None:
-  shard = {} if FLAGS.shard_id is None else {"shard_id": FLAGS.shard_id}
-  cli.run_gin_main(argv, infer, **shard)
+  overrides = {} if FLAGS.shard_id is None else {"shard_id": FLAGS.shard_id}
+  if FLAGS.overwrite is not None:
+    overrides["overwrite"] = FLAGS.overwrite
+  cli.run_gin_main(argv, infer, **overrides)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.errors import UserError
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 ArrayOrLoader = Any  # an array, or a zero-argument callable returning one (loaded lazily at init)
 PROMPT_AXES = ("prompt", "prompt_embed")
+
+
+class PromptFileError(UserError):
+  """A prompt or embedding file that cannot be used: missing, not a `.npy`, not finite."""
+
+
+class PromptFileNotFoundError(PromptFileError, FileNotFoundError):
+  """The prompt or embedding file does not exist."""
 
 
 class Vocabulary(Protocol):
@@ -35,7 +45,7 @@ _warn_once = functools.lru_cache(maxsize=None)(logging.warning)
 
 def _check_width(name: str, table: np.ndarray, shape: Sequence[int]) -> None:
   if table.ndim != 2 or table.shape[-1] != shape[-1]:
-    raise ValueError(f"{name}: embedding table of shape {table.shape} does not match the prompt shape "
+    raise UserError(f"{name}: embedding table of shape {table.shape} does not match the prompt shape "
                      f"{tuple(shape)}; its last dimension must be the model width {shape[-1]}.")
 
 
@@ -75,9 +85,16 @@ def from_sampled_vocab(embeddings: ArrayOrLoader, population_size: int | None = 
   return init
 
 
-def from_class_labels(embeddings: ArrayOrLoader, vocab: Vocabulary, class_labels: Sequence[str],
+def from_class_labels(embeddings: ArrayOrLoader, vocab: Vocabulary, class_labels: Sequence[str] | None,
                       initializer: Initializer | None = None) -> Initializer:
-  """Row i is the mean embedding of label i's sub-tokens; the remaining rows come from `initializer`."""
+  """Row i is the mean embedding of label i's sub-tokens; the remaining rows come from `initializer`.
+
+  `class_labels=None` says "no labels" (every row from `initializer`); an empty list is refused as a mistake."""
+  if class_labels is not None and (isinstance(class_labels, str) or not list(class_labels)):
+    raise UserError(f"CLASS_LABELS={class_labels!r} must be a non-empty list of the task's label words, e.g. "
+                    "--gin.CLASS_LABELS=\"['positive', 'negative']\"; for a task without labels use "
+                    "prompts/from_sampled_vocab.gin (or CLASS_LABELS=None, which samples every row).")
+  class_labels = list(class_labels or [])
 
   def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
     table = _materialise(embeddings)
@@ -130,7 +147,7 @@ def from_array(prompt: ArrayOrLoader) -> Initializer:
     del key
     value = _materialise(prompt)
     if tuple(value.shape) != tuple(shape):
-      raise ValueError(f"Prompt array of shape {value.shape} does not fit a prompt of shape {tuple(shape)} "
+      raise UserError(f"Prompt array of shape {value.shape} does not fit a prompt of shape {tuple(shape)} "
                        f"(PROMPT_LENGTH={shape[0]}, model width {shape[-1]}); set PROMPT_LENGTH={value.shape[0]} "
                        "or use a model of matching width.")
     return jnp.asarray(value, dtype)
@@ -138,16 +155,23 @@ def from_array(prompt: ArrayOrLoader) -> Initializer:
   return init
 
 
-def np_load(path: str) -> Callable[[], np.ndarray]:
-  """Lazily load an array from a `.npy` file (local or gs://), e.g. a prompt file without suffix."""
+def np_load(path: str, name: str = "PROMPT_FILE/EMBEDDING_FILE") -> Callable[[], np.ndarray]:
+  """Lazily load an array from a `.npy` file (local or gs://), e.g. a prompt file without suffix. `name` is the
+  setting errors name. A file that is not a `.npy`, or holds NaN/Inf, is refused."""
 
   def load() -> np.ndarray:
     from etils import epath  # local import keeps prompts.py importable without etils in minimal uses
     p = epath.Path(path)
     if not p.exists():
-      raise FileNotFoundError(f"Prompt/embedding file {path!r} does not exist; check PROMPT_FILE/EMBEDDING_FILE.")
+      raise PromptFileNotFoundError(f"Prompt/embedding file {path!r} does not exist; check {name}.")
+    if p.is_dir():
+      raise PromptFileError(f"{name}={path!r} is a folder; give the .npy file (e.g. numpy_checkpoints/"
+                            "checkpoint_<step>/encoder.prompt.prompt.prompt).")
     stat = p.stat()
-    return _read_npy(path, (stat.mtime, stat.length))  # a rewritten file is read again
+    try:
+      return _read_npy(path, (stat.mtime, stat.length))  # a rewritten file is read again
+    except PromptFileError as e:
+      raise PromptFileError(f"{name}={path!r} {e}") from None
 
   return load
 
@@ -161,8 +185,13 @@ def np_save(path: str, value: np.ndarray) -> None:
     np.save(f, value)
 
 
-def t5x_load(checkpoint_path: str, variable_path: str = "token_embedder/embedding") -> Callable[[], np.ndarray]:
+def t5x_load(checkpoint_path: str | None,
+             variable_path: str = "token_embedder/embedding") -> Callable[[], np.ndarray]:
   """Lazily read one variable (default the token embedding) from a checkpoint (T5X, our Orbax runs or HF)."""
+  if checkpoint_path is None:
+    raise UserError("The prompt initialiser reads the embedding table from INITIAL_CHECKPOINT_PATH, which is None; "
+                    "give the frozen model's checkpoint as INITIAL_CHECKPOINT_PATH, use the *_numpy.gin variant of "
+                    "the initialiser with EMBEDDING_FILE, or prompts/random_uniform.gin.")
   return functools.partial(_read_checkpoint_variable, checkpoint_path, variable_path)
 
 
@@ -170,10 +199,26 @@ def t5x_load(checkpoint_path: str, variable_path: str = "token_embedder/embeddin
 # decoding cache's init in every predict trace), and gin builds a new loader each time the model is built.
 @functools.lru_cache(maxsize=4)
 def _read_npy(path: str, version: tuple[int, int]) -> np.ndarray:
+  """The array, checked: a `.npy` (not a pickle), numbers, all finite. Errors complete "<setting>=<path> ..."."""
   del version  # part of the cache key
   from etils import epath
-  with epath.Path(path).open("rb") as f:
-    return _read_only(np.load(f))
+  try:
+    with epath.Path(path).open("rb") as f:
+      np.lib.format.read_magic(f)  # raises on anything but numpy's own header
+      f.seek(0)
+      value = np.load(f)  # allow_pickle is False by default: a pickle is refused
+  except PermissionError as e:
+    raise PromptFileError(f"cannot be read ({e.strerror}); fix its permissions.") from None
+  except (ValueError, EOFError, OSError) as e:
+    raise PromptFileError(f"is not a readable .npy file ({' '.join(str(e).split())[:120]}); write it with "
+                          "numpy.save (a [rows, model width] float array).") from None
+  if value.dtype.kind not in "biuf":
+    raise PromptFileError(f"holds {value.dtype} values; it must hold numbers (float32).")
+  bad = int(value.size - np.count_nonzero(np.isfinite(value))) if value.dtype.kind == "f" else 0
+  if bad:
+    raise PromptFileError(f"holds {bad} NaN/Inf value(s) of {value.size}; it cannot be trained or served. Use an "
+                          "intact file (e.g. an earlier numpy_checkpoints/ export).")
+  return _read_only(value)
 
 
 @functools.lru_cache(maxsize=2)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import optax
 import tensorflow as tf
 
-from prompt_tuning import cli
+from prompt_tuning import cli, errors
 from prompt_tuning.gin_utils import ConfigError
 from prompt_tuning.runtime import evaluation, input_pipeline, optim, summaries
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
@@ -132,7 +133,11 @@ def _dataset(model: EncoderDecoderModel, cfg: DatasetConfig, num_epochs: int | N
 
 
 def main(argv: Sequence[str]) -> None:
-  cli.run_gin_main(argv, train)
+  result = cli.run_gin_main(argv, train)
+  if result and result.get("preempted"):
+    logging.warning("Exiting with code %d (preempted and saved): run the same command again to resume.",
+                    errors.EXIT_PREEMPTED)
+    sys.exit(errors.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -72,12 +72,12 @@ def test_prompt_tuning_train_eval_infer(tmp_path, frozen_checkpoint):
   assert (tmp_path / "infer" / (out.name + ".COMPLETED")).exists()
   # T5X's --shard_id with infer.num_shards: the second half of the rows, in their own file.
   run_cli("infer", [*common, "--gin_file=runs/prompt_infer.gin", f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'",
-                    TASK_FLAGS[2], "--gin.infer_script.infer.num_shards=2", "--shard_id=1"], tmp_path)
+                    TASK_FLAGS[2], "--gin.infer_script.infer.num_shards=2", "--shard_id=1", "--overwrite"], tmp_path)
   half = [json.loads(l) for l in (tmp_path / "infer" / "cli_test_task-predict.jsonl-00001-of-00002").open()]
   assert [r["inputs"] for r in half] == [r["inputs"] for r in rows][1::2]
   # mode='predict_with_aux': the same predictions plus the decoder's scores, under "aux" (T5X).
   run_cli("infer", [*common, "--gin_file=runs/prompt_infer.gin", f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'",
-                    TASK_FLAGS[2], "--gin.infer_script.infer.mode='predict_with_aux'"], tmp_path)
+                    TASK_FLAGS[2], "--gin.infer_script.infer.mode='predict_with_aux'", "--overwrite"], tmp_path)
   aux_rows = [json.loads(l) for l in
               (tmp_path / "infer" / "cli_test_task-predict_with_aux.jsonl-00000-of-00001").open()]
   assert [r["prediction"] for r in aux_rows] == [r["prediction"] for r in rows]
@@ -147,15 +147,6 @@ def test_prompt_file_of_wrong_shape_is_named(tmp_path, frozen_checkpoint):
            f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'", "--gin.utils.DatasetConfig.split='validation'"]
   proc = run_cli("eval", flags, tmp_path, check=False)
   assert proc.returncode != 0 and "(5, 7)" in proc.stderr and "PROMPT_LENGTH" in proc.stderr
-
-
-def test_nan_loss_stops_and_names_the_step(tmp_path, frozen_checkpoint):
-  model_dir = tmp_path / "run"
-  proc = run_cli("train", train_flags(model_dir, frozen_checkpoint, 9, "--gin.LEARNING_RATE=1e39"), tmp_path,
-                 check=False)
-  assert proc.returncode != 0
-  assert "NaN/Inf at step" in proc.stderr and "checkpoint_3" in proc.stderr
-  assert not (model_dir / "checkpoint_5").exists()  # nothing non-finite was saved
 
 
 def test_eval_mode_all_evaluates_every_checkpoint_of_a_run(tmp_path, frozen_checkpoint):

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.runtime.checkpoints.restore import restore_params
 from prompt_tuning.runtime.configs import DatasetConfig, RestoreCheckpointConfig
 from prompt_tuning.runtime.models import BaseModel
@@ -54,8 +55,15 @@ def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[s
 
   ckpt_step = None
   if restore is not None and restore.path:
-    merged, ckpt_step = restore_params(abstract, restore.path, restore.step, restore.dtype, restore.assignment_map,
-                                       restore.fallback_to_scratch)
+    try:
+      merged, ckpt_step = restore_params(abstract, restore.path, restore.step, restore.dtype,
+                                         restore.assignment_map, restore.fallback_to_scratch)
+    except UserError:
+      raise
+    except (OSError, EOFError, ValueError) as e:  # a truncated file, a damaged chunk, a malformed msgpack
+      raise UserError(f"The checkpoint {restore.path!r} cannot be read ({type(e).__name__}: "
+                      f"{' '.join(str(e).split())[:300]}); where it is truncated or damaged, use an intact copy.") from e
+    check_finite_weights(merged, restore.path)
   else:
     merged = abstract
   flat = traverse_util.flatten_dict(merged, sep="/")
@@ -80,6 +88,22 @@ def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[s
   sh_trainable, sh_frozen = split_trainable(traverse_util.unflatten_dict(flat_shardings, sep="/"),
                                             trainable_regexes)
   return RunParams(trainable, frozen, sh_trainable, sh_frozen, ckpt_step)
+
+
+def check_finite_weights(params: Any, path: str) -> None:
+  """Weights read from a checkpoint must be finite: NaN/Inf there (a damaged file, a diverged run) is refused at
+  load, naming the variables, instead of training or serving on it."""
+  bad = {}
+  for name, value in traverse_util.flatten_dict(params, sep="/").items():
+    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.inexact) or \
+        getattr(getattr(value, "dtype", None), "name", "") == "bfloat16":
+      finite = np.isfinite(value)
+      if not finite.all():
+        bad[name] = int(finite.size - np.count_nonzero(finite))
+  if bad:
+    listed = ", ".join(f"{name} ({count} values)" for name, count in list(bad.items())[:3])
+    raise UserError(f"The checkpoint {path!r} holds NaN/Inf in {len(bad)} variable(s): {listed}. It is damaged or "
+                    "from a diverged run; use an intact checkpoint (e.g. an earlier checkpoint_<step>).")
 
 
 def build_inference_params(model: BaseModel, partitioner: Any, dataset_cfg: DatasetConfig,

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from prompt_tuning.errors import NonFiniteError
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.optim import merge_trainable, set_optimizer_step
@@ -146,8 +147,15 @@ def make_eval_step(model: EncoderDecoderModel) -> Callable[[Any, Any, Batch], di
   return eval_step
 
 
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN or Inf loss."""
+class NonFiniteLossError(NonFiniteError):
+  """Training produced a NaN or Inf loss, or parameters that are not finite."""
+
+
+@jax.jit
+def _all_finite(tree: Any) -> Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 class Preemption:
@@ -232,9 +240,9 @@ class Trainer:
     self.writers = summaries.RunWriters(config.model_dir)
     self.last_eval: dict[str, Any] = {}
     self._train_metrics = MetricSums()
+    self._last_good_saved = self.step if resumed else None  # what was restored is finite (checked at save)
     if config.save and not resumed:
-      checkpointer.save(self.step, self.state.params, self.state.opt_state, self.position)
-    self._last_good_saved = checkpointer.latest_step()
+      self.save()
 
   def _restore_or_init(self, optimizer: optax.GradientTransformation,
                        run: RunParams) -> tuple[TrainState, int, bool]:
@@ -260,7 +268,8 @@ class Trainer:
         if preemption.requested:
           logging.warning("Preempted (SIGTERM): saved at step %d and stopping.", self.step)
           break
-    return {"step": self.step, "eval": self.last_eval, "trainable": self.state.params, "frozen": self.frozen}
+    return {"step": self.step, "eval": self.last_eval, "trainable": self.state.params, "frozen": self.frozen,
+            "preempted": preemption.requested}
 
   def _progress(self, end_step: int) -> Any:
     from prompt_tuning.runtime import summaries  # pylint: disable=g-import-not-at-top
@@ -300,13 +309,28 @@ class Trainer:
     bad = int(jax.device_get(self.state.first_nonfinite_step))
     if bad >= 0:
       raise NonFiniteLossError(
-          f"The loss became NaN/Inf at step {bad}; training stopped without saving that state. The last good "
-          f"checkpoint is checkpoint_{self._last_good_saved} in {self.config.model_dir}. Lower the learning rate "
-          "or check the data.")
+          f"The loss became NaN/Inf at step {bad}; training stopped without saving that state. "
+          f"{self._last_good()} Lower the learning rate or check the data.")
+
+  def _last_good(self) -> str:
+    if self._last_good_saved is None:
+      return f"No finite checkpoint was saved in {self.config.model_dir}."
+    return f"The newest finite checkpoint is checkpoint_{self._last_good_saved} in {self.config.model_dir}."
+
+  def check_params_finite(self) -> None:
+    """Raise `NonFiniteLossError` if a trainable parameter holds NaN/Inf (e.g. from a NaN in the initial prompt)."""
+    if not bool(_all_finite(self.state.params)):
+      start = "The initial trainable parameters" if self.step == self.first_step else "The trainable parameters"
+      raise NonFiniteLossError(
+          f"{start} at step {self.step} hold NaN/Inf; training stopped without saving them. {self._last_good()} "
+          "Check the prompt initialisation (PROMPT_FILE, EMBEDDING_FILE, INITIAL_CHECKPOINT_PATH) and the "
+          "learning rate.")
 
   def save(self) -> None:
-    """Checkpoint the current step (parameters, optimizer state, data position), unless a loss was not finite."""
+    """Checkpoint the current step (parameters, optimizer state, data position), unless a loss or a parameter is
+    not finite: a non-finite checkpoint is never written."""
     self.check_finite()
+    self.check_params_finite()
     self.checkpointer.save(self.step, self.state.params, self.state.opt_state, self.position)
     self._last_good_saved = self.step
 

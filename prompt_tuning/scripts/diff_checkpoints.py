@@ -6,21 +6,25 @@ r"""Compare two checkpoints variable by variable (the reference's `diff_checkpoi
 Variables are '/'-joined paths (`target/...`, and for T5X checkpoints the optimizer's `state/...`). Reported per
 variable: missing on one side, a shape mismatch, or a value mismatch (`np.isclose`: how many elements differ,
 their share and the largest absolute error). `--frac` spot-checks that random share of the shared variables
-(plus every `--check`). Exits 1 when anything differs, so it can gate a script.
+(plus every `--check`). Exit codes: 0 the same, 1 different, 2 an error (a bad argument or path, an unreadable
+checkpoint, a crash: one `error:` line on stderr; `PT_TRACEBACK=1` adds the traceback), so it can gate a script.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import random
 import sys
+import traceback
 from typing import Any, Sequence
 
 import numpy as np
 from etils import epath
 from flax import traverse_util
 
+from prompt_tuning import errors
 from prompt_tuning.runtime.checkpoints import formats
 from prompt_tuning.runtime.checkpoints.restore import load_params
 from prompt_tuning.runtime.checkpoints.t5x_native import load_t5x_checkpoint
@@ -85,8 +89,11 @@ def diff_checkpoints(path_a: str, path_b: str, frac: float = 1.0, seed: int | No
   return report
 
 
+SAME, DIFFERENT, ERROR = 0, 1, 2
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])  # its usage errors exit 2 too
   parser.add_argument("ckpt_a")
   parser.add_argument("ckpt_b")
   parser.add_argument("--frac", type=float, default=1.0, help="share of the shared variables to check, (0, 1]")
@@ -99,16 +106,19 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     report = diff_checkpoints(args.ckpt_a, args.ckpt_b, args.frac, args.seed, args.compare_step,
                               args.limit_to_params, args.check)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-  if args.output:
-    out = epath.Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    if args.output:
+      out = epath.Path(args.output)
+      out.parent.mkdir(parents=True, exist_ok=True)
+      out.write_text(json.dumps(report, indent=2))
+  except Exception as e:  # pylint: disable=broad-except  # 1 must mean "different", never a crash
+    if os.environ.get(errors.TRACEBACK_ENV, "") not in ("", "0"):
+      traceback.print_exc()
+    print(errors.one_line(f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else e), file=sys.stderr)
+    sys.exit(ERROR)
   for error in report["errors"]:
     print(json.dumps(error))
   print(f"{len(report['parameters'])} variables checked, {len(report['errors'])} differences")
-  sys.exit(1 if report["errors"] else 0)
+  sys.exit(DIFFERENT if report["errors"] else SAME)
 
 
 if __name__ == "__main__":
