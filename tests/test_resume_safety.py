@@ -150,22 +150,51 @@ def test_claim_staleness_heartbeat_and_release(tmp_path, live_pid):
     assert held is None and not (folder / CLAIM_FILE).exists()
 
 
+class _NoGenerations:
+  """A store that reports generations it cannot compare, as the GCS emulator does (it sends none)."""
+
+  def __init__(self, store):
+    self.store = store
+
+  def read(self, key):
+    return self.store.read(key)
+
+  def write(self, key, value, if_equal=None):
+    if if_equal is not None:
+      raise ValueError("Malformed StorageGeneration")
+    return self.store.write(key, value)
+
+
+def test_claim_without_usable_generations_writes_then_reads_back(tmp_path, live_pid, monkeypatch):
+  folder = tmp_path / "run"
+  real = model_dir_claim._kvstore  # pylint: disable=protected-access
+  monkeypatch.setattr(model_dir_claim, "_kvstore", lambda model_dir: _NoGenerations(real(model_dir)))
+  write_claim(folder, socket.gethostname(), live_pid)
+  with pytest.raises(ModelDirClaimedError, match=f"pid {live_pid}"):
+    ModelDirClaim(str(folder), heartbeat_s=0).acquire()
+  write_claim(folder, socket.gethostname(), dead_pid())
+  with model_dir_claim.claimed(str(folder), heartbeat_s=0) as claim:
+    assert Holder.decode((folder / CLAIM_FILE).read_bytes()).pid == os.getpid() and claim.heartbeat()
+  assert not (folder / CLAIM_FILE).exists()
+
+
 def test_short_soak_keeps_the_last_checkpoints_every_export_and_flat_memory(tmp_path):
   model_dir = tmp_path / "soak"
-  proc = run_cli("scripts.soak", [f"--model_dir={model_dir}", "--steps=8", "--save_period=2", "--keep=3",
-                                  "--eval_period=4", "--eval_steps=1", "--rss_from_step=4", "--max_rss_growth=1.0",
+  proc = run_cli("scripts.soak", [f"--model_dir={model_dir}", "--steps=6", "--save_period=2", "--keep=3",
+                                  "--eval_period=6", "--eval_steps=1", "--rss_from_step=2", "--max_rss_growth=1.0",
                                   f"--result={tmp_path / 'soak.json'}"], tmp_path)
   result = json.loads((tmp_path / "soak.json").read_text())
   assert result["passed"] and result["failures"] == [], proc.stdout
-  assert result["rss"]["samples"] == 3 and result["rss"]["base_step"] == 4 and result["rss"]["base_mib"] > 0
-  assert sorted(p.name for p in model_dir.glob("checkpoint_*")) == ["checkpoint_4", "checkpoint_6", "checkpoint_8"]
+  assert result["rss"]["samples"] == 3 and result["rss"]["base_step"] == 2 and result["rss"]["base_mib"] > 0
+  assert sorted(p.name for p in model_dir.glob("checkpoint_*")) == ["checkpoint_2", "checkpoint_4", "checkpoint_6"]
   assert sorted(p.name for p in (model_dir / "numpy_checkpoints").iterdir()) == [
-      f"checkpoint_{s}" for s in (0, 2, 4, 6, 8)]
-  # The checks do fail: a missing export and an extra checkpoint are reported.
+      f"checkpoint_{s}" for s in (0, 2, 4, 6)]
+  # The checks do fail: a missing export, an extra checkpoint and a missing evaluation are reported.
   (model_dir / "numpy_checkpoints" / "checkpoint_2" / soak.EXPORT).unlink()
-  (model_dir / "checkpoint_2").mkdir()
-  failures = soak.check_run(soak.epath.Path(model_dir), 8, 2, 3, 4)
+  (model_dir / "checkpoint_0").mkdir()
+  failures = soak.check_run(soak.epath.Path(model_dir), 6, 2, 3, 3)
   assert any("export of step 2 missing" in f for f in failures) and any("checkpoints kept" in f for f in failures)
+  assert any("evaluations at steps [6], expected [3, 6]" in f for f in failures), failures
   # A non-empty folder is refused: a soak starts from nothing.
   again = run_cli("scripts.soak", [f"--model_dir={model_dir}"], tmp_path, check=False)
   assert again.returncode == 2 and "is not empty" in again.stderr

@@ -175,8 +175,15 @@ class ModelDirClaim:
     return self._store.read(CLAIM_FILE).result()
 
   def _write(self, value: bytes | None, if_generation: bytes) -> bytes | None:
-    """Write (or delete) the claim if its generation is still `if_generation`; the new generation or None."""
-    return self._store.write(CLAIM_FILE, value, if_equal=if_generation).result().generation or None
+    """Write (or delete) the claim if its generation is still `if_generation`; the new generation (a deletion's is
+    "no value") on success, None when the claim changed meanwhile."""
+    try:
+      written = self._store.write(CLAIM_FILE, value, if_equal=if_generation).result().generation
+    except ValueError:  # a generation the store cannot compare (GCS emulators report none): write, read back
+      written = self._store.write(CLAIM_FILE, value).result().generation
+      if value is not None and self._read().value != value:
+        return None
+    return written or None
 
   def _start_heartbeat(self) -> None:
     if self.heartbeat_s <= 0:
