@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cli_utils import run_cli, write_tiny_t5x_checkpoint
+from prompt_tuning.errors import UserError
 from prompt_tuning.runtime import model_dir_claim
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer, UnreadableCheckpointsError
 from prompt_tuning.runtime.model_dir_claim import CLAIM_FILE, Holder, ModelDirClaim, ModelDirClaimedError
@@ -198,3 +199,19 @@ def test_short_soak_keeps_the_last_checkpoints_every_export_and_flat_memory(tmp_
   # A non-empty folder is refused: a soak starts from nothing.
   again = run_cli("scripts.soak", [f"--model_dir={model_dir}"], tmp_path, check=False)
   assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_claim_on_a_model_dir_that_cannot_hold_it_is_a_user_error(tmp_path):
+  (tmp_path / "a_file").write_text("not a folder")
+  for model_dir in (tmp_path / "a_file", tmp_path / "a_file" / "run"):
+    with pytest.raises(UserError, match=f"MODEL_DIR='{model_dir}' cannot be used as a run folder"):
+      ModelDirClaim(str(model_dir), heartbeat_s=0).acquire()
+  locked = tmp_path / "immutable"
+  locked.mkdir()
+  if subprocess.run(["chattr", "+i", str(locked)], capture_output=True, check=False).returncode != 0:
+    return  # no immutable folders here (not root, or a file system without them): the cases above suffice
+  try:
+    with pytest.raises(UserError, match=f"Cannot write {locked}/{CLAIM_FILE}.*make MODEL_DIR="):
+      ModelDirClaim(str(locked), heartbeat_s=0).acquire()
+  finally:
+    subprocess.run(["chattr", "-i", str(locked)], check=False)

@@ -144,7 +144,11 @@ class ModelDirClaim:
                       "trainer on it.", self.model_dir)
       return
     for _ in range(3):  # a lost race re-reads the winner's claim
-      current = self._read()
+      try:
+        current = self._read()
+      except ValueError as e:  # TensorStore's errors (permission, I/O) are ValueErrors
+        raise UserError(f"Cannot read {self.path} ({e}); make MODEL_DIR={self.model_dir!r} a readable and "
+                        "writable folder or choose another MODEL_DIR.") from e
       if current.state == "missing":
         reason = None
       else:
@@ -154,7 +158,11 @@ class ModelDirClaim:
               f"MODEL_DIR={self.model_dir!r} is in use by another trainer: {holder.describe()}. Wait for it to "
               f"finish or stop it, or use another MODEL_DIR; if it is gone, delete {self.path}.")
       mine = Holder.me()
-      written = self._write(mine.encode(), current.stamp.generation)
+      try:
+        written = self._write(mine.encode(), current.stamp.generation)
+      except ValueError as e:
+        raise UserError(f"Cannot write {self.path} ({e}); make MODEL_DIR={self.model_dir!r} a writable folder or "
+                        "choose another MODEL_DIR.") from e
       if written:
         if reason is not None:
           logging.warning("Took over the stale trainer claim on %s: %s.", self.model_dir, reason)
@@ -179,7 +187,10 @@ class ModelDirClaim:
     "no value") on success, None when the claim changed meanwhile."""
     try:
       written = self._store.write(CLAIM_FILE, value, if_equal=if_generation).result().generation
-    except ValueError:  # a generation the store cannot compare (GCS emulators report none): write, read back
+    except ValueError as e:
+      if "StorageGeneration" not in str(e):
+        raise
+      # A generation the store cannot compare (GCS emulators report none): write, then read back.
       written = self._store.write(CLAIM_FILE, value).result().generation
       if value is not None and self._read().value != value:
         return None
