@@ -15,6 +15,7 @@ import pytest
 from cli_utils import run_cli, write_tiny_t5x_checkpoint
 from prompt_tuning.errors import UserError
 from prompt_tuning.runtime import model_dir_claim
+from prompt_tuning.runtime.checkpoints import orbax_io
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer, UnreadableCheckpointsError
 from prompt_tuning.runtime.model_dir_claim import CLAIM_FILE, Holder, ModelDirClaim, ModelDirClaimedError
 from prompt_tuning.scripts import soak
@@ -215,3 +216,48 @@ def test_claim_on_a_model_dir_that_cannot_hold_it_is_a_user_error(tmp_path):
       ModelDirClaim(str(locked), heartbeat_s=0).acquire()
   finally:
     subprocess.run(["chattr", "-i", str(locked)], check=False)
+
+
+@pytest.fixture
+def fake_gcs(tmp_path_factory):
+  """The local GCS emulator of tests/gcs_emulator.py, every library pointed at it for the test."""
+  gcs_emulator = pytest.importorskip("gcs_emulator", reason="tests/gcs_emulator.py (the GCS emulator) is absent")
+  if why := gcs_emulator.missing_requirements():
+    pytest.skip(why)
+  fake = gcs_emulator.start(tmp_path_factory.mktemp("gcs"))
+  try:
+    with gcs_emulator.environment(fake.env):
+      yield fake
+  finally:
+    fake.stop()
+
+
+def test_claim_set_aside_and_clean_up_on_gcs(fake_gcs, tmp_path, live_pid):
+  run = fake_gcs.create_bucket("resume-safety") + "/run"
+  with model_dir_claim.claimed(run, heartbeat_s=0) as claim:
+    assert "run/trainer.claim" in fake_gcs.objects("resume-safety") and claim.heartbeat()
+  assert "run/trainer.claim" not in fake_gcs.objects("resume-safety")
+  holder = tmp_path / "claim"
+  holder.write_bytes(Holder(socket.gethostname(), live_pid, None, time.time(), time.time()).encode())
+  fake_gcs.upload(holder, f"{run}/{CLAIM_FILE}")
+  with pytest.raises(ModelDirClaimedError, match=f"pid {live_pid}"):
+    ModelDirClaim(run, heartbeat_s=0).acquire()
+
+  ckpt = RunCheckpointer(run, keep=None)
+  target = {"prompt": np.arange(6, dtype=np.float32).reshape(3, 2)}
+  for step in (1, 2):
+    ckpt.save(step, target, {"count": np.int32(step)}, data_position=step)
+  ckpt.wait()
+  broken = tmp_path / "broken"
+  broken.write_bytes(b"{")
+  for name in fake_gcs.objects("resume-safety", "run/checkpoint_2/state/"):
+    if not name.endswith("/"):
+      fake_gcs.upload(broken, f"gs://resume-safety/{name}")
+  fake_gcs.upload(broken, f"{run}/checkpoint_3/state/x")  # a save that never wrote commit_success.txt
+  assert orbax_io.remove_unfinished_saves(run) == [f"{run}/checkpoint_3"]
+  restored = RunCheckpointer(run, keep=None).restore_latest({"prompt": np.zeros((3, 2), np.float32)},
+                                                           {"count": np.int32(0)})
+  assert restored[2] == 1
+  folders = {name.split("/")[1] for name in fake_gcs.objects("resume-safety", "run/")}
+  assert "checkpoint_1" in folders and "checkpoint_2" not in folders and "checkpoint_3" not in folders
+  assert any(f.startswith("checkpoint_2.unreadable-") for f in folders), folders
