@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from prompt_tuning import cli, errors
 from prompt_tuning.gin_utils import ConfigError
-from prompt_tuning.runtime import evaluation, input_pipeline, optim, summaries
-from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
+from prompt_tuning.runtime import evaluation, input_pipeline, model_dir_claim, optim, summaries
+from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer, remove_unfinished_saves
 from prompt_tuning.runtime.checkpoints.restore import write_frozen_source
 from prompt_tuning.runtime.configs import CheckpointConfig, DatasetConfig, RestoreCheckpointConfig, SaveCheckpointConfig
 from prompt_tuning.runtime.models import EncoderDecoderModel
@@ -38,33 +38,35 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
           eval_steps: int = 20, eval_period: int | None = 1000, stats_period: int = 100,
           random_seed: int = 0, run_eval_before_training: bool = False,
           relative_steps: int | None = None) -> dict[str, Any]:
-  """Run training to the absolute step `total_steps` (or `relative_steps` more); returns the last metrics."""
+  """Run training to the absolute step `total_steps` (or `relative_steps` more); returns the last metrics.
+  MODEL_DIR is claimed for the run: a second trainer on it is refused (`runtime/model_dir_claim.py`)."""
   model_dir = str(model_dir)
-  cli.write_config(model_dir)
-  init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
-  _check_datasets(partitioner, train_dataset_cfg, train_eval_dataset_cfg, infer_eval_dataset_cfg)
-  run = _build_params(model, partitioner, train_dataset_cfg, checkpoint_cfg.restore,
-                      _trainable(model, trainable_regexes), init_rng, model_dir)
-  tx = optimizer(learning_rate=learning_rate_fn)
-  cli.write_config(model_dir)  # again: gin's operative config now includes the optimizer's settings
-  save_cfg = checkpoint_cfg.save
-  config = TrainerConfig(model_dir, train_dataset_cfg.batch_size, train_dataset_cfg.task_feature_lengths,
-                         learning_rate_fn, num_microbatches, stats_period, eval_period, save=save_cfg is not None,
-                         save_period=save_cfg.period if save_cfg else None)
-  trainer = Trainer(model, tx, run, partitioner, _checkpointer(model_dir, save_cfg, model), config, trainer_rng)
-  end_step = trainer.step + relative_steps if relative_steps else total_steps
-  if end_step <= trainer.step:
-    logging.warning("Nothing to train: the run is at step %d and TRAIN_STEPS=%d (absolute, counting the "
-                    "initial checkpoint's steps).", trainer.step, end_step)
-  evaluations = _evaluations(model, partitioner, model_dir, train_eval_dataset_cfg, infer_eval_dataset_cfg,
-                             eval_steps)
-  if run_eval_before_training:
-    trainer.evaluate(evaluations)
-  batches = input_pipeline.numpy_batches(_dataset(model, train_dataset_cfg, None), skip=trainer.position)
-  result = trainer.train_to(end_step, batches, evaluations)
-  trainer.close()
-  cli.write_config(model_dir)  # and with what the evaluations configured (decoding)
-  return result
+  with model_dir_claim.claimed(model_dir, jax.process_index()):
+    cli.write_config(model_dir)
+    init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
+    _check_datasets(partitioner, train_dataset_cfg, train_eval_dataset_cfg, infer_eval_dataset_cfg)
+    run = _build_params(model, partitioner, train_dataset_cfg, checkpoint_cfg.restore,
+                        _trainable(model, trainable_regexes), init_rng, model_dir)
+    tx = optimizer(learning_rate=learning_rate_fn)
+    cli.write_config(model_dir)  # again: gin's operative config now includes the optimizer's settings
+    save_cfg = checkpoint_cfg.save
+    config = TrainerConfig(model_dir, train_dataset_cfg.batch_size, train_dataset_cfg.task_feature_lengths,
+                           learning_rate_fn, num_microbatches, stats_period, eval_period, save=save_cfg is not None,
+                           save_period=save_cfg.period if save_cfg else None)
+    trainer = Trainer(model, tx, run, partitioner, _checkpointer(model_dir, save_cfg, model), config, trainer_rng)
+    end_step = trainer.step + relative_steps if relative_steps else total_steps
+    if end_step <= trainer.step:
+      logging.warning("Nothing to train: the run is at step %d and TRAIN_STEPS=%d (absolute, counting the "
+                      "initial checkpoint's steps).", trainer.step, end_step)
+    evaluations = _evaluations(model, partitioner, model_dir, train_eval_dataset_cfg, infer_eval_dataset_cfg,
+                               eval_steps)
+    if run_eval_before_training:
+      trainer.evaluate(evaluations)
+    batches = input_pipeline.numpy_batches(_dataset(model, train_dataset_cfg, None), skip=trainer.position)
+    result = trainer.train_to(end_step, batches, evaluations)
+    trainer.close()
+    cli.write_config(model_dir)  # and with what the evaluations configured (decoding)
+    return result
 
 
 def _check_datasets(partitioner: Any, train_cfg: DatasetConfig, *eval_cfgs: DatasetConfig | None) -> None:
@@ -100,7 +102,9 @@ def _trainable(model: EncoderDecoderModel, regexes: Sequence[str] | None) -> Seq
 
 def _checkpointer(model_dir: str, save_cfg: SaveCheckpointConfig | None,
                   model: EncoderDecoderModel) -> RunCheckpointer:
-  """Saves every period; each save also exports `save_prompt_regexes` (default: the family's exports) as numpy."""
+  """Saves every period; each save also exports `save_prompt_regexes` (default: the family's exports) as numpy.
+  What interrupted saves left behind is removed first (the caller holds MODEL_DIR)."""
+  remove_unfinished_saves(model_dir)
   exports = () if save_cfg is None else save_cfg.save_prompt_regexes
   return RunCheckpointer(model_dir, keep=save_cfg.keep if save_cfg else None,
                          use_async=bool(save_cfg and save_cfg.use_async),

@@ -246,9 +246,10 @@ class Trainer:
 
   def _restore_or_init(self, optimizer: optax.GradientTransformation,
                        run: RunParams) -> tuple[TrainState, int, bool]:
-    """(state, data position, resumed): the model dir's latest save beats the initial checkpoint (T5X order)."""
+    """(state, data position, resumed): the model dir's latest readable save beats the initial checkpoint (T5X
+    order); unreadable newer saves are named and moved aside."""
     state = init_train_state(run.trainable, optimizer, run.checkpoint_step or 0, self.partitioner.mesh)
-    restored = self.checkpointer.restore(_abstract(state.params), _abstract(state.opt_state))
+    restored = self.checkpointer.restore_latest(_abstract(state.params), _abstract(state.opt_state))
     if restored is None:
       return state, 0, False
     params, opt_state, step, position = restored

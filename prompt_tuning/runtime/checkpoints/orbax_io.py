@@ -4,6 +4,12 @@ A checkpoint holds what a resumed run needs and nothing it can re-read: the trai
 the optimizer state and step (`state`), and the input pipeline position (`dataset`). Frozen weights stay in
 INITIAL_CHECKPOINT_PATH. Every save also writes the trainable parameters matching the export regexes to
 `numpy_checkpoints/checkpoint_<step>/<dotted.name>` (the reference's name, no suffix) and `<dotted.name>.npy`.
+
+Resuming reads the newest checkpoint that restores: an unreadable newer one is named in a warning and moved aside
+to `checkpoint_<step>.unreadable-<unix time>` (kept, never deleted; out of the way of the save that replaces it
+and of `KEEP_CHECKPOINTS` pruning). A trainer that holds MODEL_DIR first removes what killed saves left behind:
+Orbax's `checkpoint_<step>.orbax-checkpoint-tmp-*` folders (on gs://, `checkpoint_<step>` folders of ours without
+Orbax's `commit_success.txt`) and unfinished exports `numpy_checkpoints/checkpoint_<step>.tmp-<time>`.
 """
 from __future__ import annotations
 
@@ -21,9 +27,18 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.family import PROMPT_REGEX
 
 STATE, DATASET = "state", "dataset"
+ORBAX_TMP = re.compile(r"checkpoint_\d+\.orbax-checkpoint-tmp.*")
+EXPORT_TMP = re.compile(r"checkpoint_\d+\.tmp-\d+")
+STEP_DIR = re.compile(r"checkpoint_\d+")
+COMMIT_FILE = "commit_success.txt"  # Orbax's mark of a finished save on gs://, where it cannot rename
+
+
+class UnreadableCheckpointsError(UserError):
+  """No checkpoint in MODEL_DIR can be restored."""
 
 
 def _to_numpy(tree: Any) -> Any:
@@ -105,6 +120,35 @@ def export_numpy(model_dir: epath.PathLike, step: int, params: Any, regexes: Seq
   return written
 
 
+def remove_unfinished_saves(model_dir: epath.PathLike) -> list[str]:
+  """Delete the temporary folders that interrupted saves left in MODEL_DIR (see the module doc); call it only while
+  holding MODEL_DIR, since a running trainer's save in progress looks the same. Returns the removed paths."""
+  root = _absolute(model_dir)
+  if jax.process_index() != 0 or not root.is_dir():
+    return []
+  doomed = [p for p in root.iterdir() if ORBAX_TMP.fullmatch(p.name) and p.is_dir()]
+  if str(root).startswith("gs://"):
+    doomed += [p for p in root.iterdir() if STEP_DIR.fullmatch(p.name) and _uncommitted_orbax_save(p)]
+  exports = root / "numpy_checkpoints"
+  if exports.is_dir():
+    doomed += [p for p in exports.iterdir() if EXPORT_TMP.fullmatch(p.name) and p.is_dir()]
+  for path in doomed:
+    logging.warning("Removing %s, left by an interrupted save.", path)
+    path.rmtree()
+  return [str(p) for p in doomed]
+
+
+def _uncommitted_orbax_save(path: epath.Path) -> bool:
+  """A `checkpoint_<step>` folder Orbax began on gs:// and never marked done (not a T5X native checkpoint)."""
+  names = {p.name for p in path.iterdir()} if path.is_dir() else set()
+  return COMMIT_FILE not in names and "checkpoint" not in names and bool(names & {STATE, DATASET})
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  text = " ".join(f"{type(error).__name__}: {error}".split())
+  return text if len(text) <= limit else text[:limit] + " ..."
+
+
 class RunCheckpointer:
   """Orbax `CheckpointManager` over MODEL_DIR with T5X's `checkpoint_<step>` naming."""
 
@@ -141,6 +185,43 @@ class RunCheckpointer:
         **{STATE: ocp.args.PyTreeRestore(abstract), DATASET: ocp.args.JsonRestore()}))
     state, dataset = restored[STATE], restored[DATASET]
     return state["target"], state["state"]["opt_state"], int(state["state"]["step"]), int(dataset["position"])
+
+  def restore_latest(self, abstract_target: Any, abstract_opt_state: Any):
+    """`restore` of the newest checkpoint that reads back, or None when MODEL_DIR has none. Each unreadable newer
+    one is named in a warning with the reason and moved aside (kept). When none reads back nothing is moved and
+    `UnreadableCheckpointsError` lists them (e.g. a model or prompt setting that differs from the run's)."""
+    failed: list[tuple[int, str]] = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self.restore(abstract_target, abstract_opt_state, step)
+      except Exception as e:  # pylint: disable=broad-except  # whatever the damage, try the next older save
+        failed.append((step, _first_line(e)))
+        logging.warning("checkpoint_%d in %s is unreadable: %s", step, self.model_dir, failed[-1][1])
+        continue
+      if failed:
+        self._set_aside([s for s, _ in failed])
+      return restored
+    if failed:
+      listed = "; ".join(f"checkpoint_{s}: {why}" for s, why in failed)
+      raise UnreadableCheckpointsError(
+          f"No checkpoint in MODEL_DIR={str(self.model_dir)!r} can be restored ({listed}). If the run's model or "
+          "prompt settings changed, use the run's settings or another MODEL_DIR; if the files are damaged, move "
+          "those folders out of MODEL_DIR to start again from INITIAL_CHECKPOINT_PATH.")
+    return None
+
+  def _set_aside(self, steps: Sequence[int]) -> None:
+    """Move unreadable checkpoints out of Orbax's sight, keeping their files."""
+    if jax.process_index() == 0:
+      stamp = int(time.time())
+      for step in steps:
+        source = self.model_dir / f"checkpoint_{step}"
+        target = self.model_dir / f"checkpoint_{step}.unreadable-{stamp}"
+        source.rename(target)
+        logging.warning("Moved the unreadable checkpoint_%d aside to %s (kept for inspection; delete it when done).",
+                        step, target)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes("prompt_tuning_set_aside_unreadable")
+    self._manager.reload()
 
   def restore_numpy(self, step: int) -> tuple[Any, Any, int]:
     """(target, opt_state, data_position) saved at `step`, as host numpy trees shaped as on disk."""
