@@ -2,7 +2,6 @@
 language, in the zero-shot mixtures, and with the factorised prompts' language and task sentinels."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import seqio
 
@@ -54,8 +53,7 @@ def test_xnli_trains_on_english_multinli_in_mt5s_format(fake_tfds):
   assert ("multi_nli", "1.1.0", "train") in fake_tfds.reads
 
 
-@pytest.mark.parametrize("language", ["fr", "zh"])
-def test_xnli_dev_test_per_language(fake_tfds, language):
+def test_xnli_dev_test_per_language(fake_tfds, language="fr"):
   assert texts(f"mt5_xnli_dev_test.{language}") == [
       (f"xnli: premise: P1 {language}. hypothesis: H1 {language}.", "2"),
       (f"xnli: premise: P2 {language}. hypothesis: H2 {language}.", "1")]
@@ -65,10 +63,9 @@ def test_xnli_dev_test_per_language(fake_tfds, language):
 
 
 def test_xnli_drops_examples_without_the_language_and_all_langs_concatenates(fake_tfds):
-  assert texts("mt5_xnli_dev_test.sw") == [("xnli: premise: P1 sw. hypothesis: H1 sw.", "2")]
   all_langs = texts("mt5_xnli_dev_test.all_langs")
-  expected = [(f"xnli: premise: P{n} {l}. hypothesis: H{n} {l}.", label)
-              for l in XNLI for n, label in ((1, "2"), (2, "1")) if (l, n) != ("sw", 2)]
+  expected = [(f"xnli: premise: P{n} {l}. hypothesis: H{n} {l}.", label)  # language by language, as mT5
+              for l in XNLI for n, label in ((1, "2"), (2, "1")) if (l, n) != ("sw", 2)]  # no Swahili hypothesis
   assert all_langs == expected and len(expected) == 2 * 15 - 1
 
 
@@ -102,11 +99,10 @@ def test_predictions_are_read_as_class_ids():
 def test_factorised_prompt_tasks_start_with_language_then_task_sentinel(fake_tfds):
   size = vocab.get_mt5_vocabulary().vocab_size
   fr = examples("mt5_lang_task_index_xnli_dev_test.fr")
-  plain = examples("mt5_taskless_xnli_dev_test.fr")
   assert fr[0]["inputs_pretokenized"].decode() == "premise: P1 fr. hypothesis: H1 fr."
   lang, task = multilingual.LANG_INDEX["fr"], multilingual.TASK_INDEX["xnli"]
   assert fr[0]["inputs"][:2].tolist() == [size - 1 - lang, size - 1 - task]
-  np.testing.assert_array_equal(fr[0]["inputs"][2:], plain[0]["inputs"])
+  assert fr[0]["inputs"][2:-1].tolist() == vocab.get_mt5_vocabulary().encode("premise: P1 fr. hypothesis: H1 fr.")
   train = examples("mt5_lang_task_index_xnli_train", "train")
   assert train[0]["inputs"][0] == size - 1 - multilingual.LANG_INDEX["en"]
   lm = examples("mt5_lang_task_index_mc4_span_corruption.fr", "train")[0]

@@ -197,19 +197,19 @@ def xnli_text(dataset: tf.data.Dataset, languages: Sequence[str]) -> tf.data.Dat
   """TFDS `xnli` in mT5's XNLI format, one language after another: each example's premise in that language
   with each of its hypotheses in that language (examples without one are dropped)."""
 
-  def one_language(language: str) -> tf.data.Dataset:
+  def one_language(language: tf.Tensor) -> tf.data.Dataset:
     def expand(x):
+      premises = x["premise"]
+      codes = sorted(premises)
+      premise = tf.boolean_mask(tf.stack([premises[c] for c in codes]), tf.equal(codes, language))[0]
       hypotheses = x["hypothesis"]
       chosen = tf.boolean_mask(hypotheses["translation"], tf.equal(hypotheses["language"], language))
       n = tf.size(chosen)
-      return _xnli_example(tf.fill([n], x["premise"][language]), chosen, tf.fill([n], x["label"]))
+      return _xnli_example(tf.fill([n], premise), chosen, tf.fill([n], x["label"]))
 
     return dataset.map(expand, num_parallel_calls=AUTOTUNE).unbatch()
 
-  out = one_language(languages[0])
-  for language in languages[1:]:
-    out = out.concatenate(one_language(language))
-  return out
+  return tf.data.Dataset.from_tensor_slices(list(languages)).flat_map(one_language)
 
 
 # ========== Question answering ==========
