@@ -81,15 +81,17 @@ CACHE_DIR_ENV = "PROMPT_TUNING_DEMO_CACHE"
 
 
 # ------------------------------------------------------------------------------------------------ vocabulary
-def sentencepiece_model() -> bytes:
-  """A word-level SentencePiece model: pad 0, EOS 1, UNK 2, then word i of `vocabulary_words()` is 3 + i.
+def sentencepiece_model(words: Sequence[str] | None = None) -> bytes:
+  """A word-level SentencePiece model: pad 0, EOS 1, UNK 2, then word i of `words` (sorted; default
+  `vocabulary_words()`) is 3 + i.
 
   (All words are seen once, and the trainer orders ties by piece, so the ids follow the sorted word list.)
   """
+  words = tuple(words or demo_corpus.vocabulary_words())
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(demo_corpus.vocabulary_words()), model_writer=model, model_type="word",
-      vocab_size=len(demo_corpus.vocabulary_words()) + 3, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      sentence_iterator=iter(words), model_writer=model, model_type="word",
+      vocab_size=len(words) + 3, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
       num_threads=1, minloglevel=2)
   return model.getvalue()
 
@@ -99,9 +101,9 @@ def _cache_dir() -> str:
 
 
 @functools.cache
-def sentencepiece_model_path() -> str:
-  """Writes `sentencepiece_model()` once (atomically, named by its hash) and returns the file path."""
-  proto = sentencepiece_model()
+def sentencepiece_model_path(words: tuple[str, ...] | None = None) -> str:
+  """Writes `sentencepiece_model(words)` once (atomically, named by its hash) and returns the file path."""
+  proto = sentencepiece_model(words)
   path = os.path.join(_cache_dir(), f"demo_words_{hashlib.sha256(proto).hexdigest()[:12]}.model")
   if not os.path.exists(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -112,17 +114,19 @@ def sentencepiece_model_path() -> str:
 
 
 class DemoVocabulary(seqio.SentencePieceVocabulary):
-  """The demo's SentencePiece vocabulary (+ `EXTRA_IDS` sentinels); the model file is built on first use."""
+  """The demo's SentencePiece vocabulary (+ `EXTRA_IDS` sentinels) of `words` (default: the demo world's); the
+  model file is built on first use."""
 
-  def __init__(self, extra_ids: int = EXTRA_IDS):
+  def __init__(self, extra_ids: int = EXTRA_IDS, words: Sequence[str] | None = None):
+    self._words = tuple(words) if words else None
     super().__init__("", extra_ids=extra_ids)
 
   @property
   def sentencepiece_model_file(self) -> str:
-    return sentencepiece_model_path()
+    return sentencepiece_model_path(self._words)
 
   def _model_context(self):
-    self._sentencepiece_model_file = sentencepiece_model_path()
+    self._sentencepiece_model_file = sentencepiece_model_path(self._words)
     return super()._model_context()
 
 

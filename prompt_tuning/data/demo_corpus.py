@@ -14,9 +14,15 @@ and feelings follow that quality. Two kinds of text come out of it:
   (`choices`: two items of opposite qualities and the one a person bought; label: the bought item's polarity).
 
 Every string is lower case, words and punctuation separated by single spaces.
+
+A second language renders the same world (`translate(text, "b")`): every word but the names, the full stop and
+the label words `positive` / `negative` is replaced by a made-up word of two or three syllables ("lamp" ->
+a word such as "kuvo"), in the same word order. The kept words are what the two languages share, as names,
+numbers and punctuation are shared between real languages written in one script.
 """
 from __future__ import annotations
 
+import functools
 import random
 from typing import Callable
 
@@ -156,3 +162,41 @@ def vocabulary_words() -> tuple[str, ...]:
   words = {*_FUNCTION_WORDS, *NAMES, *ITEMS, *(item + "s" for item in ITEMS), *COLOURS, *SIZES, *COUNTS,
            *PLACES, *QUALITIES[0], *QUALITIES[1], *VERBS[0], *VERBS[1], *LABELS}
   return tuple(sorted(words))
+
+
+# ------------------------------------------------------------------------------------------------ language b
+LANGUAGES = ("a", "b")  # "a": the world's own words; "b": the made-up vocabulary of `lexicon()`
+SHARED_WORDS = frozenset((*NAMES, ".", *LABELS))  # spelled the same in both languages
+
+
+@functools.cache
+def lexicon() -> dict[str, str]:
+  """Word of language "a" -> its word in language "b": distinct made-up words (consonant-vowel syllables) that
+  are never a word of "a"; the shared words map to themselves. Fixed by a seed."""
+  rng = random.Random(2026)
+  own = set(vocabulary_words())
+  out = {word: word for word in sorted(SHARED_WORDS)}
+  used = set(own)
+  for word in sorted(own - SHARED_WORDS):
+    while True:
+      candidate = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(rng.choice((2, 3))))
+      if candidate not in used:
+        break
+    used.add(candidate)
+    out[word] = candidate
+  return out
+
+
+def translate(text: str, language: str) -> str:
+  """`text` (written in language "a") in `language`: word by word through `lexicon()` for "b"."""
+  if language not in LANGUAGES:
+    raise ValueError(f"language={language!r} must be one of {LANGUAGES}.")
+  if language == "a":
+    return text
+  words = lexicon()
+  return " ".join(words[word] for word in text.split(" "))
+
+
+def bilingual_vocabulary_words() -> tuple[str, ...]:
+  """Every word of both languages, sorted."""
+  return tuple(sorted({*vocabulary_words(), *lexicon().values()}))

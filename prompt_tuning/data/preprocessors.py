@@ -42,11 +42,13 @@ def glue_text(
     benchmark_name: str,
     label_names: Sequence[str],
     feature_names: Sequence[str] | None = None,
+    id_key: str | None = "idx",
 ) -> dict[str, tf.Tensor]:
   """`"<benchmark> key1: v1 key2: v2 ..."` -> label name (T5's `glue` format).
 
   Keys default to every feature except `label`/`idx`, sorted by name. MultiRC
   also drops its `<br>`/`<b>` markup and keeps its three-part index flattened.
+  `id_key=None`: no `idx` is kept (datasets without one, e.g. PAWS-X).
   """
   keys = feature_names or sorted(set(x) - {"label", "idx"})
   parts = [benchmark_name]
@@ -59,8 +61,8 @@ def glue_text(
     inputs = tf.strings.regex_replace(inputs, "<(/)?b>", "")
     for part in ("paragraph", "question", "answer"):
       out[f"idx/{part}"] = x["idx"][part]
-  else:
-    out["idx"] = x["idx"]
+  elif id_key:
+    out["idx"] = x[id_key]
   out["inputs"] = inputs
   out["targets"] = label_text(x["label"], label_names)
   return out
@@ -175,6 +177,39 @@ def dpr_simple_text(x: Mapping[str, tf.Tensor], label: str = "wsc:") -> dict[str
       "inputs": tf.strings.join([label, marked], separator=" "),
       "targets": tf.gather(x["candidates"], x["label"]),
   }
+
+
+# ========== Cross-lingual NLI (mT5's XNLI format) ==========
+def _xnli_example(premise: tf.Tensor, hypothesis: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
+  # mT5 joins without collapsing whitespace and writes the class id itself as the target ("0", "1", "2").
+  return {"inputs": tf.strings.join(["xnli: premise: ", premise, " hypothesis: ", hypothesis]),
+          "targets": tf.strings.as_string(label)}
+
+
+@seqio.map_over_dataset
+def mnli_as_xnli(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """English MultiNLI in mT5's XNLI format: `"xnli: premise: <p> hypothesis: <h>"` -> `"0"` / `"1"` / `"2"`
+  (entailment, neutral, contradiction)."""
+  return _xnli_example(x["premise"], x["hypothesis"], x["label"])
+
+
+def xnli_text(dataset: tf.data.Dataset, languages: Sequence[str]) -> tf.data.Dataset:
+  """TFDS `xnli` in mT5's XNLI format, one language after another: each example's premise in that language
+  with each of its hypotheses in that language (examples without one are dropped)."""
+
+  def one_language(language: tf.Tensor) -> tf.data.Dataset:
+    def expand(x):
+      premises = x["premise"]
+      codes = sorted(premises)
+      premise = tf.boolean_mask(tf.stack([premises[c] for c in codes]), tf.equal(codes, language))[0]
+      hypotheses = x["hypothesis"]
+      chosen = tf.boolean_mask(hypotheses["translation"], tf.equal(hypotheses["language"], language))
+      n = tf.size(chosen)
+      return _xnli_example(tf.fill([n], premise), chosen, tf.fill([n], x["label"]))
+
+    return dataset.map(expand, num_parallel_calls=AUTOTUNE).unbatch()
+
+  return tf.data.Dataset.from_tensor_slices(list(languages)).flat_map(one_language)
 
 
 # ========== Question answering ==========

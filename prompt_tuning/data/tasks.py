@@ -7,6 +7,7 @@ See `docs/data.md` for the names, formats and metrics. Registration is cheap
 from prompt_tuning.data import c4
 from prompt_tuning.data import glue
 from prompt_tuning.data import glue_transfer
+from prompt_tuning.data import multilingual
 from prompt_tuning.data import qa
 from prompt_tuning.data import spot
 from prompt_tuning.data import super_glue

@@ -13,7 +13,7 @@ from prompt_tuning.sweeps.spec import ENSEMBLE, MIXTURE, PROMPTED
 BEST_SEED = "prompt_tuning (best seed)"  # Table 3: the best single prompt next to their ensemble
 LABELS = {"model_tuning": "Model Tuning", "prompt_tuning": "Prompt Tuning", "prompt_design": "Prompt Design",
           "multi_task_model_tuning": "Model Tuning (Multi-task)", "prompt_ensemble": "Prompt Ensemble",
-          BEST_SEED: "Prompt Tuning (best seed)"}
+          BEST_SEED: "Prompt Tuning (best seed)", "factorised_prompts": "Factorised Prompts (language × task)"}
 Row = Mapping[str, Any]
 
 
