@@ -29,7 +29,7 @@ from prompt_tuning.models import t5 as t5_lib
 from prompt_tuning.runtime import partitioning
 
 # One xdist worker for the module: its module fixtures run the 8-device and two-process checks once.
-pytestmark = pytest.mark.xdist_group("test_partitioning")
+pytestmark = [pytest.mark.xdist_group("test_partitioning"), pytest.mark.slow]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKS_SCRIPT = pathlib.Path(multidevice_checks.__file__)
@@ -160,7 +160,7 @@ def test_params_on_host_is_rejected():
 
 # --------------------------------------------------------------------------------------- several devices
 def _env() -> dict[str, str]:
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT), "XLA_FLAGS": ""}
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT)}  # XLA_FLAGS: conftest's
 
 
 def _last_json_line(stdout: str, stderr: str) -> dict[str, str]:

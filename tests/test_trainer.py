@@ -176,6 +176,7 @@ def test_trainer_saves_and_stops_on_sigterm(tmp_path):
   assert out["step"] == trainer.position == 3 and saved_steps(tmp_path) == [0, 3]
 
 
+@pytest.mark.slow
 def test_train_step_on_8_devices_matches_one_device():
   proc = subprocess.run([sys.executable, str(TESTS_DIR / "train_step_multidevice.py")], env=cli_env(),
                         capture_output=True, text=True, timeout=600)
