@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import dataclasses
 import http
+import importlib.util
 import json
 import os
 import pathlib
@@ -80,7 +81,8 @@ class FakeGcs:
         return names
 
   def stop(self) -> None:
-    self.process.terminate()
+    if self.process.stdin:
+      self.process.stdin.close()
     try:
       self.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -95,9 +97,7 @@ def _direct() -> urllib.request.OpenerDirector:
 
 def missing_requirements() -> str | None:
   """Why the emulator cannot run here, or None."""
-  try:
-    import gcp_storage_emulator  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
+  if importlib.util.find_spec("gcp_storage_emulator") is None:
     return "gcp-storage-emulator is not installed (pip install -e '.[test]')"
   if shutil.which("openssl") is None:
     return "the openssl command is missing (it makes the emulator's throwaway TLS certificate)"
@@ -129,9 +129,10 @@ def start(folder: pathlib.Path, timeout: float = 60.0) -> FakeGcs:
   folder.mkdir(parents=True, exist_ok=True)
   ca, cert, key = _certificates(folder)
   port, proxy_port = _free_port(), _free_port()
-  log = open(folder / "emulator.log", "w")  # pylint: disable=consider-using-with
-  process = subprocess.Popen([sys.executable, __file__, f"--port={port}", f"--proxy_port={proxy_port}",
-                              f"--cert={cert}", f"--key={key}"], stdout=subprocess.PIPE, stderr=log, text=True)
+  with open(folder / "emulator.log", "w") as log:
+    process = subprocess.Popen([sys.executable, __file__, f"--port={port}", f"--proxy_port={proxy_port}",
+                                f"--cert={cert}", f"--key={key}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=log, text=True)  # the child exits when its stdin closes: the test ended
   ready = process.stdout.readline() if process.stdout else ""
   if "ready" not in ready:
     process.kill()
@@ -316,7 +317,7 @@ def _serve(port: int, proxy_port: int, cert: str, key: str) -> None:
   threading.Thread(target=forwarder.serve_forever, daemon=True).start()
   print("ready", flush=True)
   try:
-    threading.Event().wait()  # until the test stops this process
+    sys.stdin.read()  # until the test stops this process, or ends without stopping it (stdin closes)
   finally:
     forwarder.shutdown()
     server.stop()

@@ -50,15 +50,17 @@ def _load(url: str) -> np.ndarray:
     return np.load(f)
 
 
+LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}"  # eval takes them from the data, as training's
+
+
 def _flags(inputs, *extra: str) -> list[str]:
   return ["--gin_file=models/t5_1_1_tiny_prompt.gin", f"--tfds_data_dir={inputs['tfds']}",
           "--gin.MIXTURE_OR_TASK_NAME='gcs_test_sentiment'", "--gin.MIXTURE_OR_TASK_MODULE='gcs_tasks'",
-          "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}", "--gin.PROMPT_LENGTH=3", "--gin.BATCH_SIZE=4",
-          *extra]
+          "--gin.PROMPT_LENGTH=3", "--gin.BATCH_SIZE=4", *extra]
 
 
 def _train_flags(inputs, model_dir: str, steps: int, *extra: str) -> list[str]:
-  return _flags(inputs, "--gin_file=prompts/from_class_labels.gin", "--gin_file=runs/prompt_finetune.gin",
+  return _flags(inputs, "--gin_file=prompts/from_class_labels.gin", "--gin_file=runs/prompt_finetune.gin", LENGTHS,
                 f"--gin.MODEL_DIR='{model_dir}'", f"--gin.INITIAL_CHECKPOINT_PATH='{inputs['checkpoint']}'",
                 "--gin.CLASS_LABELS=['negative', 'positive']", f"--gin.TRAIN_STEPS={steps}",
                 "--gin.STATS_PERIOD=2", "--gin.SAVE_PERIOD=2", "--gin.KEEP_CHECKPOINTS=2", "--gin.DROPOUT_RATE=0.0",
@@ -105,10 +107,14 @@ def test_prompt_tuning_with_everything_on_gcs(gcs, inputs, tmp_path, monkeypatch
           tmp_path)
   evaluated = json.loads(epath.Path(f"{eval_dir}/gcs_test_sentiment-metrics.jsonl").read_text().splitlines()[-1])
   assert evaluated["step"] == last and evaluated["accuracy"] == metrics[-1]["accuracy"], (evaluated, metrics)
+  predictions = lambda folder: [json.loads(l)["prediction"] for l in
+                                epath.Path(f"{folder}/gcs_test_sentiment-{last:06d}.jsonl").read_text().splitlines()]
+  assert predictions(eval_dir) == predictions(f"{model_dir}/inference_eval")
 
   # Inference with the exported prompt file (gs://) on the frozen T5X checkpoint (gs://).
   infer_dir = f"gs://{BUCKET}/infer"
-  run_cli("infer", _flags(inputs, "--gin_file=runs/prompt_infer.gin", f"--gin.CHECKPOINT_PATH='{inputs['checkpoint']}'",
+  run_cli("infer", _flags(inputs, "--gin_file=runs/prompt_infer.gin", LENGTHS,
+                          f"--gin.CHECKPOINT_PATH='{inputs['checkpoint']}'",
                           f"--gin.PROMPT_FILE='{model_dir}/{PROMPT.format(step=last)}'",
                           "--gin.utils.DatasetConfig.split='validation'", f"--gin.INFER_OUTPUT_DIR='{infer_dir}'"),
           tmp_path)
