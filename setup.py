@@ -24,13 +24,17 @@ INSTALL_REQUIRES = [
     "zstandard>=0.22",
     "ml_dtypes>=0.4",
     "etils[epath]>=1.7",
+    # Orbax lists and deletes checkpoint steps under a gs:// MODEL_DIR through it (it asks whether the bucket
+    # has a hierarchical namespace); without it every gs:// run stops with an ImportError.
+    "google-cloud-storage>=2.14",
     "matplotlib>=3.8",
     "scipy>=1.11",
     "rouge-score>=0.1.2",  # T5's ROUGE for the summarization tasks
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+    # gcp-storage-emulator: the local GCS that tests/test_gcs_end_to_end.py runs every CLI against.
+    "test": ["pytest>=8.0", "pytest-xdist>=3.5", "gcp-storage-emulator>=2026.7.19"],
     # PyTorch only for parity with Hugging Face T5 and the PEFT baseline; the CPU build is pinned on purpose.
     "hf": ["torch==2.13.0", "transformers>=4.44", "safetensors>=0.4.3", "peft>=0.12"],
     "tpu": ["jax[tpu]>=0.4.35", "tensorstore>=0.1.65"],
