@@ -67,6 +67,7 @@ def _train_flags(inputs, model_dir: str, steps: int, *extra: str) -> list[str]:
                 *extra)
 
 
+@pytest.mark.slow
 def test_prompt_tuning_with_everything_on_gcs(gcs, inputs, tmp_path, monkeypatch):
   monkeypatch.setenv("PROMPT_TUNING_VOCAB", inputs["vocab"])
   last = 9  # the T5X checkpoint is at step 3: 6 prompt-tuning steps
