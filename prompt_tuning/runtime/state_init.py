@@ -26,7 +26,9 @@ class RunParams:
 
 
 def _place(value: np.ndarray, sharding: jax.sharding.Sharding, dtype: Any) -> jax.Array:
-  """A global array from a host numpy value; each process materialises only its own shards."""
+  """A global array from a small host value (a checkpoint's inline msgpack arrays); each device gets its shard.
+
+  Checkpoint arrays kept in files never come here: `restore_params` reads them shard by shard."""
   value = np.asarray(value, dtype)
   return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
@@ -44,9 +46,9 @@ def input_shapes_for(model: BaseModel, feature_lengths: Mapping[str, int],
 def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[str, tuple[int, ...]],
                      restore: RestoreCheckpointConfig | None, trainable_regexes: Sequence[str],
                      rng: jax.Array) -> RunParams:
-  """Frozen weights from `restore.path` (T5X / Orbax / HF); the rest (e.g. the prompt) freshly initialised,
-  created directly with their shardings; then split into trainable and frozen. The partitioner takes on the model's
-  family's logical-axis rules."""
+  """Frozen weights from `restore.path` (T5X / Orbax / HF), each process reading from storage only the shards its
+  devices hold; the rest (e.g. the prompt) freshly initialised, created directly with their shardings; then split
+  into trainable and frozen. The partitioner takes on the model's family's logical-axis rules."""
   partitioner.add_logical_axis_rules(model.family.logical_axis_rules)
   boxed = jax.eval_shape(lambda key: model.get_initial_variables(key, input_shapes), rng)["params"]
   shardings = partitioner.params_shardings(boxed)
@@ -55,7 +57,7 @@ def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[s
   ckpt_step = None
   if restore is not None and restore.path:
     merged, ckpt_step = restore_params(abstract, restore.path, restore.step, restore.dtype, restore.assignment_map,
-                                       restore.fallback_to_scratch)
+                                       restore.fallback_to_scratch, shardings=shardings)
   else:
     merged = abstract
   flat = traverse_util.flatten_dict(merged, sep="/")
