@@ -199,13 +199,14 @@ def main(argv: list[str] | None = None) -> None:
                           "model_gib": total / GIB})
           print(json.dumps(results[-1]), flush=True)
   print(f"\ncheckpoint {checkpoint}: {size_gib:.2f} GiB on disk, {args.partitions}-way model parallel on 8 devices")
-  print("| path | processes | process | restore s | RSS before GiB | peak RSS GiB | read GiB (rchar) | "
-        "TensorStore GiB | predicted share GiB |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for r in results:
+  print("| path | processes | process | restore s | RSS before GiB | peak RSS GiB | on devices GiB | "
+        "read GiB (rchar) | TensorStore GiB | its share of the files GiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for r in results:  # the share: the predicted fraction of the model, of the (compressed) files
+    share = r["predicted_gib"] / r["model_gib"] * size_gib
     print(f"| {r['path']} | {r['processes']} | {r['process']} | {r['seconds']:.1f} | {r['rss_before_gib']:.2f} | "
-          f"{r['peak_rss_gib']:.2f} | {r['rchar_gib']:.2f} | {r['tensorstore_gib']:.2f} | "
-          f"{r['predicted_gib']:.2f} |")
+          f"{r['peak_rss_gib']:.2f} | {r['device_bytes_gib']:.2f} | {r['rchar_gib']:.2f} | "
+          f"{r['tensorstore_gib']:.2f} | {share:.2f} |")
   xxl = _frozen_specs(_model("xxl", 0))
   paper = []
   print("\nXXL (float32), on paper: bytes one host reads")

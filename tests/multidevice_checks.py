@@ -1,4 +1,4 @@
-"""Partitioning checks that need several devices, run as a script by test_partitioning.py.
+"""Partitioning and shard-by-shard restore checks that need several devices, run as a script by test_partitioning.py.
 
 `python multidevice_checks.py` runs the single-process checks on 8 simulated CPU devices;
 `python multidevice_checks.py PROCESS_ID PORT` is one of two `jax.distributed` processes with 4 CPU devices each.

@@ -304,7 +304,8 @@ def test_zarr_region_reads_only_the_chunks_it_touches(tmp_path):
 
 
 @pytest.mark.parametrize("location, expected", [
-    ("gs://bucket/run/checkpoint_5/target.w", {"driver": "gcs", "bucket": "bucket", "path": "run/checkpoint_5/target.w/"}),
+    ("gs://bucket/run/checkpoint_5/target.w",
+     {"driver": "gcs", "bucket": "bucket", "path": "run/checkpoint_5/target.w/"}),
     ("/data/target.w", {"driver": "file", "path": "/data/target.w/"}),
 ])
 def test_zarr_kvstore_spec(location, expected):
