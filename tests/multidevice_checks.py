@@ -1,4 +1,4 @@
-"""Partitioning checks that need several devices, run as a script by test_partitioning.py.
+"""Partitioning and shard-by-shard restore checks that need several devices, run as a script by test_partitioning.py.
 
 `python multidevice_checks.py` runs the single-process checks on 8 simulated CPU devices;
 `python multidevice_checks.py PROCESS_ID PORT` is one of two `jax.distributed` processes with 4 CPU devices each.
@@ -16,6 +16,10 @@ if __name__ == "__main__":  # before jax creates its CPU backend
 
 import functools
 import json
+import math
+import pathlib
+import shutil
+import tempfile
 import traceback
 from typing import Callable
 
@@ -32,6 +36,9 @@ from prompt_tuning.models import EncoderDecoder, get_config
 from prompt_tuning.models import layers
 from prompt_tuning.models import t5 as t5_lib
 from prompt_tuning.runtime import partitioning
+from prompt_tuning.runtime import state_init
+from prompt_tuning.runtime.checkpoints import hf, restore, t5x_native, zarr_store
+from prompt_tuning.runtime.configs import RestoreCheckpointConfig
 
 # Parameter specs under the default (1, 1) rules, by the end of the parameter's path (T5X_COMPAT §2.4).
 EXPECTED_SPECS = {
@@ -239,6 +246,195 @@ def check_hybrid_mesh_errors():
                 lambda: partitioning.get_mesh(ici_mesh_shape=(8,), dcn_mesh_shape=(1,)))
 
 
+# ------------------------------------------------------------- frozen weights restored shard by shard
+RESTORE_SHAPES = {"encoder_input_tokens": (2, 6), "decoder_input_tokens": (2, 4)}
+
+
+def restore_model():
+  """A tiny T5 whose sharded dims divide by 8 (8 heads of 2, MLP 16, vocab 128), with a 3-token prompt."""
+  from prompt_tuning.runtime.models import EncoderDecoderModel  # pylint: disable=import-outside-toplevel
+  cfg = get_config("tiny", dtype=jnp.float32, num_heads=8, head_dim=2, emb_dim=8, mlp_dim=16, vocab_size=128)
+  return EncoderDecoderModel(EncoderDecoder(cfg, PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(3)))))
+
+
+@functools.lru_cache(maxsize=None)
+def restore_setup(num_partitions: int):
+  """(model, partitioner, random values for all its parameters, the prompt too (what the checkpoint holds),
+  their shardings)."""
+  model, partitioner = restore_model(), partitioning.Partitioner(num_partitions=num_partitions)
+  partitioner.add_logical_axis_rules(model.family.logical_axis_rules)
+  abstract, shardings = (flat(tree) for tree in _abstract_and_shardings(model, partitioner))
+  rng = np.random.default_rng(num_partitions)
+  values = {k: rng.standard_normal(v.shape, dtype=np.float32) for k, v in abstract.items()}
+  return model, partitioner, values, shardings
+
+
+def save_sharded_t5x(model_dir: pathlib.Path, values, shardings, compressor: str | None = "gzip") -> pathlib.Path:
+  """A T5X checkpoint chunked as T5X chunks it: one zarr chunk per device shard."""
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+  chunks = {"target." + k.replace("/", "."): shardings[k].shard_shape(v.shape) for k, v in values.items()}
+  out = t5x_native.save_t5x_checkpoint(str(model_dir), 3, traverse_util.unflatten_dict(values, sep="/"),
+                                       compressor=compressor, chunk_shapes=chunks)
+  return pathlib.Path(out)
+
+
+def chunk_bytes_of_local_shards(ckpt: pathlib.Path, values, shardings) -> tuple[int, int]:
+  """(bytes of the chunk files and .zarray files this process's devices need, bytes of all of them)."""
+  local = total = 0
+  for name, value in values.items():
+    zdir = ckpt / ("target." + name.replace("/", "."))
+    chunk = shardings[name].shard_shape(value.shape)
+    wanted = {tuple(s.indices(n)[0] // c for s, n, c in zip(index, value.shape, chunk))
+              for index in shardings[name].addressable_devices_indices_map(value.shape).values()}
+    for f in zdir.iterdir():
+      size = f.stat().st_size
+      total += size
+      if f.name == ".zarray" or tuple(int(i) for i in f.name.split(".")) in wanted:
+        local += size
+  return local, total
+
+
+def restore_through_state_init(model, partitioner, path: str, dtype: str | None = "float32"):
+  """The parameters as a training run builds them (`build_run_params`: frozen and trainable, here all restored)."""
+  restore_cfg = RestoreCheckpointConfig(path=path, dtype=dtype)
+  run = state_init.build_run_params(model, partitioner, RESTORE_SHAPES, restore_cfg, [".*/prompt/.*"],
+                                    jax.random.PRNGKey(0))
+  assert list(flat(run.trainable)) == ["encoder/prompt/prompt/prompt"], list(flat(run.trainable))
+  return {**flat(run.frozen), **flat(run.trainable)}
+
+
+def _abstract_and_shardings(model, partitioner):
+  init = lambda rng: model.get_initial_variables(rng, RESTORE_SHAPES)["params"]
+  boxed = jax.eval_shape(init, jax.random.PRNGKey(1))
+  return nn.meta.unbox(boxed), partitioner.params_shardings(boxed)
+
+
+def restore_sharded(model, partitioner, path: str, dtype: str | None = "float32",
+                    keep_prompt: bool = False) -> dict[str, jax.Array]:
+  """The parameters as `build_run_params` restores them (`restore_params` with the shardings); with
+  `keep_prompt`, the prompt is not in the checkpoint and left out."""
+  abstract, shardings = _abstract_and_shardings(model, partitioner)
+  rules = ((r".*prompt.*", None),) if keep_prompt else ()
+  merged = restore.restore_params(abstract, path, dtype=dtype, assignment_map=rules, shardings=shardings)[0]
+  return {k: v for k, v in flat(merged).items() if not keep_prompt or "prompt" not in k}
+
+
+def previous_path(model, partitioner, path: str, dtype: str | None = "float32") -> dict[str, jax.Array]:
+  """What restoring did before shard-by-shard reads: whole host arrays, then each device's slice cut out."""
+  abstract, shardings = (flat(tree) for tree in _abstract_and_shardings(model, partitioner))
+  whole, _ = restore.load_params(path, dtype=dtype)
+  return {k: state_init._place(v, shardings[k], abstract[k].dtype)  # pylint: disable=protected-access
+          for k, v in flat(whole).items()}
+
+
+def assert_bit_identical(got: dict[str, jax.Array], want: dict[str, object], shardings) -> None:
+  """Same keys, shardings, dtypes and bits on every local device (`want`: whole numpy arrays or jax.Arrays)."""
+  assert got.keys() == want.keys(), (sorted(got), sorted(want))
+  for name, value in got.items():
+    assert value.sharding == shardings[name], (name, value.sharding)
+    expected = want[name]
+    for shard in value.addressable_shards:
+      if isinstance(expected, jax.Array):
+        ref = np.asarray(next(s.data for s in expected.addressable_shards if s.device == shard.device))
+      else:
+        ref = np.asarray(expected)[shard.index]
+      data = np.asarray(shard.data)
+      assert ref.dtype == data.dtype and ref.shape == data.shape, (name, ref.dtype, data.dtype)
+      assert np.array_equal(ref.view(np.uint8), data.view(np.uint8)), name
+
+
+def recorded_region_reads(fn: Callable[[], object]) -> tuple[object, list[tuple[int, ...]]]:
+  """fn()'s result and the shape of every zarr region read while it ran."""
+  shapes, real = [], zarr_store.read_region
+
+  def recording(store, index=()):
+    value = real(store, index)
+    shapes.append(value.shape)
+    return value
+
+  zarr_store.read_region = recording
+  try:
+    return fn(), shapes
+  finally:
+    zarr_store.read_region = real
+
+
+def check_t5x_restore_reads_each_shard_once_on_4_way_model_parallelism():
+  """8 devices, 4-way model parallel: every region read is one device shard, each distinct one read once (a
+  replicated parameter once, not once per device), the bytes TensorStore read are exactly those chunk files, and
+  the arrays equal what was saved, bit for bit (float32 and a bfloat16 restore dtype), as the previous path."""
+  model, partitioner, values, shardings = restore_setup(4)
+  assert dict(partitioner.mesh.shape) == {"data": 2, "model": 4}
+  tmp = pathlib.Path(tempfile.mkdtemp())
+  try:
+    ckpt = save_sharded_t5x(tmp / "pretrained", values, shardings)
+    before = zarr_store.bytes_read()
+    got, shapes = recorded_region_reads(lambda: restore_through_state_init(model, partitioner, str(ckpt)))
+    read = zarr_store.bytes_read() - before
+    assert_bit_identical(got, values, shardings)
+    assert_bit_identical(got, previous_path(model, partitioner, str(ckpt)), shardings)
+    want_shapes = sorted(shardings[k].shard_shape(v.shape) for k, v in values.items()
+                         for _ in range(4 if "model" in shardings[k].spec else 1))
+    assert sorted(shapes) == want_shapes, (sorted(shapes), want_shapes)
+    local, total = chunk_bytes_of_local_shards(ckpt, values, shardings)
+    assert read == local == total, (read, local, total)  # one process holds every shard: each chunk read once
+    bf16 = restore_sharded(model, partitioner, str(ckpt), dtype="bfloat16")
+    assert_bit_identical(bf16, {k: v.astype(jnp.bfloat16).astype(np.float32) for k, v in values.items()}, shardings)
+    assert_bit_identical(bf16, previous_path(model, partitioner, str(ckpt), "bfloat16"), shardings)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_t5x_restore_of_bfloat16_zstd_checkpoint():
+  """A bfloat16 checkpoint with zstd chunks: restored into float32 parameters exactly as the previous path."""
+  model, partitioner, values, shardings = restore_setup(4)
+  tmp = pathlib.Path(tempfile.mkdtemp())
+  try:
+    from flax import traverse_util  # pylint: disable=import-outside-toplevel
+    ckpt = t5x_native.save_t5x_checkpoint(str(tmp), 3, traverse_util.unflatten_dict(values, sep="/"),
+                                          dtype="bfloat16", compressor="zstd")
+    got = restore_sharded(model, partitioner, ckpt, dtype=None)
+    assert_bit_identical(got, {k: v.astype(jnp.bfloat16).astype(np.float32) for k, v in values.items()}, shardings)
+    assert_bit_identical(got, previous_path(model, partitioner, ckpt, None), shardings)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_hf_and_orbax_restore_shard_by_shard():
+  """Hugging Face safetensors (slices per shard) and our Orbax runs (Orbax's sharded restore) restore exactly."""
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+  from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer  # pylint: disable=import-outside-toplevel
+  model, partitioner, values, shardings = restore_setup(4)
+  tmp = pathlib.Path(tempfile.mkdtemp())
+  try:
+    hf.save_hf_t5(traverse_util.unflatten_dict(values, sep="/"), model.module.config, tmp / "hf")
+    slices, real = [], hf._read_slice  # pylint: disable=protected-access
+    hf._read_slice = lambda path, name, index: slices.append((name, real(path, name, index).shape)) or real(
+        path, name, index)
+    try:
+      got = restore_sharded(model, partitioner, str(tmp / "hf"), keep_prompt=True)
+    finally:
+      hf._read_slice = real
+    assert_bit_identical(got, {k: v for k, v in values.items() if "prompt" not in k}, shardings)
+    assert_bit_identical(got, previous_path(model, partitioner, str(tmp / "hf")), shardings)
+    names = hf._name_map(model.module.config)  # pylint: disable=protected-access
+    for name, shape in slices:  # the two tables compared whole to tell a tied head apart aside
+      ours, transposed = names[name]
+      if name not in ("shared.weight", "lm_head.weight"):
+        want = shardings[ours].shard_shape(values[ours].shape)
+        assert shape == (want[::-1] if transposed else want), (name, shape, want)
+    assert ("encoder.block.0.layer.1.DenseReluDense.wi_0.weight", (4, 8)) in slices, slices  # [16, 8] in 4
+
+    run = RunCheckpointer(str(tmp / "orbax"))
+    run.save(3, traverse_util.unflatten_dict(values, sep="/"), {}, 0)
+    run.wait()
+    run.close()
+    got = restore_sharded(model, partitioner, str(tmp / "orbax" / "checkpoint_3"))
+    assert_bit_identical(got, values, shardings)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------- two processes x 4 devices
 GLOBAL_BATCH = np.arange(24, dtype=np.int32).reshape(8, 3)
 
@@ -286,6 +482,29 @@ def multihost_check_initialize():
   assert len(kernel.addressable_shards) == 4
   for shard in kernel.addressable_shards:
     np.testing.assert_array_equal(np.asarray(shard.data), reference[shard.index])
+
+
+def multihost_check_t5x_restore_reads_only_this_process_shards():
+  """Two processes, the 'model' axis across both (8-way): each process reads from storage exactly the chunk files
+  of its own shards (half of each sharded parameter) plus the replicated parameters, and gets the values that
+  were saved, bit for bit, as the previous whole-array path gives them."""
+  model, partitioner, values, shardings = restore_setup(8)
+  tmp = pathlib.Path(tempfile.mkdtemp())  # each process writes its own copy (same values)
+  try:
+    ckpt = save_sharded_t5x(tmp / "pretrained", values, shardings, compressor=None)  # chunk bytes = shard bytes
+    before = zarr_store.bytes_read()
+    got = restore_through_state_init(model, partitioner, str(ckpt))
+    read = zarr_store.bytes_read() - before
+    assert_bit_identical(got, values, shardings)
+    local, total = chunk_bytes_of_local_shards(ckpt, values, shardings)
+    metadata = sum((ckpt / ("target." + k.replace("/", ".")) / ".zarray").stat().st_size for k in values)
+    sharded = sum(v.nbytes for k, v in values.items() if "model" in shardings[k].spec)
+    replicated = sum(v.nbytes for k, v in values.items() if "model" not in shardings[k].spec)
+    assert read == local == sharded // 2 + replicated + metadata, (read, local, sharded, replicated, metadata)
+    assert read < total - sharded // 3, (read, total)
+    assert_bit_identical(got, previous_path(model, partitioner, str(ckpt)), shardings)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _checks(prefix: str) -> dict[str, Callable[[], None]]:

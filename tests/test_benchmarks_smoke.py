@@ -226,3 +226,14 @@ def test_gpu_peak_uses_bfloat16_and_sizes_big_enough_for_a_data_centre_card():
   gpu, cpu = step_time.peak_spec("gpu"), step_time.peak_spec("cpu")
   assert gpu["dtype"] == "bfloat16" and min(gpu["sizes"]) >= 4096
   assert cpu["dtype"] == "float32" and tuple(cpu["sizes"]) == matmul_peak.DEFAULT_SIZES
+
+
+def test_restore_benchmark_host_bytes_on_paper():
+  """The on-paper per-host bytes: a host reads its devices' 'model' shards of sharded arrays, replicated ones whole."""
+  from jax.sharding import PartitionSpec as P
+  from benchmarks import restore
+  specs = {"kernel": ((8, 16), P(None, "model")), "embedding": ((32, 8), P("model", None)), "scale": ((8,), P(None))}
+  whole = (8 * 16 + 32 * 8 + 8) * 4
+  assert restore.host_bytes(specs, devices=8, hosts=2, partitions=8) == ((8 * 16 + 32 * 8) * 4 // 2 + 32, whole)
+  assert restore.host_bytes(specs, devices=8, hosts=2, partitions=4) == (whole, whole)  # 'model' within a host
+  assert restore.host_bytes(specs, devices=32, hosts=8, partitions=16) == ((8 * 16 + 32 * 8) * 4 // 4 + 32, whole)

@@ -1,4 +1,5 @@
-"""Logical axis rules, mesh construction and the Partitioner (T5X_COMPAT §2.4, §2.5).
+"""Logical axis rules, mesh construction and the Partitioner (T5X_COMPAT §2.4, §2.5), and frozen weights restored
+shard by shard onto a mesh.
 
 Rule tables and their resolution run in this process; everything that needs a real mesh runs in
 `multidevice_checks.py`: once on 8 simulated CPU devices, and once as two `jax.distributed` processes.

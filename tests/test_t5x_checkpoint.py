@@ -12,7 +12,7 @@ import pytest
 
 from prompt_tuning.runtime import checkpoints
 from prompt_tuning.runtime.checkpoints import formats
-from prompt_tuning.runtime.checkpoints import zarr_io
+from prompt_tuning.runtime.checkpoints import zarr_store
 
 
 def _flatten(tree, prefix=""):
@@ -95,6 +95,29 @@ def test_real_checkpoint_load_variable_and_model_dir(tiny_t5x_checkpoint, real):
   assert params["decoder"]["logits_dense"]["kernel"].dtype == ml_dtypes.bfloat16
   with pytest.raises(checkpoints.CheckpointNotFoundError, match="checkpoint_4"):
     checkpoints.load_t5x_params(str(model_dir), step=4)
+
+
+def test_real_checkpoint_restores_shard_by_shard_exactly(tiny_t5x_checkpoint, real):
+  """The path a run takes (`restore_params` with shardings): global arrays equal to the whole-array load."""
+  import jax
+  from flax import traverse_util
+  from prompt_tuning.runtime.checkpoints import restore
+  target = real["target"]
+  abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  placed, step = restore.restore_params(abstract, str(tiny_t5x_checkpoint),
+                                        shardings=jax.tree_util.tree_map(lambda _: sharding, target))
+  assert step == 3
+  flat_placed, flat_real = (traverse_util.flatten_dict(t, sep="/") for t in (placed, target))
+  assert flat_placed.keys() == flat_real.keys()
+  in_zarr = {name for name in flat_real if (tiny_t5x_checkpoint / f"target.{name.replace('/', '.')}").is_dir()}
+  assert len(in_zarr) == 38 and len(flat_real) > 38  # kernels and the embedding; norms and biases are inline
+  for name, value in flat_placed.items():
+    if name in in_zarr:
+      assert isinstance(value, jax.Array) and value.sharding == sharding, name
+    else:  # a small inline msgpack array: state_init places it
+      assert isinstance(value, np.ndarray), name
+    np.testing.assert_array_equal(np.asarray(value), flat_real[name], err_msg=name)
 
 
 # ------------------------------------------------------------------------------------------ round trips
@@ -187,8 +210,8 @@ def test_params_and_variable_read_only_what_they_need(tmp_path, monkeypatch):
   params = _params(np.random.default_rng(2))
   checkpoints.save_t5x_checkpoint(str(tmp_path), 1, params, _adafactor_states(params))
   reads = []
-  real_read = zarr_io.read_zarr_array
-  monkeypatch.setattr(zarr_io, "read_zarr_array", lambda path: reads.append(pathlib.Path(path).name) or real_read(path))
+  real_open = zarr_store.open_array
+  monkeypatch.setattr(zarr_store, "open_array", lambda path: reads.append(pathlib.Path(path).name) or real_open(path))
   checkpoints.load_t5x_params(str(tmp_path))
   assert sorted(reads) == sorted(f"target.{p.replace('/', '.')}" for p in _flatten(params))
   reads.clear()
@@ -211,7 +234,7 @@ def test_keep_atomic_and_skip_existing(tmp_path, monkeypatch):
   def fail(*args, **kwargs):
     raise OSError("disk full")
 
-  monkeypatch.setattr(zarr_io, "write_zarr_array", fail)
+  monkeypatch.setattr(zarr_store, "write_array", fail)
   with pytest.raises(OSError, match="disk full"):
     checkpoints.save_t5x_checkpoint(str(tmp_path), 5, {"w": np.ones((2,), np.float32)})
   assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_2", "checkpoint_4"]
@@ -227,58 +250,75 @@ def test_tensorstore_reads_what_we_write(tmp_path):
   np.testing.assert_array_equal(got, params["a"].astype(ml_dtypes.bfloat16))
 
 
-# ------------------------------------------------------------------------------------------ zarr reader details
+# ------------------------------------------------------------------------------------------ zarr details
 
 
 def test_zarr_padded_edges_missing_chunks_and_fill(tmp_path):
   x = np.arange(15, dtype="<i4").reshape(5, 3)
-  meta = zarr_io.write_zarr_array(tmp_path / "a", x, compressor=None, chunks=(2, 2))
+  meta = zarr_store.write_array(str(tmp_path / "a"), x, compressor=None, chunks=(2, 2))
   assert meta["chunks"] == [2, 2] and len(list((tmp_path / "a").iterdir())) == 1 + 6
-  np.testing.assert_array_equal(zarr_io.read_zarr_array(tmp_path / "a"), x)
+  np.testing.assert_array_equal(zarr_store.read_array(str(tmp_path / "a")), x)
   (tmp_path / "a" / "2.1").unlink()  # the padded corner chunk
-  np.testing.assert_array_equal(zarr_io.read_zarr_array(tmp_path / "a")[4, 2], 0)
+  np.testing.assert_array_equal(zarr_store.read_array(str(tmp_path / "a"))[4, 2], 0)
   y = np.linspace(0, 1, 7, dtype="<f2")
-  zarr_io.write_zarr_array(tmp_path / "h", y, chunks=(3,))
+  zarr_store.write_array(str(tmp_path / "h"), y, chunks=(3,))
   zarray = json.loads((tmp_path / "h" / ".zarray").read_text())
   (tmp_path / "h" / ".zarray").write_text(json.dumps({**zarray, "fill_value": "NaN"}))
   (tmp_path / "h" / "1").unlink()
-  got = zarr_io.read_zarr_array(tmp_path / "h")
+  got = zarr_store.read_array(str(tmp_path / "h"))
   assert got.dtype == np.float16 and np.isnan(got[3:6]).all()
   np.testing.assert_array_equal(got[[0, 1, 2, 6]], y[[0, 1, 2, 6]])
 
 
-def test_zarr_fortran_order_and_scalar(tmp_path):
+def test_zarr_fortran_order_big_endian_and_scalar(tmp_path):
   x = np.arange(6, dtype=np.float32).reshape(2, 3)
   (tmp_path / "f").mkdir()
   (tmp_path / "f" / ".zarray").write_text(json.dumps({
       "chunks": [2, 3], "compressor": None, "dtype": ">f4", "fill_value": None, "filters": None, "order": "F",
       "shape": [2, 3], "zarr_format": 2}))
   (tmp_path / "f" / "0.0").write_bytes(x.astype(">f4").tobytes(order="F"))
-  got = zarr_io.read_zarr_array(tmp_path / "f")
+  got = zarr_store.read_array(str(tmp_path / "f"))
   np.testing.assert_array_equal(got, x)
   assert got.dtype == np.float32
-  zarr_io.write_zarr_array(tmp_path / "s", np.asarray(7, np.int32), compressor="zstd")
+  zarr_store.write_array(str(tmp_path / "s"), np.asarray(7, np.int32), compressor="zstd")
   assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".zarray", "0"]
-  assert zarr_io.read_zarr_array(tmp_path / "s")[()] == 7
+  assert zarr_store.read_array(str(tmp_path / "s"))[()] == 7
 
 
-def test_zarr_reads_tensorstore_bfloat16_zstd(tmp_path):
-  ts = pytest.importorskip("tensorstore")
+def test_zarr_region_reads_only_the_chunks_it_touches(tmp_path):
+  """bfloat16, F order, zstd, as TensorStore writes them: a region read costs exactly its chunks' files."""
+  import tensorstore as ts
   x = np.arange(15, dtype=np.float32).reshape(5, 3).astype(ml_dtypes.bfloat16)
   store = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(tmp_path / "b")},
                    "metadata": {"shape": [5, 3], "chunks": [2, 2], "dtype": "bfloat16", "order": "F",
                                 "compressor": {"id": "zstd", "level": 3}}}, create=True).result()
   store.write(x).result()
-  got = zarr_io.read_zarr_array(tmp_path / "b")
+  opened = zarr_store.open_array(str(tmp_path / "b"))
+  before = zarr_store.bytes_read()
+  got = zarr_store.read_region(opened, (slice(2, 4), slice(0, 3)))
+  assert zarr_store.bytes_read() - before == sum((tmp_path / "b" / k).stat().st_size for k in ("1.0", "1.1"))
   assert got.dtype == ml_dtypes.bfloat16
-  np.testing.assert_array_equal(got, x)
+  np.testing.assert_array_equal(got, x[2:4])
+  with pytest.raises(FileNotFoundError, match="incomplete"):
+    zarr_store.open_array(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("location, expected", [
+    ("gs://bucket/run/checkpoint_5/target.w",
+     {"driver": "gcs", "bucket": "bucket", "path": "run/checkpoint_5/target.w/"}),
+    ("/data/target.w", {"driver": "file", "path": "/data/target.w/"}),
+])
+def test_zarr_kvstore_spec(location, expected):
+  assert zarr_store.kvstore_spec(location) == expected
+  with pytest.raises(ValueError, match="s3://b/w"):
+    zarr_store.kvstore_spec("s3://b/w")
 
 
 def test_choose_chunk_shape():
-  assert zarr_io.choose_chunk_shape([32128, 4], 10**9) == [32128, 4]
-  assert zarr_io.choose_chunk_shape([32128, 4], 4096 * 4) == [4016, 4]
-  assert zarr_io.choose_chunk_shape([], 1) == []
-  chunks = zarr_io.choose_chunk_shape([12, 10], 20)
+  assert zarr_store.choose_chunk_shape([32128, 4], 10**9) == [32128, 4]
+  assert zarr_store.choose_chunk_shape([32128, 4], 4096 * 4) == [4016, 4]
+  assert zarr_store.choose_chunk_shape([], 1) == []
+  chunks = zarr_store.choose_chunk_shape([12, 10], 20)
   assert np.prod(chunks) <= 20 and 12 % chunks[0] == 0 and 10 % chunks[1] == 0
 
 
@@ -295,7 +335,7 @@ def test_spec_shapes_drivers_and_inline_ext_types(tmp_path):
   x = np.arange(12, dtype=np.float32).reshape(3, 4)
   ckpt = tmp_path / "checkpoint_9"
   for name in ("old", "new", "very_old", "gcs"):
-    zarr_io.write_zarr_array(ckpt / f"target.{name}", x, chunks=(2, 4))
+    zarr_store.write_array(str(ckpt / f"target.{name}"), x, chunks=(2, 4))
   meta = {"chunks": [2, 4], "compressor": {"id": "gzip", "level": 1}, "shape": [3, 4]}
   target = {
       "old": {"driver": "zarr", "kvstore": {"driver": "gfile", "path": "target.old"},
@@ -320,7 +360,7 @@ def test_unversioned_and_orbax_hybrid_layouts(tmp_path):
   flat = _write_checkpoint(tmp_path / "plain", {"target": {"w": w}, "state": {"step": np.asarray(1, np.int32)}})
   np.testing.assert_array_equal(checkpoints.load_t5x_params(str(flat))["w"], w)
   hybrid = tmp_path / "hybrid"
-  zarr_io.write_zarr_array(hybrid / "_optimizer.target.w", w)
+  zarr_store.write_array(str(hybrid / "_optimizer.target.w"), w)
   _write_checkpoint(hybrid, {"_optimizer": {"target": {"w": "PLACEHOLDER://_optimizer.target.w"},
                                             "state": {"step": 1}}, "flax_mutables": None})
   np.testing.assert_array_equal(checkpoints.load_t5x_params(str(hybrid / "checkpoint"))["w"], w)
@@ -405,7 +445,7 @@ def test_rejects_version_1(tmp_path):
 
 @pytest.mark.parametrize("spec_dtype", [{"metadata_dtype": "<u2"}, {"dtype": "uint16"}, {}])
 def test_rejects_uint16(tmp_path, spec_dtype):
-  zarr_io.write_zarr_array(tmp_path / "target.w", np.arange(4, dtype=np.uint16))
+  zarr_store.write_array(str(tmp_path / "target.w"), np.arange(4, dtype=np.uint16))
   spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": "target.w"}, "metadata": {"shape": [4]}}
   if "metadata_dtype" in spec_dtype:
     spec["metadata"]["dtype"] = spec_dtype["metadata_dtype"]
@@ -417,7 +457,7 @@ def test_rejects_uint16(tmp_path, spec_dtype):
 
 
 def test_shape_mismatch_and_bad_names(tmp_path):
-  zarr_io.write_zarr_array(tmp_path / "target.w", np.zeros((2, 3), np.float32))
+  zarr_store.write_array(str(tmp_path / "target.w"), np.zeros((2, 3), np.float32))
   spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": "target.w"}, "metadata": {"shape": [3, 2]}}
   _write_checkpoint(tmp_path, {"version": 3, "optimizer": {"target": {"w": spec, "d": {"x": 1}}, "state": {}}})
   with pytest.raises(ValueError, match=r"\(2, 3\).*\(3, 2\)"):

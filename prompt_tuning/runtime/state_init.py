@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -27,7 +28,9 @@ class RunParams:
 
 
 def _place(value: np.ndarray, sharding: jax.sharding.Sharding, dtype: Any) -> jax.Array:
-  """A global array from a host numpy value; each process materialises only its own shards."""
+  """A global array from a small host value (a checkpoint's inline msgpack arrays); each device gets its shard.
+
+  Checkpoint arrays kept in files never come here: `restore_params` reads them shard by shard."""
   value = np.asarray(value, dtype)
   return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
@@ -45,9 +48,9 @@ def input_shapes_for(model: BaseModel, feature_lengths: Mapping[str, int],
 def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[str, tuple[int, ...]],
                      restore: RestoreCheckpointConfig | None, trainable_regexes: Sequence[str],
                      rng: jax.Array) -> RunParams:
-  """Frozen weights from `restore.path` (T5X / Orbax / HF); the rest (e.g. the prompt) freshly initialised,
-  created directly with their shardings; then split into trainable and frozen. The partitioner takes on the model's
-  family's logical-axis rules."""
+  """Frozen weights from `restore.path` (T5X / Orbax / HF), each process reading from storage only the shards its
+  devices hold; the rest (e.g. the prompt) freshly initialised, created directly with their shardings; then split
+  into trainable and frozen. The partitioner takes on the model's family's logical-axis rules."""
   partitioner.add_logical_axis_rules(model.family.logical_axis_rules)
   boxed = jax.eval_shape(lambda key: model.get_initial_variables(key, input_shapes), rng)["params"]
   shardings = partitioner.params_shardings(boxed)
@@ -57,7 +60,7 @@ def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[s
   if restore is not None and restore.path:
     try:
       merged, ckpt_step = restore_params(abstract, restore.path, restore.step, restore.dtype,
-                                         restore.assignment_map, restore.fallback_to_scratch)
+                                         restore.assignment_map, restore.fallback_to_scratch, shardings=shardings)
     except UserError:
       raise
     except (OSError, EOFError, ValueError) as e:  # a truncated file, a damaged chunk, a malformed msgpack
@@ -92,14 +95,18 @@ def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[s
 
 def check_finite_weights(params: Any, path: str) -> None:
   """Weights read from a checkpoint must be finite: NaN/Inf there (a damaged file, a diverged run) is refused at
-  load, naming the variables, instead of training or serving on it."""
-  bad = {}
-  for name, value in traverse_util.flatten_dict(params, sep="/").items():
-    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.inexact) or \
-        getattr(getattr(value, "dtype", None), "name", "") == "bfloat16":
-      finite = np.isfinite(value)
-      if not finite.all():
-        bad[name] = int(finite.size - np.count_nonzero(finite))
+  load, naming the variables, instead of training or serving on it. Sharded arrays are counted on their devices
+  (one jitted reduction), so no process gathers a whole array."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  floats = {name: value for name, value in flat.items()
+            if isinstance(value, (np.ndarray, jax.Array)) and jnp.issubdtype(value.dtype, jnp.inexact)}
+  on_host = {name: value for name, value in floats.items() if isinstance(value, np.ndarray)}
+  counts = {name: int(np.size(value) - np.count_nonzero(np.isfinite(value))) for name, value in on_host.items()}
+  placed = {name: value for name, value in floats.items() if name not in on_host}
+  if placed:
+    device_counts = jax.jit(lambda tree: {k: jnp.sum(~jnp.isfinite(v)) for k, v in tree.items()})(placed)
+    counts.update({name: int(count) for name, count in device_counts.items()})
+  bad = {name: count for name, count in counts.items() if count}
   if bad:
     listed = ", ".join(f"{name} ({count} values)" for name, count in list(bad.items())[:3])
     raise UserError(f"The checkpoint {path!r} holds NaN/Inf in {len(bad)} variable(s): {listed}. It is damaged or "

@@ -11,6 +11,7 @@ combination becomes `logits_dense/kernel`, with the scale folded in when there i
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.runtime.checkpoints import formats
+from prompt_tuning.runtime.checkpoints.shard_reads import StoredArray, array_equal
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,6 +44,8 @@ _REQUIRED_KEYS = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_lay
 # HF's T5 ignores this unused tensor, which some checkpoints hold; the embed_tokens copies must equal shared.weight.
 _IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 _TIED_EMBEDDINGS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+                       "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 _ATTENTION = {"q": "query", "k": "key", "v": "value", "o": "out"}
 _LAYER_NORM_EPSILON = 1e-6
 
@@ -165,14 +169,41 @@ def _read_file(path: epath.Path) -> dict[str, np.ndarray]:
   return _safetensors().load_file(os.fspath(path))
 
 
-def read_safetensors(path: epath.PathLike) -> dict[str, np.ndarray]:
-  """Every tensor of a HF model dir: `model.safetensors`, or the shards its index names."""
+def _read_slice(path: str, name: str, index: tuple[slice, ...]) -> np.ndarray:
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  with safe_open(path, framework="numpy") as f:
+    return f.get_slice(name)[index] if index else f.get_tensor(name)
+
+
+def _stored_file(path: epath.Path) -> dict[str, StoredArray]:
+  """The tensors of a local safetensors file, left in it: each read takes just its slice (`safe_open`)."""
+  _safetensors()  # the clear ImportError when the hf extra is missing
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  stored = {}
+  with safe_open(os.fspath(path), framework="numpy") as f:
+    for name in f.keys():
+      head = f.get_slice(name)
+      dtype = _SAFETENSORS_DTYPES.get(head.get_dtype())
+      if dtype is None:
+        raise ValueError(f"{os.fspath(path)!r}: tensor {name} has dtype {head.get_dtype()}, which numpy cannot "
+                         f"read; supported: {sorted(_SAFETENSORS_DTYPES)}.")
+      stored[name] = StoredArray(tuple(head.get_shape()), np.dtype(dtype),
+                                 functools.partial(_read_slice, os.fspath(path), name), name)
+  return stored
+
+
+def read_safetensors(path: epath.PathLike, lazy: bool = False) -> dict[str, np.ndarray | StoredArray]:
+  """Every tensor of a HF model dir: `model.safetensors`, or the shards its index names.
+
+  With `lazy` (local dirs), the tensors are `StoredArray`s, read slice by slice later.
+  """
   root = epath.Path(path)
+  read = _stored_file if lazy and "://" not in os.fspath(root) else _read_file
   if (root / WEIGHTS_FILE).exists():
-    return _read_file(root / WEIGHTS_FILE)
+    return read(root / WEIGHTS_FILE)
   if (root / INDEX_FILE).exists():
     shards = sorted(set(json.loads((root / INDEX_FILE).read_text())["weight_map"].values()))
-    return {k: v for shard in shards for k, v in _read_file(root / shard).items()}
+    return {k: v for shard in shards for k, v in read(root / shard).items()}
   raise FileNotFoundError(f"{os.fspath(root)!r} has neither {WEIGHTS_FILE} nor {INDEX_FILE}; save the Hugging Face "
                           "model with save_pretrained(..., safe_serialization=True).")
 
@@ -181,26 +212,33 @@ def _resolve_head(tensors: dict[str, np.ndarray], config: T5Config, scaled: bool
   """Drop duplicate embeddings and turn the HF head into ours (see the module docstring); may untie `config`."""
   shared = tensors["shared.weight"]
   for name in _TIED_EMBEDDINGS:
-    if name in tensors and not np.array_equal(tensors.pop(name), shared):
+    if name in tensors and not array_equal(tensors.pop(name), shared):
       raise ValueError(f"{name} differs from shared.weight; T5 shares one embedding table, so this checkpoint "
                        "cannot be converted.")
   head = tensors.pop("lm_head.weight", shared)
-  tied = head is shared or np.array_equal(head, shared)
+  tied = head is shared or array_equal(head, shared)
   config = config.replace(logits_via_embedding=tied and scaled)
   if not config.logits_via_embedding:
-    tensors["lm_head.weight"] = (head.astype(np.float32) * np.float32(config.emb_dim ** -0.5)) if scaled else head
+    scale = np.float32(config.emb_dim ** -0.5)
+    if scaled and isinstance(head, StoredArray):
+      head = head.astype(np.float32).map(lambda x: x * scale)
+    elif scaled:
+      head = head.astype(np.float32) * scale
+    tensors["lm_head.weight"] = head
   return config
 
 
-def load_hf_t5(path: epath.PathLike, dtype: Any = np.float32) -> tuple[dict, T5Config]:
+def load_hf_t5(path: epath.PathLike, dtype: Any = np.float32, lazy: bool = False) -> tuple[dict, T5Config]:
   """`(params, config)` from a Hugging Face T5 dir (`config.json` + safetensors), parameters cast to `dtype`.
 
+  With `lazy` (local dirs), the parameters are `StoredArray`s read slice by slice when placed; deciding whether
+  the head is tied still compares tensors (block by block, stopping at the first difference).
   The tree has unrolled layers (`layers_0`, ...); use `models.scan_utils.stack_layers` for `scan_layers=True`.
   The config keeps the default activation dtype: `config.replace(dtype=...)` to change it.
   """
   root = epath.Path(path)
   hf_config = read_config(root)
-  tensors = read_safetensors(root)
+  tensors = read_safetensors(root, lazy)
   if "shared.weight" not in tensors:
     raise ValueError(f"{os.fspath(root)!r} holds no shared.weight; it is not a T5ForConditionalGeneration checkpoint.")
   config = _resolve_head(tensors, t5_config_from_hf(hf_config), scales_decoder_output(hf_config))
@@ -220,7 +258,10 @@ def rename_tensors(tensors: dict[str, np.ndarray], names: Mapping[str, tuple[str
   flat = {}
   for name, (ours, transpose) in names.items():
     array = tensors.pop(name)
-    flat[ours] = np.ascontiguousarray(array.T if transpose else array, dtype=dtype)
+    if isinstance(array, StoredArray):
+      flat[ours] = (array.T if transpose else array).astype(dtype)
+    else:
+      flat[ours] = np.ascontiguousarray(array.T if transpose else array, dtype=dtype)
   return traverse_util.unflatten_dict(flat, sep="/")
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from prompt_tuning.models.config import DecoderOnlyConfig
 from prompt_tuning.models.layers import ROPE_TYPES
 from prompt_tuning.runtime.checkpoints import hf
+from prompt_tuning.runtime.checkpoints.shard_reads import array_equal
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 _REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -108,21 +109,23 @@ def _name_map(config: DecoderOnlyConfig) -> dict[str, tuple[str, bool]]:
   return names
 
 
-def load_hf_llama(path: epath.PathLike, dtype: Any = np.float32) -> tuple[dict, DecoderOnlyConfig]:
+def load_hf_llama(path: epath.PathLike, dtype: Any = np.float32, lazy: bool = False,
+                  ) -> tuple[dict, DecoderOnlyConfig]:
   """`(params, config)` from a Hugging Face Llama dir, parameters cast to `dtype`, for `models.DecoderOnly`.
 
   The tree has unrolled layers (`decoder/layers_0`, ...); `models.scan_utils.stack_layers` gives the scanned one.
   A stored `lm_head.weight` equal to the embedding counts as tied. The config keeps the default activation dtype:
-  `config.replace(dtype=...)` to change it.
+  `config.replace(dtype=...)` to change it. With `lazy` (local dirs), the parameters are `StoredArray`s read slice
+  by slice when placed.
   """
   root = epath.Path(path)
   config = decoder_only_config_from_hf(hf.read_config(root))
-  tensors = {k: v for k, v in hf.read_safetensors(root).items() if not k.endswith("rotary_emb.inv_freq")}
+  tensors = {k: v for k, v in hf.read_safetensors(root, lazy).items() if not k.endswith("rotary_emb.inv_freq")}
   if _EMBEDDING not in tensors:
     raise ValueError(f"{str(root)!r} holds no {_EMBEDDING}; it is not a LlamaForCausalLM checkpoint.")
   head = tensors.get(_HEAD)
   if head is not None and config.logits_via_embedding:
-    if not np.array_equal(head, tensors[_EMBEDDING]):
+    if not array_equal(head, tensors[_EMBEDDING]):
       raise ValueError(f"{str(root)!r} sets tie_word_embeddings but its lm_head.weight differs from the "
                        "embedding; set tie_word_embeddings to false in config.json.")
     del tensors[_HEAD]

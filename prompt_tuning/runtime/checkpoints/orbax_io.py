@@ -29,6 +29,7 @@ from flax import traverse_util
 
 from prompt_tuning.errors import UserError
 from prompt_tuning.family import PROMPT_REGEX
+from prompt_tuning.runtime.checkpoints.shard_reads import StoredArray
 
 STATE, DATASET = "state", "dataset"
 ORBAX_TMP = re.compile(r"checkpoint_\d+\.orbax-checkpoint-tmp.*")
@@ -59,10 +60,31 @@ def _restore_as_numpy(state_dir: epath.Path) -> dict:
   return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
-def load_orbax_params(location: epath.PathLike, dtype: str | None = None) -> tuple[dict, int | None]:
-  """`target` params and the step of one of our Orbax checkpoints (a `checkpoint_<step>` dir)."""
+def load_orbax_params(location: epath.PathLike, dtype: str | None = None,
+                      lazy: bool = False) -> tuple[dict, int | None]:
+  """`target` params and the step of one of our Orbax checkpoints (a `checkpoint_<step>` dir).
+
+  With `lazy`, the params are `StoredArray`s placed by Orbax's own sharded restore (each process reads its
+  shards); only the step is read now.
+  """
   location = _absolute(location)
-  restored = _restore_as_numpy(location / STATE if (location / STATE).exists() else location)
+  state_dir = location / STATE if (location / STATE).exists() else location
+  if lazy:
+    tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
+    if "target" not in tree:
+      raise ValueError(f"Orbax checkpoint {str(location)!r} holds no 'target' params (keys: {sorted(tree)}).")
+    leaves = jax.tree_util.tree_flatten_with_path(tree["target"])[0]
+    restorer = _OrbaxRestore(state_dir, {("target", *(k.key for k in path)): (tuple(meta.shape), np.dtype(meta.dtype))
+                                         for path, meta in leaves})
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, meta: _stored(restorer, ("target", *(k.key for k in path))), tree["target"])
+    if dtype is not None:
+      params = jax.tree_util.tree_map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x,
+                                      params)
+    step = _restore_leaf(state_dir, ("state", "step"), ocp.RestoreArgs(restore_type=np.ndarray)) if (
+        "step" in tree.get("state", {})) else None
+    return params, None if step is None else int(np.asarray(step))
+  restored = _restore_as_numpy(state_dir)
   if "target" not in restored:
     raise ValueError(f"Orbax checkpoint {str(location)!r} holds no 'target' params (keys: {sorted(restored)}).")
   params = _to_numpy(restored["target"])
@@ -70,6 +92,40 @@ def load_orbax_params(location: epath.PathLike, dtype: str | None = None) -> tup
     params = jax.tree_util.tree_map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
   step = restored.get("state", {}).get("step")
   return params, None if step is None else int(np.asarray(step))
+
+
+def _restore_leaf(state_dir: epath.Path, keys: Sequence[str], restore_args: ocp.RestoreArgs, item: Any = 0) -> Any:
+  """One leaf of a saved pytree, alone (Orbax partial restore)."""
+  nest = lambda leaf: functools.reduce(lambda inner, key: {key: inner}, reversed(keys), leaf)
+  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=nest(item), restore_args=nest(restore_args), partial_restore=True))
+  return functools.reduce(lambda tree, key: tree[key], keys, restored)
+
+
+class _OrbaxRestore:
+  """Orbax's sharded restore of some leaves of one saved pytree, in one call: each process reads its shards."""
+
+  def __init__(self, state_dir: epath.Path, metadata: dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]):
+    self.state_dir, self.metadata = state_dir, metadata
+
+  def restore(self, requests: dict[tuple[str, ...], jax.sharding.Sharding]) -> dict[tuple[str, ...], jax.Array]:
+    item, args = {}, {}
+    for keys, sharding in requests.items():
+      shape, dtype = self.metadata[keys]
+      for tree, leaf in ((item, jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)),
+                         (args, ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype))):
+        functools.reduce(lambda node, key: node.setdefault(key, {}), keys[:-1], tree)[keys[-1]] = leaf
+    restored = ocp.PyTreeCheckpointer().restore(self.state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=args, partial_restore=True))
+    return {keys: functools.reduce(lambda tree, key: tree[key], keys, restored) for keys in requests}
+
+
+def _stored(restorer: _OrbaxRestore, keys: tuple[str, ...]) -> StoredArray:
+  """A saved array left in the checkpoint; placing it is Orbax's sharded restore (read whole: partial restore)."""
+  shape, dtype = restorer.metadata[keys]
+  read = lambda index: np.asarray(_restore_leaf(restorer.state_dir, keys,
+                                                ocp.RestoreArgs(restore_type=np.ndarray)))[index]
+  return StoredArray(shape, dtype, read, "/".join(keys), restorer, keys)
 
 
 def load_orbax_variable(location: epath.PathLike, variable_path: str) -> np.ndarray:
@@ -91,10 +147,7 @@ def load_orbax_variable(location: epath.PathLike, variable_path: str) -> np.ndar
   if isinstance(node, dict):
     raise ValueError(f"{variable_path!r} in {str(location)!r} is a subtree with children {sorted(node)}, not a "
                      "variable.")
-  nest = lambda leaf: functools.reduce(lambda inner, key: {key: inner}, reversed(keys), leaf)
-  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-      item=nest(0), restore_args=nest(ocp.RestoreArgs(restore_type=np.ndarray)), partial_restore=True))
-  return np.asarray(functools.reduce(lambda tree, key: tree[key], keys, restored))
+  return np.asarray(_restore_leaf(state_dir, keys, ocp.RestoreArgs(restore_type=np.ndarray)))
 
 
 def export_numpy(model_dir: epath.PathLike, step: int, params: Any, regexes: Sequence[str]) -> list[epath.Path]:

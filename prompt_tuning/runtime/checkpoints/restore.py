@@ -5,8 +5,10 @@ import contextlib
 import json
 import os
 import re
+import time
 from typing import Any, Iterator, Mapping, Sequence
 
+import jax
 import numpy as np
 from absl import logging
 from etils import epath
@@ -14,6 +16,8 @@ from flax import traverse_util
 
 from prompt_tuning.errors import UserError
 from prompt_tuning.runtime.checkpoints import formats
+from prompt_tuning.runtime.checkpoints import shard_reads, zarr_store
+from prompt_tuning.runtime.checkpoints.shard_reads import StoredArray
 from prompt_tuning.runtime.checkpoints.t5x_native import load_t5x_checkpoint, load_variable
 
 Params = dict[str, Any]
@@ -23,18 +27,22 @@ class ParamTreeMismatchError(UserError):
   """The checkpoint's parameter tree does not fit the model's."""
 
 
-def load_params(path: str, step: int | None = None, dtype: str | None = None) -> tuple[Params, int | None]:
-  """Parameters (nested numpy dicts, Flaxformer names) and the checkpoint step (None for HF) from `path`."""
+def load_params(path: str, step: int | None = None, dtype: str | None = None,
+                lazy: bool = False) -> tuple[Params, int | None]:
+  """Parameters (nested numpy dicts, Flaxformer names) and the checkpoint step (None for HF) from `path`.
+
+  With `lazy`, arrays stay in storage where the format allows (`StoredArray` leaves, read shard by shard later).
+  """
   fmt, location = formats.resolve_checkpoint(path, step)
   if fmt == formats.T5X:
-    ckpt = load_t5x_checkpoint(location, restore_dtype=dtype, include_optimizer_state=False)
+    ckpt = load_t5x_checkpoint(location, restore_dtype=dtype, include_optimizer_state=False, lazy=lazy)
     step_value = ckpt.get("state", {}).get("step")
     return ckpt["target"], None if step_value is None else int(np.asarray(step_value))
   if fmt == formats.ORBAX:
     from prompt_tuning.runtime.checkpoints.orbax_io import load_orbax_params
-    return load_orbax_params(location, dtype)
+    return load_orbax_params(location, dtype, lazy=lazy)
   if fmt == formats.HF:
-    return _cast(_load_hf(location), dtype), None
+    return _cast(_load_hf(location, lazy), dtype), None
   raise formats.UnknownCheckpointFormatError(epath.Path(path))
 
 
@@ -59,13 +67,13 @@ def _is_llama(location: epath.Path) -> bool:
   return hf.read_config(location).get("model_type") in hf_llama.SUPPORTED_MODEL_TYPES
 
 
-def _load_hf(location: epath.Path) -> Params:
+def _load_hf(location: epath.Path, lazy: bool = False) -> Params:
   """A Hugging Face folder's parameters: a Llama-family decoder-only model or a T5 (by `model_type`)."""
   if _is_llama(location):
     from prompt_tuning.runtime.checkpoints.hf_llama import load_hf_llama
-    return load_hf_llama(str(location))[0]
+    return load_hf_llama(str(location), lazy=lazy)[0]
   from prompt_tuning.runtime.checkpoints.hf import load_hf_t5
-  return load_hf_t5(str(location))[0]
+  return load_hf_t5(str(location), lazy=lazy)[0]
 
 
 def _variable_at(params: Params, variable_path: str, location: epath.Path) -> np.ndarray:
@@ -77,9 +85,12 @@ def _variable_at(params: Params, variable_path: str, location: epath.Path) -> np
 def _cast(params: Params, dtype: str | None) -> Params:
   if dtype is None:
     return params
-  return traverse_util.unflatten_dict({k: np.asarray(v).astype(dtype) if np.issubdtype(np.asarray(v).dtype,
-                                                                                        np.floating) else v
-                                       for k, v in traverse_util.flatten_dict(params).items()})
+
+  def cast(v: Any) -> Any:
+    v = v if isinstance(v, StoredArray) else np.asarray(v)
+    return v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v
+
+  return traverse_util.unflatten_dict({k: cast(v) for k, v in traverse_util.flatten_dict(params).items()})
 
 
 def _describe(paths: Sequence[str], limit: int = 8) -> str:
@@ -189,13 +200,16 @@ def reuse_frozen_base() -> Iterator[None]:
     _frozen_base_cache = None
 
 
-def _frozen_base(abstract: Params, source: Mapping[str, Any], dtype: str | None) -> Params:
+def _frozen_base(abstract: Params, source: Mapping[str, Any], dtype: str | None, shardings: Params | None) -> Params:
   build = lambda: restore_params(abstract, source["path"], source.get("step"), dtype,
-                                 [tuple(rule) for rule in source["assignment_map"]], source["fallback_to_scratch"])[0]
+                                 [tuple(rule) for rule in source["assignment_map"]], source["fallback_to_scratch"],
+                                 shardings)[0]
   if _frozen_base_cache is None:
     return build()
   shapes = [(k, tuple(np.shape(v))) for k, v in traverse_util.flatten_dict(abstract, sep="/").items()]
-  key = json.dumps([source, dtype, shapes], sort_keys=True, default=str)
+  placement = None if shardings is None else sorted(
+      (k, repr(v)) for k, v in traverse_util.flatten_dict(shardings, sep="/").items())
+  key = json.dumps([source, dtype, shapes, placement], sort_keys=True, default=str)
   if _frozen_base_cache.get("key") != key:
     _frozen_base_cache.clear()  # keep one base at a time
     _frozen_base_cache.update(key=key, base=build())
@@ -204,17 +218,38 @@ def _frozen_base(abstract: Params, source: Mapping[str, Any], dtype: str | None)
   return _frozen_base_cache["base"]
 
 
+def _place_stored(params: Params, abstract: Params, shardings: Params) -> Params:
+  """Every `StoredArray` leaf read shard by shard onto its sharding, as the abstract dtype; others left alone."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  stored = {k: v for k, v in flat.items() if isinstance(v, StoredArray)}
+  if not stored:
+    return params
+  flat_shardings = traverse_util.flatten_dict(shardings, sep="/")
+  flat_abstract = traverse_util.flatten_dict(abstract, sep="/")
+  before, start = zarr_store.bytes_read(), time.perf_counter()
+  flat.update(shard_reads.place(stored, {k: flat_shardings[k] for k in stored},
+                                {k: flat_abstract[k].dtype for k in stored}))
+  logging.info("Restored %d checkpoint arrays shard by shard in %.1f s; process %d read %.1f MiB through "
+               "TensorStore.", len(stored), time.perf_counter() - start, jax.process_index(),
+               (zarr_store.bytes_read() - before) / 2**20)
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
 def restore_params(abstract: Params, path: str, step: int | None = None, dtype: str | None = None,
                    assignment_map: Sequence[tuple[str, str | None]] = (), fallback_to_scratch: bool = False,
-                   ) -> tuple[Params, int | None]:
+                   shardings: Params | None = None) -> tuple[Params, int | None]:
   """`abstract` filled from the checkpoint at `path` (`merge_checkpoint_into`), and the checkpoint's step.
+
+  Given `shardings` (a tree like `abstract`), the checkpoint's values come back as global `jax.Array`s in the
+  abstract dtypes, each process having read from storage only the shards its devices hold (where the format
+  allows: T5X native, Orbax and Hugging Face safetensors); otherwise as host numpy arrays.
 
   A run checkpoint of ours that has a frozen-weights record stands for the frozen weights it was trained on
   plus its trained parameters: the recorded checkpoint is merged with the recorded mapping, then every parameter
   the run checkpoint holds replaces its counterpart (`assignment_map` does not apply to them: they are the
   result being restored).
   """
-  ckpt, ckpt_step = load_params(path, step, dtype)
+  ckpt, ckpt_step = load_params(path, step, dtype, lazy=shardings is not None)
   fmt, location = formats.resolve_checkpoint(path, step)
   source = _frozen_record(fmt, location)
   if source is None:
@@ -225,8 +260,9 @@ def restore_params(abstract: Params, path: str, step: int | None = None, dtype: 
           f"{FROZEN_SOURCE_FILE} naming the frozen weights. Evaluate the pretrained checkpoint with the exported "
           "prompt instead (runs/prompt_eval.gin: CHECKPOINT_PATH=<pretrained>, PROMPT_FILE=<MODEL_DIR>/"
           f"numpy_checkpoints/checkpoint_<step>/...), or write {FROZEN_SOURCE_FILE} with write_frozen_source().")
-    return merge_checkpoint_into(abstract, ckpt, assignment_map, fallback_to_scratch), ckpt_step
-  flat = dict(traverse_util.flatten_dict(_frozen_base(abstract, source, dtype), sep="/"))
+    merged = merge_checkpoint_into(abstract, ckpt, assignment_map, fallback_to_scratch)
+    return (merged if shardings is None else _place_stored(merged, abstract, shardings)), ckpt_step
+  flat = dict(traverse_util.flatten_dict(_frozen_base(abstract, source, dtype, shardings), sep="/"))
   for name, value in traverse_util.flatten_dict(ckpt, sep="/").items():
     if name not in flat or tuple(np.shape(flat[name])) != tuple(np.shape(value)):
       raise ParamTreeMismatchError(
@@ -234,4 +270,5 @@ def restore_params(abstract: Params, path: str, step: int | None = None, dtype: 
           f"({tuple(np.shape(flat[name])) if name in flat else 'no such parameter'}); use the model gin files "
           "the run was trained with.")
     flat[name] = value
-  return traverse_util.unflatten_dict(flat, sep="/"), ckpt_step
+  merged = traverse_util.unflatten_dict(flat, sep="/")
+  return (merged if shardings is None else _place_stored(merged, abstract, shardings)), ckpt_step

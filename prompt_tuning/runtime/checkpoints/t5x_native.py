@@ -2,15 +2,16 @@
 
 The msgpack file holds `{'version': 3, 'optimizer': {'target': params, 'state': {'step', 'param_states'}}}`
 (flax encoding). Each leaf is either inline (an array, scalar or None) or a tensorstore spec dict pointing at a
-zarr array in the same dir, named by the dotted leaf path (`target.encoder.layers_0...`). Reading needs no
-tensorstore: arrays come from `zarr_io`. All file access goes through `etils.epath`, so `gs://` paths work.
+zarr array in the same dir, named by the dotted leaf path (`target.encoder.layers_0...`). The zarr arrays are read
+and written with TensorStore (`zarr_store`), the msgpack file through `etils.epath`, so `gs://` paths work. With
+`lazy=True` the zarr leaves come back as `shard_reads.StoredArray`s, read later region by region.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import re
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 from etils import epath
@@ -18,7 +19,8 @@ from flax import serialization
 import numpy as np
 
 from prompt_tuning.runtime.checkpoints import formats
-from prompt_tuning.runtime.checkpoints import zarr_io
+from prompt_tuning.runtime.checkpoints import zarr_store
+from prompt_tuning.runtime.checkpoints.shard_reads import StoredArray
 
 VERSION = 3
 DUMMY_BUCKET = "t5x-dummy-bucket"  # T5X writes this bucket and substitutes the real one when reading.
@@ -56,13 +58,13 @@ def _parallel_map(fn: Callable[[tuple[str, ...], Any], Any], tree: PyTree,
 
 
 def _is_floating(dtype: np.dtype) -> bool:
-  return np.issubdtype(dtype, np.floating) or (zarr_io.is_ml_dtype(dtype) and "float" in dtype.name)
+  return np.issubdtype(dtype, np.floating) or (zarr_store.is_ml_dtype(dtype) and "float" in dtype.name)
 
 
 def _floating_dtype(dtype: Any, arg: str) -> np.dtype | None:
   if dtype is None:
     return None
-  parsed = zarr_io.numpy_dtype(dtype)
+  parsed = zarr_store.numpy_dtype(dtype)
   if not _is_floating(parsed):
     raise ValueError(f"{arg}={dtype!r} must be a floating dtype such as 'float32', 'bfloat16' or 'float16'.")
   return parsed
@@ -73,8 +75,8 @@ def _cast_floats(tree: PyTree, dtype: np.dtype | None) -> PyTree:
   if dtype is None:
     return tree
   return _map_leaves(
-      lambda p, x: x.astype(dtype) if isinstance(x, (np.ndarray, np.generic)) and _is_floating(x.dtype) else x,
-      tree)
+      lambda p, x: x.astype(dtype) if isinstance(x, (np.ndarray, np.generic, StoredArray)) and _is_floating(x.dtype)
+      else x, tree)
 
 
 # ----------------------------------------------------------------------------------------------------- reading
@@ -108,8 +110,8 @@ def _stored_apart(leaf: Any) -> bool:
   return is_tensorstore_spec(leaf) or (isinstance(leaf, str) and leaf.startswith(PLACEHOLDER_PREFIX))
 
 
-def _read_leaf(path: tuple[str, ...], leaf: Any, checkpoint_dir: epath.Path) -> np.ndarray:
-  """Reads the zarr array behind a spec or placeholder leaf and checks it against the spec."""
+def _open_leaf(path: tuple[str, ...], leaf: Any, checkpoint_dir: epath.Path) -> StoredArray:
+  """The zarr array behind a spec or placeholder leaf, checked against the spec; only its metadata is read."""
   name = "/".join(path)
   expected_shape = None
   if is_tensorstore_spec(leaf):
@@ -117,17 +119,24 @@ def _read_leaf(path: tuple[str, ...], leaf: Any, checkpoint_dir: epath.Path) -> 
       raise ValueError(f"{name}: tensorstore driver {leaf.get('driver')!r} is not supported; T5X writes 'zarr'.")
     if leaf.get("dtype") == "uint16" or leaf["metadata"].get("dtype") == "<u2":
       raise ValueError(_UINT16_ADVICE.format(name=name))
-    location = epath.Path(resolve_tensorstore_path(leaf, checkpoint_dir))
+    location = resolve_tensorstore_path(leaf, checkpoint_dir)
     expected_shape = leaf["metadata"].get("shape")
   else:
-    location = checkpoint_dir / leaf[len(PLACEHOLDER_PREFIX):]
-  array = zarr_io.read_zarr_array(location)
-  if array.dtype == np.uint16:
+    location = str(checkpoint_dir / leaf[len(PLACEHOLDER_PREFIX):])
+  store = zarr_store.open_array(location)
+  dtype = store.dtype.numpy_dtype.newbyteorder("=")
+  shape = tuple(int(n) for n in store.shape)
+  if dtype == np.uint16:
     raise ValueError(_UINT16_ADVICE.format(name=name))
-  if expected_shape is not None and tuple(expected_shape) != array.shape:
-    raise ValueError(f"{name}: the zarr array at {location} has shape {array.shape}, but the checkpoint's spec "
+  if expected_shape is not None and tuple(expected_shape) != shape:
+    raise ValueError(f"{name}: the zarr array at {location} has shape {shape}, but the checkpoint's spec "
                      f"says {tuple(expected_shape)}; the checkpoint is inconsistent.")
-  return array
+  return StoredArray(shape, dtype, lambda index: zarr_store.read_region(store, index), name)
+
+
+def _read_leaf(path: tuple[str, ...], leaf: Any, checkpoint_dir: epath.Path, lazy: bool) -> np.ndarray | StoredArray:
+  stored = _open_leaf(path, leaf, checkpoint_dir)
+  return stored if lazy else stored.read()
 
 
 def _find_msgpack(path: epath.PathLike, step: int | None) -> epath.Path:
@@ -158,7 +167,7 @@ def _read_train_state(msgpack_file: epath.Path) -> dict[str, Any]:
 
 def load_t5x_checkpoint(path: epath.PathLike, step: int | None = None,
                         restore_dtype: str | np.dtype | None = None,
-                        include_optimizer_state: bool = True) -> dict[str, Any]:
+                        include_optimizer_state: bool = True, lazy: bool = False) -> dict[str, Any]:
   """Loads a T5X native checkpoint as nested dicts of numpy arrays.
 
   Args:
@@ -167,6 +176,8 @@ def load_t5x_checkpoint(path: epath.PathLike, step: int | None = None,
     step: which step of a model dir to load.
     restore_dtype: cast the floating `target` arrays to this dtype (optimizer state is never cast).
     include_optimizer_state: when False, `state/param_states` is dropped without reading its zarr arrays.
+    lazy: leave the zarr arrays in storage: their leaves are `StoredArray`s (shape, dtype, region reads), which
+      `shard_reads.place` reads shard by shard.
 
   Returns:
     `{'target': params, 'state': {'step': int32 array, 'param_states': ...}}`; leaves T5X stored as None stay None.
@@ -176,7 +187,8 @@ def load_t5x_checkpoint(path: epath.PathLike, step: int | None = None,
   state = _read_train_state(msgpack_file)
   if not include_optimizer_state and isinstance(state.get("state"), dict):
     state = {**state, "state": {k: v for k, v in state["state"].items() if k != "param_states"}}
-  state = _parallel_map(lambda p, x: _read_leaf(p, x, msgpack_file.parent), state, lambda p, x: _stored_apart(x))
+  state = _parallel_map(lambda p, x: _read_leaf(p, x, msgpack_file.parent, lazy), state,
+                        lambda p, x: _stored_apart(x))
   state["target"] = _cast_floats(state["target"], cast_to)
   return state
 
@@ -210,7 +222,7 @@ def load_variable(path: epath.PathLike, variable_path: str, restore_dtype: str |
     node = node[key]
   if isinstance(node, Mapping) and not is_tensorstore_spec(node):
     raise ValueError(f"{variable_path!r} in {msgpack_file} is a subtree with children {sorted(node)}, not a variable.")
-  value = _read_leaf(tuple(keys), node, msgpack_file.parent) if _stored_apart(node) else node
+  value = _read_leaf(tuple(keys), node, msgpack_file.parent, lazy=False) if _stored_apart(node) else node
   return _cast_floats(value, cast_to)
 
 
@@ -249,7 +261,7 @@ def _remove_old_checkpoints(model_dir: epath.Path, keep: int) -> None:
 def save_t5x_checkpoint(model_dir: epath.PathLike, step: int, params: Mapping[str, Any],
                         param_states: Mapping[str, Any] | None = None, *, dtype: str | None = "float32",
                         compressor: str | None = "gzip", inline_names: Callable[[str], bool] | None = None,
-                        keep: int | None = None) -> str:
+                        keep: int | None = None, chunk_shapes: Mapping[str, Sequence[int]] | None = None) -> str:
   """Writes `<model_dir>/checkpoint_<step>` in T5X native format, version 3; returns that dir.
 
   Args:
@@ -264,6 +276,8 @@ def save_t5x_checkpoint(model_dir: epath.PathLike, step: int, params: Mapping[st
       'state.param_states.token_embedder.embedding.v'), True keeps it inline in the msgpack file. By default every
       such array goes to its own zarr dir; 0-d arrays and scalars are always inline.
     keep: after saving, delete the oldest `checkpoint_<step>` dirs beyond this many (dirs with PINNED are kept).
+    chunk_shapes: zarr chunk shape by dotted name (e.g. 'target.token_embedder.embedding'); T5X chunks each array
+      by its per-device shard shape. Others get chunks of at most 64 MiB made of divisors of their shape.
 
   The files go to `checkpoint_<step>.tmp-<unix time>` first, which is renamed once complete (and removed if
   writing fails). Nothing is written when `checkpoint_<step>` already exists.
@@ -272,8 +286,8 @@ def save_t5x_checkpoint(model_dir: epath.PathLike, step: int, params: Mapping[st
     raise ValueError(f"step={step!r} must be a non-negative int.")
   if dtype not in SAVE_DTYPES:
     raise ValueError(f"dtype={dtype!r} is not supported; use one of {SAVE_DTYPES}.")
-  if compressor not in zarr_io.WRITE_COMPRESSORS:
-    raise ValueError(f"compressor={compressor!r} is not supported; use one of {zarr_io.WRITE_COMPRESSORS}.")
+  if compressor not in zarr_store.WRITE_COMPRESSORS:
+    raise ValueError(f"compressor={compressor!r} is not supported; use one of {zarr_store.WRITE_COMPRESSORS}.")
   if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
     raise ValueError(f"keep={keep!r} must be None (keep all) or a positive int.")
   if not isinstance(params, Mapping):
@@ -298,7 +312,8 @@ def save_t5x_checkpoint(model_dir: epath.PathLike, step: int, params: Mapping[st
 
   def write_array(path: tuple[str, ...], array: np.ndarray) -> dict[str, Any]:
     name = ".".join(path)
-    metadata = zarr_io.write_zarr_array(tmp_dir / name, array, compressor=compressor)
+    chunks = (chunk_shapes or {}).get(name)
+    metadata = zarr_store.write_array(str(tmp_dir / name), array, compressor=compressor, chunks=chunks)
     return _tensorstore_spec(name, metadata, array.dtype, on_gcs)
 
   def goes_to_zarr(path: tuple[str, ...], x: Any) -> bool:
