@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from prompt_tuning import cli, errors
 from prompt_tuning.gin_utils import ConfigError
-from prompt_tuning.runtime import evaluation, input_pipeline, model_dir_claim, optim, summaries
+from prompt_tuning.runtime import evaluation, few_shot, input_pipeline, model_dir_claim, optim, summaries
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer, remove_unfinished_saves
 from prompt_tuning.runtime.checkpoints.restore import write_frozen_source
 from prompt_tuning.runtime.configs import CheckpointConfig, DatasetConfig, RestoreCheckpointConfig, SaveCheckpointConfig
@@ -45,6 +45,8 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
     cli.write_config(model_dir)
     init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
     _check_datasets(partitioner, train_dataset_cfg, train_eval_dataset_cfg, infer_eval_dataset_cfg)
+    few_shot.record_or_check(model_dir, input_pipeline.few_shot_subsets(train_dataset_cfg),
+                             write=jax.process_index() == 0)
     run = _build_params(model, partitioner, train_dataset_cfg, checkpoint_cfg.restore,
                         _trainable(model, trainable_regexes), init_rng, model_dir)
     tx = optimizer(learning_rate=learning_rate_fn)

@@ -68,9 +68,9 @@ def test_shared_names_are_defined_once(literal):
 
 def test_user_errors_share_one_base_class():
   from prompt_tuning import errors, gin_utils
-  from prompt_tuning.runtime import input_pipeline
+  from prompt_tuning.runtime import few_shot, input_pipeline
   from prompt_tuning.runtime.checkpoints import formats, restore
   from prompt_tuning.sweeps.spec import SpecError
   for error in (gin_utils.ConfigError, input_pipeline.UnknownTaskError, restore.ParamTreeMismatchError, SpecError,
-                formats.CheckpointNotFoundError, formats.UnknownCheckpointFormatError):
+                formats.CheckpointNotFoundError, formats.UnknownCheckpointFormatError, few_shot.FewShotError):
     assert issubclass(error, errors.UserError), error

@@ -25,6 +25,11 @@ class DatasetConfig:
   module: str | None = None
   use_memory_cache: bool = True
   trim_output_features: bool = True
+  # Few-shot training (runtime/few_shot.py): FEW_SHOT_K examples per class (or in all) of the split, chosen by
+  # FEW_SHOT_SEED; None reads the whole split.
+  few_shot_k: int | None = None
+  few_shot_seed: int = 0
+  few_shot_per_class: bool = True
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning.errors import UserError
+from prompt_tuning.runtime import few_shot
 from prompt_tuning.runtime.configs import DatasetConfig
 
 
@@ -80,12 +81,25 @@ def get_dataset(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter, s
                      f"set BATCH_SIZE to a multiple of {num_shards}.")
   if cfg.pack:
     raise ValueError("Prompt tuning does not support packing: set DatasetConfig.pack=False.")
+  if cfg.few_shot_k is not None:
+    ds = few_shot.stream(few_shot_subsets(cfg), cfg.shuffle, cfg.seed, num_epochs, shard_id, num_shards)
+    ds = feature_converter(ds, task_feature_lengths=cfg.task_feature_lengths)
+    return ds.batch(cfg.batch_size // num_shards, drop_remainder=True)
   return seqio.get_dataset(
       mixture_or_task_name=cfg.mixture_or_task_name, task_feature_lengths=cfg.task_feature_lengths,
       feature_converter=feature_converter, dataset_split=cfg.split, use_cached=cfg.use_cached,
       shuffle=cfg.shuffle, num_epochs=num_epochs, shard_info=seqio.ShardInfo(shard_id, num_shards),
       verbose=False, seed=cfg.seed, batch_size=cfg.batch_size // num_shards,
       trim_output_features=cfg.trim_output_features)
+
+
+def few_shot_subsets(cfg: DatasetConfig) -> list[tuple[few_shot.Subset, float]]:
+  """The few-shot subset of each task of `cfg` (with its mixing rate); [] without FEW_SHOT_K."""
+  if cfg.few_shot_k is None:
+    return []
+  provider = get_task_or_mixture(cfg.mixture_or_task_name, cfg.module)
+  return few_shot.subsets(provider, cfg.split, cfg.few_shot_k, cfg.few_shot_seed, cfg.few_shot_per_class,
+                          cfg.use_cached, cfg.task_feature_lengths, cfg.trim_output_features)
 
 
 def numpy_batches(ds: tf.data.Dataset, skip: int = 0) -> Iterator[dict[str, np.ndarray]]:
