@@ -15,7 +15,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".pytest_cach
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 # The tests compile hundreds of tiny programs and run each a few times: LLVM's optimisation passes would cost more
-# than they save (about 40% of the suite's time). XLA's own HLO passes still run; results differ from the
+# than they save (tests/test_t5_model.py: 168 s -> 100 s). XLA's own HLO passes still run; results differ from the
 # optimised build only by float32 rounding (instruction order), within every test's tolerance.
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
                                                  "--xla_backend_optimization_level=0"]))
