@@ -27,7 +27,8 @@ from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.state_init import build_inference_params
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("shard_id", None, "This job's shard of the input (T5X); the same as binding infer.shard_id.")
+if "shard_id" not in FLAGS:  # defined once per process: this module may run as __main__ after being imported
+  flags.DEFINE_integer("shard_id", None, "This job's shard of the input (T5X); the same as binding infer.shard_id.")
 
 MODES = ("predict", "score", "predict_with_aux")
 
