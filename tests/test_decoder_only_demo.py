@@ -8,7 +8,7 @@ import json
 
 from cli_utils import run_cli
 
-PRETRAIN_STEPS, PROMPT_STEPS = 150, 30
+PRETRAIN_STEPS, PROMPT_STEPS = 300, 60
 COMMON = ["--gin.MIXTURE_OR_TASK_MODULE='prompt_tuning.data.demo'", "--gin.DROPOUT_RATE=0.0", "--gin.RANDOM_SEED=0",
           "--gin.STATS_PERIOD=50", "--gin.EVAL_PERIOD=0"]
 
@@ -36,5 +36,7 @@ def test_decoder_only_demo_pretrain_then_prompt_tune_beats_chance(tmp_path):
                    "--gin.utils.DatasetConfig.split='validation'", "--gin.BATCH_SIZE=100",
                    f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'"], tmp_path)
   metrics = json.loads((tmp_path / "eval" / "demo_sentiment-metrics.jsonl").read_text().splitlines()[-1])
-  # 500 balanced validation reviews: chance is 50% (2.2 points standard deviation); this setting reaches about 95.
+  # 500 balanced validation reviews: chance is 50% (2.2 points standard deviation); this setting gives 98.8 with RANDOM_SEED=0
+  # (other seeds: 96.6 and 50.4; docs/decoder_only.md), so the seed stays fixed.
+  print(f"demo_sentiment validation accuracy {metrics['accuracy']:.1f}")
   assert metrics["step"] == end and metrics["accuracy"] > 70.0, metrics
