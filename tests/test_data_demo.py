@@ -103,6 +103,16 @@ def test_pretraining_examples_are_deterministic_for_a_seed():
     assert same(first, again) and not same(first, other)
 
 
+def test_language_modelling_examples_are_whole_documents_as_targets():
+  """`demo_pretrain_lm` (the decoder-only model's pretraining): no inputs; targets a document and EOS, in order."""
+  task = seqio.get_mixture_or_task("demo_pretrain_lm")
+  assert set(task.output_features) == {"targets"} and set(task.splits) == {"train", "validation"}
+  examples = list(task.get_dataset({"targets": 32}, split="train", shuffle=False).take(8).as_numpy_iterator())
+  docs = demo._documents("train")[:8]  # pylint: disable=protected-access
+  assert [VOCAB.decode(_strip_eos(ex["targets"])) for ex in examples] == list(docs)
+  assert all("inputs" not in ex for ex in examples)
+
+
 def test_sentiment_examples_are_a_review_and_a_label_word():
   examples = _examples("demo_sentiment", split="validation", num=100)
   labels = collections.Counter()

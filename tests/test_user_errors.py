@@ -110,7 +110,7 @@ CASES = [
     ("seed_negative", "train", ["--gin.RANDOM_SEED=-1"], "RANDOM_SEED=-1 must be an integer >= 0"),
     ("use_cached_string", "train", ["--gin.USE_CACHED_TASKS='yes'"], "USE_CACHED_TASKS='yes' (str) must be True"),
     ("task_name_empty", "train", ["--gin.MIXTURE_OR_TASK_NAME=''"], "MIXTURE_OR_TASK_NAME='' (str) must be a non"),
-    ("task_unknown", "train", ["--gin.MIXTURE_OR_TASK_NAME='cli_test_tsak'"], "Close names: ['cli_test_task']"),
+    ("task_unknown", "train", ["--gin.MIXTURE_OR_TASK_NAME='cli_test_tsak'"], "Close names: ['cli_test_task'"),
     ("combination_unknown", "train", ["--gin.PROMPT_COMBINATION='suffix'"], "PROMPT_COMBINATION='suffix' (str)"),
     ("dtype_unknown", "train", ["--gin.ACTIVATION_DTYPE='float8'"], "ACTIVATION_DTYPE='float8' (str) must be one"),
     # TASK_FEATURE_LENGTHS: missing keys, bad lengths, empty, wrong type.

@@ -10,6 +10,8 @@ Tasks (features `inputs` / `targets`, EOS appended; splits `train` and `validati
 * `demo_pretrain_span_corruption`: T5's span corruption (15% noise, mean span 3 tokens); spans are replaced
   by sentinels `<extra_id_i>` in the inputs and listed after them in the targets;
 * `demo_pretrain`: both, in equal proportion;
+* `demo_pretrain_lm`: a whole document as `targets` alone (no inputs): language modelling, the decoder-only
+  model's own pretraining objective (every token carries loss);
 * `demo_sentiment`: a review -> `positive` / `negative` (balanced: chance is 50%), metric accuracy where
   any other output counts as wrong. E.g. "the red lamp is tall and flimsy . ben hates the lamp ." ->
   "negative". Validation reviews use only qualities and verbs that training reviews never contain, so only
@@ -269,6 +271,9 @@ def register() -> None:
                    output_features=OUTPUT_FEATURES)
   utils.add_mixture("demo_pretrain", ["demo_pretrain_prefix_lm", "demo_pretrain_span_corruption"],
                     default_rate=1.0)
+  utils.add_task("demo_pretrain_lm", source=pretrain_source,
+                 preprocessors=[rekey, seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+                 output_features={"targets": OUTPUT_FEATURES["targets"]})
   _add_labelled_task("demo_sentiment", "sentiment", SENTIMENT_SIZES, sentiment_postprocessor)
   _add_labelled_task(f"demo_sentiment{utils.SENTINEL}", "sentiment", SENTIMENT_SIZES,
                      postprocessors.sequential(postprocessors.remove_sentinel, sentiment_postprocessor),

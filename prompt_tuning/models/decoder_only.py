@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning import masks
+from prompt_tuning.errors import UserError
 from prompt_tuning.family import PromptFamily, StackInfo, family_of
 from prompt_tuning.models import layers as L
 from prompt_tuning.models.config import DecoderOnlyConfig
@@ -75,14 +76,15 @@ class DecoderStack(nn.Module):
     cfg = self.config
     family = family_of(self)
     if family.encoder_first_pass:
-      raise ValueError("PromptFamily.encoder_first_pass reads a first pass of an encoder, which a decoder-only "
-                       "model does not have; use an instance-wise family without the first pass.")
+      raise UserError("PromptFamily.encoder_first_pass reads a first pass of an encoder, which a decoder-only "
+                      "model does not have; use an instance-wise family without the first pass.")
     self.token_embedder = L.Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype)
     self.prompt = None if family.prompt is None else family.prompt()
     combination = getattr(self.prompt, "combination", "prefix")
     if combination not in PROMPT_STARTS:
-      raise ValueError(f"A decoder-only model puts the prompt before the inputs; combination={combination!r} is "
-                       f"not supported there, use one of {sorted(PROMPT_STARTS)}.")
+      raise UserError(f"A decoder-only model puts the prompt before its inputs: prompt combination "
+                      f"{combination!r} (PROMPT_COMBINATION) is not supported there; use one of "
+                      f"{sorted(PROMPT_STARTS)}.")
     stack = StackInfo("decoder", cfg.num_layers, cfg.emb_dim, cfg.num_heads, cfg.head_dim, ("self_attention",),
                       prompt_length=getattr(self.prompt, "length", None),
                       prompt_combination=None if self.prompt is None else combination)

@@ -50,7 +50,7 @@ class PromptEnsemble:
       raise ValueError("A prompt ensemble serves one task; its batches must not carry task_ids.")
     n = self.num_prompts
     rows = {k: jnp.repeat(v, n, axis=0) for k, v in batch.items()}
-    rows[TASK_IDS] = jnp.tile(jnp.arange(n, dtype=jnp.int32), batch["encoder_input_tokens"].shape[0])
+    rows[TASK_IDS] = jnp.tile(jnp.arange(n, dtype=jnp.int32), batch["decoder_target_tokens"].shape[0])
     return rows
 
   def reduce_scores(self, scores: Array) -> Array:
