@@ -67,6 +67,13 @@ def run_cli(module: str, flags: Sequence[str], cwd: pathlib.Path, timeout: int =
   return proc
 
 
+def tpu_dry_run(spec_path: str | pathlib.Path, output_dir: pathlib.Path, capsys) -> list[str]:
+  """`python -m prompt_tuning.sweeps run SPEC --backend=tpu --dry-run`: the Cloud TPU command lines it prints."""
+  from prompt_tuning.sweeps import cli as sweeps_cli  # pylint: disable=import-outside-toplevel
+  assert sweeps_cli.main(["run", str(spec_path), "--backend=tpu", "--dry-run", "--output_dir", str(output_dir)]) == 0
+  return capsys.readouterr().out.splitlines()
+
+
 def run_sweep_command_in_process(command) -> int:
   """A runner for `sweeps.backends.run_local` (with `jobs=1`): each command runs in this process, its output in
   the run's `sweep.log` and its folder marked done, as the local backend does with a subprocess."""

@@ -11,7 +11,7 @@ import seqio
 import tensorflow as tf
 
 import cli_tasks
-from cli_utils import MODEL_FLAGS, TASK_FLAGS, run_cli, write_tiny_t5x_checkpoint
+from cli_utils import MODEL_FLAGS, TASK_FLAGS, run_cli, tpu_dry_run, write_tiny_t5x_checkpoint
 from prompt_tuning.runtime import few_shot, input_pipeline
 from prompt_tuning.runtime.configs import DatasetConfig
 from prompt_tuning.runtime.feature_converters import PassThroughEncDecFeatureConverter
@@ -117,10 +117,8 @@ SPECS = pathlib.Path(__file__).resolve().parents[1] / "prompt_tuning" / "sweeps"
 
 
 def test_cloud_tpu_few_shot_spec_dry_run_prints_every_k_and_subset_seed(tmp_path, capsys):
-  from prompt_tuning.sweeps import cli as sweeps_cli
   path = str(SPECS / "few_shot.json")
-  assert sweeps_cli.main(["run", path, "--backend=tpu", "--dry-run", "--output_dir", str(tmp_path)]) == 0
-  lines = capsys.readouterr().out.splitlines()
+  lines = tpu_dry_run(path, tmp_path, capsys)
   assert len(lines) == 3 * 4 * 3 * 3 * 3  # tasks x k x sizes x methods x seeds
   assert sum("FEW_SHOT_K=16" in l for l in lines) == 3 * 3 * 3 * 3
   from prompt_tuning.sweeps.spec import Spec

@@ -11,6 +11,7 @@ import gin
 import pytest
 import seqio
 
+from cli_utils import tpu_dry_run
 from prompt_tuning import gin_utils
 from prompt_tuning.data import demo_bilingual, demo_corpus, multilingual
 from prompt_tuning.launch import tpu
@@ -35,8 +36,7 @@ def trained_tasks(name: str) -> set[str]:
 @pytest.mark.parametrize("name", MT5)
 def test_mt5_spec_dry_run_prints_every_cloud_tpu_command(name, tmp_path, capsys):
   path = str(SPECS / f"{name}.json")
-  assert sweeps_cli.main(["run", path, "--backend=tpu", "--dry-run", "--output_dir", str(tmp_path)]) == 0
-  lines = [shlex.split(l) for l in capsys.readouterr().out.splitlines()]
+  lines = [shlex.split(l) for l in tpu_dry_run(path, tmp_path, capsys)]
   spec = Spec.load(path, output_dir=str(tmp_path))
   assert len(lines) == len(spec.commands()) == len(SIZES) * 3 * 3  # (PT, MT, factorised) x 3 seeds per size
   assert all(l[:5] == [*tpu.GCLOUD_TPU, "ssh"] and "--worker=all" in l for l in lines)

@@ -12,7 +12,7 @@ import shlex
 import numpy as np
 import pytest
 
-from cli_utils import TESTS_DIR, run_sweep_command_in_process, write_tiny_t5x_checkpoint
+from cli_utils import TESTS_DIR, run_sweep_command_in_process, tpu_dry_run, write_tiny_t5x_checkpoint
 from prompt_tuning.launch import tpu
 from prompt_tuning.sweeps import backends, collect, plots
 from prompt_tuning.sweeps import cli as sweeps_cli
@@ -216,8 +216,7 @@ def test_paper_spec_errors_name_the_fix(change, message):
 @pytest.mark.parametrize("name", PAPER_SPECS)
 def test_paper_spec_dry_run_prints_every_cloud_tpu_command(name, tmp_path, capsys):
   path = str(SPECS / f"{name}.json")
-  assert sweeps_cli.main(["run", path, "--backend=tpu", "--dry-run", "--output_dir", str(tmp_path)]) == 0
-  lines = [shlex.split(l) for l in capsys.readouterr().out.splitlines()]
+  lines = [shlex.split(l) for l in tpu_dry_run(path, tmp_path, capsys)]
   spec = Spec.load(path, output_dir=str(tmp_path))
   commands = spec.commands()
   assert len(lines) == len(commands) == {"paper_figure1": 8 * 5 * 3 * 2 + 5 * 3 + 7 * 5 * 3,
