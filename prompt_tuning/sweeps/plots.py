@@ -4,6 +4,7 @@ Figure 3 (prompt length and initialiser ablations for prompt tuning)."""
 from __future__ import annotations
 
 import collections
+import textwrap
 from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
@@ -114,9 +115,9 @@ def figure3(table: Sequence[Row], prompt_length: int, prompt_init: str, title: s
       _draw(ax, curves, label.format)
       ax.set_ylabel(f"{task} {_metric(pt, task)}")
       shown = ", ".join(f"{k.replace('_', ' ')} {v or 'default'}" for k, v in fixed.items())
-      ax.set_title(f"{vary.replace('_', ' ')} ({shown})")
+      ax.set_title(textwrap.fill(f"{vary.replace('_', ' ')} ({shown})", 50), fontsize=10)  # fits a 5-inch panel
       ax.legend()
-  fig.suptitle(title or "Prompt tuning ablations", fontsize=11)
+  fig.suptitle(textwrap.fill(title or "Prompt tuning ablations", 55 * len(factors)), fontsize=11)
   fig.tight_layout()
   return fig
 
