@@ -148,7 +148,7 @@ def test_prompt_initialisers_read_the_llama_folder_or_a_file(tmp_path, llama_dir
   extra = {"from_class_labels": ["--gin.CLASS_LABELS=['yes', 'no']"], "from_string": ["--gin.PROMPT_TEXT='is'"],
            "from_file": [f"--gin.PROMPT_FILE='{tmp_path / 'given.npy'}'"], "from_sampled_vocab": []}[prompt_init]
   model_dir = tmp_path / "run"
-  run_cli("train", train_flags(model_dir, llama_dir, 0, "--gin.EVAL_PERIOD=0", *extra, prompt_init=prompt_init),
+  run_cli("train", train_flags(model_dir, llama_dir, 1, "--gin.EVAL_PERIOD=0", *extra, prompt_init=prompt_init),
           tmp_path)
   prompt = np.load(model_dir / PROMPT_FILE.format(step=0))
   in_table = [int(np.flatnonzero((table == row).all(axis=1))[0]) if (table == row).all(axis=1).any() else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import errno
 import pathlib
+import re
 import shutil
 import signal
 import threading
@@ -223,7 +224,11 @@ def test_user_error_is_one_line_before_any_work(tmp_path, files, case, cli, extr
   proc = run_cli(cli.partition(":")[0], flags, tmp_path, check=False)
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == errors.EXIT_USER_ERROR, (case, proc.returncode, proc.stderr[-3000:])
-  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]  # nothing else on stderr
+  assert lines[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  if case in FOUND_AT_LOAD:  # met while reading the weights: only progress logs come before the error line
+    assert all(re.match(r"[IWEF]\d{4} ", line) for line in lines[:-1]), proc.stderr[-3000:]
+  else:  # checked before any work: nothing else is on stderr
+    assert len(lines) == 1, proc.stderr[-3000:]
   assert _fill(message, files) in lines[-1], lines[-1]
   if case in FOUND_AT_LOAD:  # seen when the weights are read, before anything compiles or is saved
     assert not list(run.glob("checkpoint_*")), f"{case}: a checkpoint was written"
