@@ -198,6 +198,8 @@ def check_readable(name: str, path: str) -> None:
         f.read(1)
   except PermissionError as e:
     raise ConfigError(f"{name}={path!r} cannot be read ({e.strerror}); fix its permissions.") from None
+  except OSError as e:  # an I/O error (a failing disk, a special file): not a traceback either
+    raise ConfigError(f"{name}={path!r} cannot be read ({e.strerror or e}); point it at a readable copy.") from None
 
 
 def check_checkpoint(name: str, value: Any) -> None:

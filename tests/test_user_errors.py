@@ -22,9 +22,10 @@ from cli_utils import MODEL_FLAGS, TASK_FLAGS, run_cli, run_in_process, write_ti
 from prompt_tuning import errors
 from prompt_tuning.runtime.checkpoints import load_t5x_params, save_t5x_checkpoint
 
+# Root reads and writes whatever the permission bits say: as root the locked paths are ones no user can use
+# (/proc/self cannot hold a new folder; /proc/self/mem fails every read from offset 0).
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-NOT_AS_ROOT = pytest.mark.skipif(IS_ROOT, reason="root reads and writes whatever the permission bits say; the "
-                                                 "read-only /proc case covers 'unwritable' for root")
+NEEDS_PROC = pytest.mark.skipif(IS_ROOT and not os.path.isdir("/proc/self"), reason="root without /proc/self")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,11 @@ def files(tmp_path_factory) -> dict[str, pathlib.Path]:
   msgpack.write_bytes(msgpack.read_bytes()[:msgpack.stat().st_size // 2])
   paths["file"].write_text("not a folder")
   paths["empty"].mkdir()
-  paths["locked_dir"].mkdir()
+  if IS_ROOT:
+    paths["locked_dir"], paths["locked_file"] = pathlib.Path("/proc/self"), pathlib.Path("/proc/self/mem")
+  else:
+    paths["locked_dir"].mkdir()
+    np.save(paths["locked_file"], np.zeros((3, 4), np.float32))
   paths["text"].write_text("0.1 0.2 0.3\n")
   np.save(paths["pickle"], np.array([{"a": 1}], dtype=object), allow_pickle=True)
   np.save(paths["wrong_shape"], np.zeros((5, 4), np.float32))
@@ -52,14 +57,15 @@ def files(tmp_path_factory) -> dict[str, pathlib.Path]:
   np.save(paths["nan"], np.array([[0.1, np.nan, 0.2, 0.3]] * 3, np.float32))
   np.save(paths["inf"], np.array([[0.1, np.inf, 0.2, 0.3]] * 3, np.float32))
   np.save(paths["good"], np.zeros((3, 4), np.float32))
-  np.save(paths["locked_file"], np.zeros((3, 4), np.float32))
   paths["out_used"].mkdir()
   (paths["out_used"] / "old-predict.jsonl-00000-of-00001").write_text("{}\n")
-  os.chmod(paths["locked_dir"], 0o500)
-  os.chmod(paths["locked_file"], 0o000)
+  if not IS_ROOT:
+    os.chmod(paths["locked_dir"], 0o500)
+    os.chmod(paths["locked_file"], 0o000)
   yield paths
-  os.chmod(paths["locked_dir"], 0o700)
-  os.chmod(paths["locked_file"], 0o600)
+  if not IS_ROOT:
+    os.chmod(paths["locked_dir"], 0o700)
+    os.chmod(paths["locked_file"], 0o600)
 
 
 NO_EVALUATIONS = ["--gin.train_script.train.infer_eval_dataset_cfg=None",
@@ -191,8 +197,7 @@ CASES = [
      "--shard_id=2 must be in [0, num_shards=2)"),
     ("infer_mode_unknown", "infer", ["--gin.infer_script.infer.mode='predicts'"], "mode='predicts' is not one"),
 ]
-SKIPS = {"model_dir_unwritable": NOT_AS_ROOT, "checkpoint_unreadable": NOT_AS_ROOT,
-         "prompt_file_unreadable": NOT_AS_ROOT,
+SKIPS = {"model_dir_unwritable": NEEDS_PROC, "checkpoint_unreadable": NEEDS_PROC, "prompt_file_unreadable": NEEDS_PROC,
          "model_dir_read_only_mount": pytest.mark.skipif(not os.path.isdir("/proc"), reason="no /proc here")}
 
 
