@@ -65,7 +65,8 @@ def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[s
       raise
     except (OSError, EOFError, ValueError) as e:  # a truncated file, a damaged chunk, a malformed msgpack
       raise UserError(f"The checkpoint {restore.path!r} cannot be read ({type(e).__name__}: "
-                      f"{' '.join(str(e).split())[:300]}); where it is truncated or damaged, use an intact copy.") from e
+                      f"{' '.join(str(e).split())[:300]}); where it is truncated or damaged, use an intact "
+                      "copy.") from e
     check_finite_weights(merged, restore.path)
   else:
     merged = abstract
@@ -93,19 +94,29 @@ def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[s
   return RunParams(trainable, frozen, sh_trainable, sh_frozen, ckpt_step)
 
 
-def check_finite_weights(params: Any, path: str) -> None:
-  """Weights read from a checkpoint must be finite: NaN/Inf there (a damaged file, a diverged run) is refused at
-  load, naming the variables, instead of training or serving on it. Sharded arrays are counted on their devices
-  (one jitted reduction), so no process gathers a whole array."""
+@jax.jit
+def _nonfinite_per_leaf(tree: Any) -> Any:
+  return jax.tree_util.tree_map(lambda x: jnp.sum(~jnp.isfinite(x)), tree)
+
+
+def nonfinite_counts(params: Any) -> dict[str, int]:
+  """NaN/Inf count per floating-point variable ("a/b/c" paths). Arrays on devices are counted there (one jitted
+  reduction), so no process gathers a whole sharded array; host arrays are counted on the host."""
   flat = traverse_util.flatten_dict(params, sep="/")
   floats = {name: value for name, value in flat.items()
             if isinstance(value, (np.ndarray, jax.Array)) and jnp.issubdtype(value.dtype, jnp.inexact)}
-  on_host = {name: value for name, value in floats.items() if isinstance(value, np.ndarray)}
-  counts = {name: int(np.size(value) - np.count_nonzero(np.isfinite(value))) for name, value in on_host.items()}
-  placed = {name: value for name, value in floats.items() if name not in on_host}
+  counts = {name: int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            for name, value in floats.items() if isinstance(value, np.ndarray)}
+  placed = {name: value for name, value in floats.items() if name not in counts}
   if placed:
-    device_counts = jax.jit(lambda tree: {k: jnp.sum(~jnp.isfinite(v)) for k, v in tree.items()})(placed)
-    counts.update({name: int(count) for name, count in device_counts.items()})
+    counts.update({name: int(count) for name, count in jax.device_get(_nonfinite_per_leaf(placed)).items()})
+  return counts
+
+
+def check_finite_weights(params: Any, path: str) -> None:
+  """Weights read from a checkpoint must be finite: NaN/Inf there (a damaged file, a diverged run) is refused at
+  load, naming the variables, instead of training or serving on it."""
+  counts = nonfinite_counts(params)
   bad = {name: count for name, count in counts.items() if count}
   if bad:
     listed = ", ".join(f"{name} ({count} values)" for name, count in list(bad.items())[:3])

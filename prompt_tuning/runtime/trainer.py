@@ -24,7 +24,7 @@ from prompt_tuning.errors import NonFiniteError
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
 from prompt_tuning.runtime.models import EncoderDecoderModel
 from prompt_tuning.runtime.optim import merge_trainable, set_optimizer_step
-from prompt_tuning.runtime.state_init import RunParams
+from prompt_tuning.runtime.state_init import RunParams, nonfinite_counts
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -149,13 +149,6 @@ def make_eval_step(model: EncoderDecoderModel) -> Callable[[Any, Any, Batch], di
 
 class NonFiniteLossError(NonFiniteError):
   """Training produced a NaN or Inf loss, or parameters that are not finite."""
-
-
-@jax.jit
-def _all_finite(tree: Any) -> Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 class Preemption:
@@ -320,7 +313,7 @@ class Trainer:
 
   def check_params_finite(self) -> None:
     """Raise `NonFiniteLossError` if a trainable parameter holds NaN/Inf (e.g. from a NaN in the initial prompt)."""
-    if not bool(_all_finite(self.state.params)):
+    if any(nonfinite_counts(self.state.params).values()):
       start = "The initial trainable parameters" if self.step == self.first_step else "The trainable parameters"
       raise NonFiniteLossError(
           f"{start} at step {self.step} hold NaN/Inf; training stopped without saving them. {self._last_good()} "
