@@ -4,7 +4,8 @@ One process per run keeps memory high-water marks apart and lets the parent time
 worker imports its framework only after the parent has set the environment (JAX_PLATFORMS, XLA_FLAGS).
 Messages are dicts over a `multiprocessing` pipe: {"cmd": "run", "steps": n} -> {"result": seconds (or matmul
 FLOP/s), "cpu_s": process CPU seconds, "minor_faults": page faults};
-{"cmd": "stats"} -> memory figures; {"cmd": "stop"}.
+{"cmd": "stats"} -> memory figures; {"cmd": "outputs"} -> {"outputs": the last result (evaluation jobs)};
+{"cmd": "stop"}.
 """
 from __future__ import annotations
 
@@ -143,10 +144,20 @@ class _Peak:
     return out
 
 
-BUILDERS = {"ours": _Ours, "peft": _Peer, "hf": _Peer, "peak": _Peak}
+def _eval_job(framework: str) -> Any:
+  """An evaluation job of `benchmarks.eval_jobs` (rank classification or decoding), built in the worker."""
+  def build(spec: dict[str, Any]) -> Any:
+    from benchmarks import eval_jobs
+    return eval_jobs.BUILDERS[framework](spec)
+  return build
+
+
+BUILDERS = {"ours": _Ours, "peft": _Peer, "hf": _Peer, "peak": _Peak,
+            "ours-eval": _eval_job("ours"), "peer-eval": _eval_job("peer")}
 # Imported before the RSS baseline is taken, so that "memory over imports" counts only the run's own data.
 IMPORTS = {"ours": ("benchmarks.jax_step",), "peft": ("benchmarks.peft_peer", "peft"), "hf": ("benchmarks.peft_peer",),
-           "peak": ("benchmarks.matmul_peak",)}
+           "peak": ("benchmarks.matmul_peak",), "ours-eval": ("benchmarks.jax_step",),
+           "peer-eval": ("torch", "transformers", "peft")}
 
 
 # --------------------------------------------------------------------------------------------------- serving
@@ -184,6 +195,8 @@ def serve(conn: Any, spec: dict[str, Any]) -> None:
       after = resource.getrusage(resource.RUSAGE_SELF)
       cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
       conn.send({"result": result, "cpu_s": cpu, "minor_faults": after.ru_minflt - before.ru_minflt})
+    elif msg["cmd"] == "outputs":  # the last result, to check that two runs computed the same thing
+      conn.send({"outputs": worker.outputs()})
     elif msg["cmd"] == "stats":
       now = rss_bytes()
       conn.send({"peak_rss_steps": max(peak_rss_bytes(), now or 0), "rss_now": now,

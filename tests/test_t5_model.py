@@ -171,11 +171,13 @@ def _unrolled_reference():
   return params, logits, grads
 
 
-@pytest.mark.parametrize("scan,remat", [(False, "minimal"), (False, "full"), (True, "none"), (True, "minimal"),
-                                        (True, "full")])
-def test_scan_and_remat_match_unrolled(scan, remat):
+@pytest.mark.parametrize("scan,remat,fused", [(False, "minimal", True), (False, "full", True), (True, "none", True),
+                                              (True, "minimal", True), (True, "full", True),
+                                              (False, "none", False)])
+def test_scan_and_remat_match_unrolled(scan, remat, fused):
+  """Against the shipped default (unrolled, fused attention); `fused=False` is the einsum attention path."""
   params, ref_logits, g_ref = _unrolled_reference()
-  model = EncoderDecoder(tiny(scan_layers=scan, remat_policy=remat))
+  model = EncoderDecoder(tiny(scan_layers=scan, remat_policy=remat, fused_attention=fused))
   p = stack_layers(params) if scan else params
   logits = jax.jit(model.apply)({"params": p}, ENC, DEC_IN, TGT)
   np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)

@@ -55,6 +55,8 @@ def test_prompt_tuning_train_eval_infer(tmp_path, frozen_checkpoint):
   assert list((model_dir / "training_eval" / "cli_test_task").glob("events.out.tfevents*"))
   metrics = [json.loads(l) for l in (model_dir / "inference_eval" / "cli_test_task-metrics.jsonl").open()]
   assert [m["step"] for m in metrics] == [7] and "accuracy" in metrics[0]
+  assert [step for step, _ in scalars["timing/evaluate_seconds"]] == [7]  # T5X's timing of the evaluation pass
+  assert scalars["timing/evaluate_seconds"][0][1] > 0
 
   prompt_file = model_dir / PROMPT_FILE.format(step=7)
   common = [*MODEL_FLAGS, f"--gin.CHECKPOINT_PATH='{frozen_checkpoint}'", f"--gin.PROMPT_FILE='{prompt_file}'",

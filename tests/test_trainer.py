@@ -223,6 +223,41 @@ def test_score_batch_is_the_summed_target_log_likelihood():
   np.testing.assert_allclose(np.asarray(model.score_batch(params, b)), expected, rtol=1e-5)
 
 
+def _rank_rows(candidates: int) -> dict[str, np.ndarray]:
+  """SeqIO rank-classification rows: each example's input repeated once per candidate target, adjacent."""
+  b = batch()
+  rows = {k: np.repeat(v, candidates, axis=0) for k, v in b.items()}
+  targets = np.random.default_rng(5).integers(3, 200, rows["decoder_target_tokens"].shape).astype(np.int32)
+  return dict(rows, decoder_target_tokens=targets, decoder_input_tokens=np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
+              decoder_loss_weights=np.ones(targets.shape, np.float32))
+
+
+def test_rank_classification_shares_the_encoder_pass_and_scores_as_row_by_row():
+  """The evaluator's scoring finds groups of candidate rows and encodes each example once (`score_candidates`);
+  scores equal `score_batch`'s. A batch that breaks the layout is scored row by row."""
+  import tensorflow as tf
+  from prompt_tuning.runtime.evaluation import InferenceRunner, candidate_group_size
+  model = prompt_model()
+  params = nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)["params"])
+  rows = _rank_rows(3)  # 4 examples x 3 candidates
+  assert candidate_group_size(rows, 12) == 3 and candidate_group_size(rows, 6) == 3
+  assert candidate_group_size(rows, 4) == 1  # a group would span two processes
+  assert candidate_group_size(batch(), 4) == 1  # every row its own input
+  mixed = dict(rows, encoder_input_tokens=rows["encoder_input_tokens"][::-1].copy())
+  mixed["encoder_input_tokens"][1] += 1
+  assert candidate_group_size(mixed, 12) == 1
+  per_row = np.asarray(model.score_batch(params, rows))
+  np.testing.assert_allclose(np.asarray(model.score_candidates(params, rows, 3)), per_row, rtol=1e-5, atol=1e-5)
+
+  trainable, frozen = optim.split_trainable(params, [".*prompt.*"])
+  runner = InferenceRunner(model, Partitioner(num_partitions=1), batch_size=6)  # 2 batches; the 2nd is shared too
+  runner.set_params(trainable, frozen)
+  ds = tf.data.Dataset.from_tensor_slices(rows).enumerate()
+  scored = runner.score_fn(ds)
+  assert [i for i, _ in scored] == list(range(12))
+  np.testing.assert_allclose([s for _, s in scored], per_row, rtol=1e-5, atol=1e-5)
+
+
 def test_real_t5x_checkpoint_tree_equals_model_init_tree(tiny_t5x_checkpoint):
   model = EncoderDecoderModel(EncoderDecoder(get_config("tiny", dtype=jnp.float32)))
   abstract = abstract_params(model)

@@ -53,16 +53,20 @@ class InferenceRunner:
       params = merge_trainable(trainable, frozen)
       return model.predict_batch_with_aux(params, batch, rng, decoder_params=decoder_params)
 
-    def score(trainable, frozen, batch):
-      return model.score_batch(merge_trainable(trainable, frozen), batch)
+    def score(trainable, frozen, batch, num_candidates=1):
+      params = merge_trainable(trainable, frozen)
+      if num_candidates > 1:  # the candidates of an example share one encoder pass
+        return model.score_candidates(params, batch, num_candidates)
+      return model.score_batch(params, batch)
 
     self._predict = jax.jit(predict)
-    self._score = jax.jit(score)
+    self._score = jax.jit(score, static_argnames="num_candidates")
+    self._shares_encoder = hasattr(model, "score_candidates")
 
   def set_params(self, trainable: Any, frozen: Any) -> None:
     self.trainable, self.frozen = trainable, frozen
 
-  def _run(self, ds: tf.data.Dataset, fn: Callable[[dict], Any]) -> list[tuple[int, Any]]:
+  def _run(self, ds: tf.data.Dataset, fn: Callable[..., Any], share_encoder: bool = False) -> list[tuple[int, Any]]:
     """`fn` over global batches of `ds`; returns (example index, fn's row) for every real example.
 
     Every process iterates the whole dataset (as `seqio.Evaluator` gives it), feeds only its rows of each global
@@ -75,7 +79,10 @@ class InferenceRunner:
     with self.partitioner.activation_rules_context():
       for idx, feats in batched_indexed(ds, self.batch_size):
         batch = self.partitioner.shard_batch({k: v[mine] for k, v in feats.items()})
-        out = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(fn(batch), tiled=True))
+        # Every process sees the whole global batch, so all take the same branch.
+        groups = candidate_group_size(feats, rows) if share_encoder else 1
+        out = fn(batch, groups) if groups > 1 else fn(batch)
+        out = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(out, tiled=True))
         results.extend((int(i), row) for i, row in zip(idx, _rows(out)) if i >= 0)
     return results
 
@@ -92,7 +99,29 @@ class InferenceRunner:
 
   def score_fn(self, ds: tf.data.Dataset, model_feature_shapes: Mapping[str, int] | None = None):
     del model_feature_shapes
-    return [(i, score.tolist()) for i, score in self._run(ds, lambda b: self._score(self.trainable, self.frozen, b))]
+    def score(batch, num_candidates=1):
+      return self._score(self.trainable, self.frozen, batch, num_candidates=num_candidates)
+    return [(i, s.tolist()) for i, s in self._run(ds, score, share_encoder=self._shares_encoder)]
+
+
+def candidate_group_size(feats: Mapping[str, np.ndarray], rows_per_process: int) -> int:
+  """C when the batch is made of groups of C adjacent rows that differ only in their decoder features (SeqIO's
+  `rank_classification` rows: one per label candidate), so their encoder pass can be shared; 1 otherwise.
+
+  Checked on the host for every batch: a batch that breaks the layout (the padded last one, an example with
+  another number of candidates) is scored row by row. Groups never span processes (C divides each one's rows).
+  """
+  encoder_side = [v.reshape(len(v), -1) for k, v in feats.items() if not k.startswith("decoder_")]
+  n = len(encoder_side[0]) if encoder_side else 0
+  same_as_previous = np.all([np.all(v[1:] == v[:-1], axis=1) for v in encoder_side], axis=0) if n > 1 else []
+  c = 1
+  while c < n and same_as_previous[c - 1]:
+    c += 1
+  if c == 1 or n % c or rows_per_process % c:
+    return 1
+  if not all(np.all(v.reshape(n // c, c, -1) == v[::c, None]) for v in encoder_side):
+    return 1
+  return c
 
 
 def _rows(tree: Any) -> list[Any]:

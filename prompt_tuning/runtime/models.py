@@ -176,6 +176,28 @@ class EncoderDecoderModel(BaseModel):
                         batch["decoder_target_tokens"], dropout_rng is not None, family_of(module).prompt_inputs(batch),
                         method=module.forward, rngs=rngs)
 
+  def score_candidates(self, params: Params, batch: Batch, num_candidates: int) -> Array:
+    """`score_batch` for rank-classification rows in groups of `num_candidates` adjacent rows with one input
+    (SeqIO's `rank_classification` layout): the encoder runs once per group and serves every candidate. A group
+    whose rows differ in their inputs scores NaN rather than a wrong number."""
+    if self.family.inference is not None:  # a family that expands the batch itself (e.g. an ensemble)
+      return self.score_batch(params, batch)
+    tokens = batch["encoder_input_tokens"]
+    if tokens.shape[0] % num_candidates:
+      raise ValueError(f"{tokens.shape[0]} rows do not split into groups of num_candidates={num_candidates}; "
+                       "batch whole examples (a multiple of the candidate count).")
+    firsts = jax.tree_util.tree_map(lambda x: x[::num_candidates], self.prompt_inputs(batch))
+    encoded = self.module.apply({"params": params}, tokens[::num_candidates], prompt_inputs=firsts,
+                                method=self.module.encode)
+    encoded = jnp.repeat(encoded, num_candidates, axis=0)
+    logits = self.module.apply({"params": params}, encoded, tokens, batch["decoder_input_tokens"],
+                               batch["decoder_target_tokens"], method=self.module.decode)
+    weights = batch.get("decoder_loss_weights", batch["decoder_target_tokens"] > 0)
+    scores = losses.token_log_likelihoods(logits, batch["decoder_target_tokens"], weights)
+    same_input = jnp.all(tokens == jnp.repeat(tokens[::num_candidates], num_candidates, axis=0), axis=1)
+    group_shares = jnp.all(same_input.reshape(-1, num_candidates), axis=1)
+    return jnp.where(jnp.repeat(group_shares, num_candidates), scores, jnp.nan)
+
   # ------------------------------------------------------------------------------------------- decoding
   def _init_cache(self, params: Params, batch_size: int, enc_len: int, dec_len: int,
                   inputs_for_prompt: Mapping[str, Array] | None = None) -> Any:

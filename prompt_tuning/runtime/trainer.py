@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import flax
@@ -339,8 +340,11 @@ class Trainer:
         results.setdefault("training_eval", {})[name] = metrics
     if evaluations.evaluator is not None:
       from prompt_tuning.runtime import evaluation  # pylint: disable=g-import-not-at-top  # SeqIO, TensorFlow
+      tick = time.time()
       evaluations.runner.set_params(self.state.params, self.frozen)
       results["inference_eval"] = evaluation.run_evaluation(evaluations.evaluator, evaluations.runner, self.step)
+      # T5X's name and place: the inference evaluation's wall time, in the train summaries.
+      self.writers.write_scalars("train", self.step, {"timing/evaluate_seconds": time.time() - tick})
     self.last_eval = results
     return results
 
