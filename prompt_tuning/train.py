@@ -45,8 +45,8 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
     cli.write_config(model_dir)
     init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
     _check_datasets(partitioner, train_dataset_cfg, train_eval_dataset_cfg, infer_eval_dataset_cfg)
-    few_shot.record_or_check(model_dir, input_pipeline.few_shot_subsets(train_dataset_cfg),
-                             write=jax.process_index() == 0)
+    subsets = input_pipeline.few_shot_subsets(train_dataset_cfg)  # selected once: recorded, then streamed
+    few_shot.record_or_check(model_dir, subsets, write=jax.process_index() == 0)
     run = _build_params(model, partitioner, train_dataset_cfg, checkpoint_cfg.restore,
                         _trainable(model, trainable_regexes), init_rng, model_dir)
     tx = optimizer(learning_rate=learning_rate_fn)
@@ -64,7 +64,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: DatasetConfig,
                                eval_steps)
     if run_eval_before_training:
       trainer.evaluate(evaluations)
-    batches = input_pipeline.numpy_batches(_dataset(model, train_dataset_cfg, None), skip=trainer.position)
+    batches = input_pipeline.numpy_batches(_dataset(model, train_dataset_cfg, None, subsets), skip=trainer.position)
     result = trainer.train_to(end_step, batches, evaluations)
     trainer.close()
     cli.write_config(model_dir)  # and with what the evaluations configured (decoding)
@@ -132,10 +132,11 @@ def _eval_batches(model: EncoderDecoderModel, cfg: DatasetConfig, steps: int) ->
   return input_pipeline.numpy_batches(_dataset(model, cfg, 1).take(steps))
 
 
-def _dataset(model: EncoderDecoderModel, cfg: DatasetConfig, num_epochs: int | None) -> tf.data.Dataset:
+def _dataset(model: EncoderDecoderModel, cfg: DatasetConfig, num_epochs: int | None,
+             few_shot_parts: Sequence[tuple[few_shot.Subset, float]] | None = None) -> tf.data.Dataset:
   """This process's shard of the batched model features."""
   return input_pipeline.get_dataset(cfg, model.FEATURE_CONVERTER_CLS(pack=False), jax.process_index(),
-                                    jax.process_count(), num_epochs=num_epochs)
+                                    jax.process_count(), num_epochs=num_epochs, few_shot_parts=few_shot_parts)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -73,8 +73,10 @@ def count_truncated(cfg: DatasetConfig, max_examples: int = 1000) -> Mapping[str
 
 
 def get_dataset(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter, shard_id: int = 0,
-                num_shards: int = 1, num_epochs: int | None = None) -> tf.data.Dataset:
-  """Batched model features for this host's shard (batch = global batch / num_shards)."""
+                num_shards: int = 1, num_epochs: int | None = None,
+                few_shot_parts: Sequence[tuple[few_shot.Subset, float]] | None = None) -> tf.data.Dataset:
+  """Batched model features for this host's shard (batch = global batch / num_shards). With FEW_SHOT_K, the
+  subsets are `few_shot_parts` when the caller has selected them already (`few_shot_subsets`)."""
   get_task_or_mixture(cfg.mixture_or_task_name, cfg.module)
   if cfg.batch_size % num_shards:
     raise ValueError(f"Global batch size {cfg.batch_size} is not divisible by the {num_shards} input shards; "
@@ -82,7 +84,8 @@ def get_dataset(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter, s
   if cfg.pack:
     raise ValueError("Prompt tuning does not support packing: set DatasetConfig.pack=False.")
   if cfg.few_shot_k is not None:
-    ds = few_shot.stream(few_shot_subsets(cfg), cfg.shuffle, cfg.seed, num_epochs, shard_id, num_shards)
+    parts = few_shot_parts if few_shot_parts is not None else few_shot_subsets(cfg)
+    ds = few_shot.stream(list(parts), cfg.shuffle, cfg.seed, num_epochs, shard_id, num_shards)
     ds = feature_converter(ds, task_feature_lengths=cfg.task_feature_lengths)
     return ds.batch(cfg.batch_size // num_shards, drop_remainder=True)
   return seqio.get_dataset(
