@@ -95,21 +95,31 @@ def build_run_params(model: BaseModel, partitioner: Any, input_shapes: Mapping[s
 
 
 @jax.jit
-def _nonfinite_per_leaf(tree: Any) -> Any:
-  return jax.tree_util.tree_map(lambda x: jnp.sum(~jnp.isfinite(x)), tree)
+def _sums_are_finite(tree: Any) -> Any:
+  """Per leaf, whether its sum is finite: false wherever a NaN/Inf is (and where a finite sum overflows). One
+  program over the whole tree, reading each leaf once: counting `~isfinite` over many leaves in one program made
+  XLA CPU hold a temporary as large as the model (a restore's peak memory doubled)."""
+  return jax.tree_util.tree_map(lambda x: jnp.isfinite(jnp.sum(x)), tree)
+
+
+@jax.jit
+def _nonfinite(x: jax.Array) -> jax.Array:
+  return jnp.sum(~jnp.isfinite(x))
 
 
 def nonfinite_counts(params: Any) -> dict[str, int]:
-  """NaN/Inf count per floating-point variable ("a/b/c" paths). Arrays on devices are counted there (one jitted
-  reduction), so no process gathers a whole sharded array; host arrays are counted on the host."""
+  """NaN/Inf count per floating-point variable ("a/b/c" paths). Arrays on devices are checked there (one jitted
+  reduction; only a variable whose sum is not finite is then counted), so no process gathers a whole sharded
+  array; host arrays are counted on the host."""
   flat = traverse_util.flatten_dict(params, sep="/")
   floats = {name: value for name, value in flat.items()
             if isinstance(value, (np.ndarray, jax.Array)) and jnp.issubdtype(value.dtype, jnp.inexact)}
   counts = {name: int(np.size(value) - np.count_nonzero(np.isfinite(value)))
             for name, value in floats.items() if isinstance(value, np.ndarray)}
   placed = {name: value for name, value in floats.items() if name not in counts}
-  if placed:
-    counts.update({name: int(count) for name, count in jax.device_get(_nonfinite_per_leaf(placed)).items()})
+  if placed:  # every process takes the same branches: the sums are global
+    finite = jax.device_get(_sums_are_finite(placed))
+    counts.update({name: 0 if finite[name] else int(_nonfinite(value)) for name, value in placed.items()})
   return counts
 
 
