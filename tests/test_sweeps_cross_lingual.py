@@ -124,7 +124,8 @@ def test_language_b_is_the_same_world_in_other_words():
 
 
 def _texts(name: str, split: str = "validation", num: int | None = None) -> list[dict]:
-  ds = seqio.get_mixture_or_task(name).get_dataset(sequence_length=None, split=split, shuffle=False,
+  # seed: the preprocessors' random choices (prefix_lm's cut point) are fixed, so the texts are the same every run.
+  ds = seqio.get_mixture_or_task(name).get_dataset(sequence_length=None, split=split, shuffle=False, seed=0,
                                                    try_in_mem_cache=False)
   return list(ds.take(num or -1).as_numpy_iterator())
 
