@@ -88,23 +88,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   os.environ["GLIBC_TUNABLES"] = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES"), HUGEPAGES_TUNABLE) if t)
   repo = pathlib.Path(__file__).resolve().parents[1]
-  # The step alone runs in a fresh process, as the CLI does, so that both start with the environment set here
-  # (GLIBC_TUNABLES is read when a process starts).
-  pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-  step_alone = functools.partial(pool.submit, step_only_rate, shape, args.size, args.step_only_steps)
-  step_rates = [step_alone().result()]
-  with tempfile.TemporaryDirectory() as tmp:
-    model_dir = pathlib.Path(tmp) / "run"
-    command = train_command(model_dir, shape, args.steps, args.stats_period, args.size, not args.no_eval)
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=repo, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-      raise SystemExit(f"the train CLI failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    from prompt_tuning.runtime.summaries import read_scalars
-    scalars = read_scalars(model_dir / "train")
-  step_rates.append(step_alone().result())
-  pool.shutdown()
+  # The step alone runs in a worker process started, like the CLI, with the environment set here (GLIBC_TUNABLES
+  # is read when a process starts), before and after the CLI run.
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    step_alone = functools.partial(pool.submit, step_only_rate, shape, args.size, args.step_only_steps)
+    step_rates = [step_alone().result()]
+    with tempfile.TemporaryDirectory() as tmp:
+      model_dir = pathlib.Path(tmp) / "run"
+      command = train_command(model_dir, shape, args.steps, args.stats_period, args.size, not args.no_eval)
+      start = time.perf_counter()
+      proc = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+      wall = time.perf_counter() - start
+      if proc.returncode != 0:
+        raise SystemExit(f"the train CLI failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+      from prompt_tuning.runtime.summaries import read_scalars
+      scalars = read_scalars(model_dir / "train")
+    step_rates.append(step_alone().result())
   periods = scalars["timing/steps_per_second"][1:]  # the first period holds the compilation
   cli_rate = statistics.median(v for _, v in periods)
   step_rate = statistics.median(step_rates)

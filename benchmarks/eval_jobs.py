@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 JOBS = ("rank", "rank_shared", "greedy", "beam4")
-EOS_ID, PAD_ID = 1, 0
+EOS_ID = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,7 @@ if __name__ == "__main__":  # before jax creates its CPU backend
 
 import functools
 import json
-import math
 import pathlib
-import shutil
 import tempfile
 import traceback
 from typing import Callable
@@ -365,8 +363,8 @@ def check_t5x_restore_reads_each_shard_once_on_4_way_model_parallelism():
   the arrays equal what was saved, bit for bit (float32 and a bfloat16 restore dtype), as the previous path."""
   model, partitioner, values, shardings = restore_setup(4)
   assert dict(partitioner.mesh.shape) == {"data": 2, "model": 4}
-  tmp = pathlib.Path(tempfile.mkdtemp())
-  try:
+  with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:
+    tmp = pathlib.Path(scratch)
     ckpt = save_sharded_t5x(tmp / "pretrained", values, shardings)
     before = zarr_store.bytes_read()
     got, shapes = recorded_region_reads(lambda: restore_through_state_init(model, partitioner, str(ckpt)))
@@ -381,23 +379,19 @@ def check_t5x_restore_reads_each_shard_once_on_4_way_model_parallelism():
     bf16 = restore_sharded(model, partitioner, str(ckpt), dtype="bfloat16")
     assert_bit_identical(bf16, {k: v.astype(jnp.bfloat16).astype(np.float32) for k, v in values.items()}, shardings)
     assert_bit_identical(bf16, previous_path(model, partitioner, str(ckpt), "bfloat16"), shardings)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_t5x_restore_of_bfloat16_zstd_checkpoint():
   """A bfloat16 checkpoint with zstd chunks: restored into float32 parameters exactly as the previous path."""
   model, partitioner, values, shardings = restore_setup(4)
-  tmp = pathlib.Path(tempfile.mkdtemp())
-  try:
+  with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:
+    tmp = pathlib.Path(scratch)
     from flax import traverse_util  # pylint: disable=import-outside-toplevel
     ckpt = t5x_native.save_t5x_checkpoint(str(tmp), 3, traverse_util.unflatten_dict(values, sep="/"),
                                           dtype="bfloat16", compressor="zstd")
     got = restore_sharded(model, partitioner, ckpt, dtype=None)
     assert_bit_identical(got, {k: v.astype(jnp.bfloat16).astype(np.float32) for k, v in values.items()}, shardings)
     assert_bit_identical(got, previous_path(model, partitioner, ckpt, None), shardings)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_hf_and_orbax_restore_shard_by_shard():
@@ -405,8 +399,8 @@ def check_hf_and_orbax_restore_shard_by_shard():
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
   from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer  # pylint: disable=import-outside-toplevel
   model, partitioner, values, shardings = restore_setup(4)
-  tmp = pathlib.Path(tempfile.mkdtemp())
-  try:
+  with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:
+    tmp = pathlib.Path(scratch)
     hf.save_hf_t5(traverse_util.unflatten_dict(values, sep="/"), model.module.config, tmp / "hf")
     slices, real = [], hf._read_slice  # pylint: disable=protected-access
     hf._read_slice = lambda path, name, index: slices.append((name, real(path, name, index).shape)) or real(
@@ -431,8 +425,6 @@ def check_hf_and_orbax_restore_shard_by_shard():
     run.close()
     got = restore_sharded(model, partitioner, str(tmp / "orbax" / "checkpoint_3"))
     assert_bit_identical(got, values, shardings)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- two processes x 4 devices
@@ -489,8 +481,8 @@ def multihost_check_t5x_restore_reads_only_this_process_shards():
   of its own shards (half of each sharded parameter) plus the replicated parameters, and gets the values that
   were saved, bit for bit, as the previous whole-array path gives them."""
   model, partitioner, values, shardings = restore_setup(8)
-  tmp = pathlib.Path(tempfile.mkdtemp())  # each process writes its own copy (same values)
-  try:
+  with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:
+    tmp = pathlib.Path(scratch)  # each process writes its own copy (same values)
     ckpt = save_sharded_t5x(tmp / "pretrained", values, shardings, compressor=None)  # chunk bytes = shard bytes
     before = zarr_store.bytes_read()
     got = restore_through_state_init(model, partitioner, str(ckpt))
@@ -503,8 +495,6 @@ def multihost_check_t5x_restore_reads_only_this_process_shards():
     assert read == local == sharded // 2 + replicated + metadata, (read, local, sharded, replicated, metadata)
     assert read < total - sharded // 3, (read, total)
     assert_bit_identical(got, previous_path(model, partitioner, str(ckpt)), shardings)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _checks(prefix: str) -> dict[str, Callable[[], None]]:

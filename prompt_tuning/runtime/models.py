@@ -116,9 +116,7 @@ class BaseModel:
     """[B] summed target log-likelihood (no z-loss, no smoothing): rank classification."""
     hooks = self.family.inference
     rows = batch if hooks is None else hooks.expand_batch(batch)
-    logits = self.compute_logits(params, rows)
-    weights = rows.get("decoder_loss_weights", rows["decoder_target_tokens"] > 0)
-    scores = losses.token_log_likelihoods(logits, rows["decoder_target_tokens"], weights)
+    scores = _target_scores(self.compute_logits(params, rows), rows)
     return scores if hooks is None else hooks.reduce_scores(scores)
 
   def predict_batch_with_aux(self, params: Params, batch: Batch, rng: Array | None = None,
@@ -192,8 +190,7 @@ class EncoderDecoderModel(BaseModel):
     encoded = jnp.repeat(encoded, num_candidates, axis=0)
     logits = self.module.apply({"params": params}, encoded, tokens, batch["decoder_input_tokens"],
                                batch["decoder_target_tokens"], method=self.module.decode)
-    weights = batch.get("decoder_loss_weights", batch["decoder_target_tokens"] > 0)
-    scores = losses.token_log_likelihoods(logits, batch["decoder_target_tokens"], weights)
+    scores = _target_scores(logits, batch)
     same_input = jnp.all(tokens == jnp.repeat(tokens[::num_candidates], num_candidates, axis=0), axis=1)
     group_shares = jnp.all(same_input.reshape(-1, num_candidates), axis=1)
     return jnp.where(jnp.repeat(group_shares, num_candidates), scores, jnp.nan)
@@ -229,6 +226,12 @@ class EncoderDecoderModel(BaseModel):
                                      tokens_to_logits=tokens_to_logits, eos_id=self.eos_id, decode_rng=rng,
                                      **params_dec)
     return _best_or_all(decodes, scores, return_all_decodes)
+
+
+def _target_scores(logits: Array, batch: Batch) -> Array:
+  """[B] summed log-likelihood of each row's target tokens (weighted by `decoder_loss_weights` when present)."""
+  weights = batch.get("decoder_loss_weights", batch["decoder_target_tokens"] > 0)
+  return losses.token_log_likelihoods(logits, batch["decoder_target_tokens"], weights)
 
 
 def _best_or_all(decodes: Array, scores: Array, return_all: bool) -> tuple[Array, dict[str, Array]]:
