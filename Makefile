@@ -16,7 +16,7 @@ $(STAMP): setup.py
 venv: $(STAMP)
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS) tests
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu bash launch/local/demo.sh

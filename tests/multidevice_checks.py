@@ -33,10 +33,13 @@ from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder, get_config
 from prompt_tuning.models import layers
 from prompt_tuning.models import t5 as t5_lib
+from prompt_tuning.runtime import optim
 from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import state_init
+from prompt_tuning.runtime import trainer
 from prompt_tuning.runtime.checkpoints import hf, restore, t5x_native, zarr_store
 from prompt_tuning.runtime.configs import RestoreCheckpointConfig
+from prompt_tuning.runtime.models import EncoderDecoderModel
 
 # Parameter specs under the default (1, 1) rules, by the end of the parameter's path (T5X_COMPAT §2.4).
 EXPECTED_SPECS = {
@@ -495,6 +498,45 @@ def multihost_check_t5x_restore_reads_only_this_process_shards():
     assert read == local == sharded // 2 + replicated + metadata, (read, local, sharded, replicated, metadata)
     assert read < total - sharded // 3, (read, total)
     assert_bit_identical(got, previous_path(model, partitioner, str(ckpt)), shardings)
+
+
+def _train_three_steps(devices, **mesh) -> tuple[list[float], np.ndarray]:
+  """Three prompt-tuning train steps of the tiny model (a 4-token prompt) on `devices`: losses and the prompt."""
+  model = EncoderDecoderModel(EncoderDecoder(
+      get_config("tiny", dtype=jnp.float32, vocab_size=128, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16),
+      PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(4)))))
+  partitioner = partitioning.Partitioner(devices=devices, **mesh)
+  batch, enc_len, dec_len = 8, 6, 4
+  shapes = {"encoder_input_tokens": (batch, enc_len), "decoder_input_tokens": (batch, dec_len)}
+  run = state_init.build_run_params(model, partitioner, shapes, None, [".*/prompt/.*"], jax.random.PRNGKey(0))
+  tx = optim.adafactor(0.3)
+  state = trainer.init_train_state(run.trainable, tx)
+  step = jax.jit(trainer.make_train_step(model, tx, dropout=False), donate_argnums=(0,))
+  losses = []
+  with partitioner.activation_rules_context():
+    for i in range(3):
+      rng = np.random.default_rng(i)
+      enc = rng.integers(2, 50, (batch, enc_len)).astype(np.int32)
+      enc[:, -2:] = 0
+      tgt = rng.integers(2, 50, (batch, dec_len)).astype(np.int32)
+      tgt[::2, -1] = 0
+      features = {"encoder_input_tokens": enc, "decoder_target_tokens": tgt,
+                  "decoder_input_tokens": np.pad(tgt, ((0, 0), (1, 0)))[:, :-1],
+                  "decoder_loss_weights": (tgt > 0).astype(np.float32)}
+      state, metrics = step(state, run.frozen, partitioner.shard_batch(features), jax.random.PRNGKey(1))
+      losses.append(float(metrics["loss"]))
+  return losses, np.asarray(state.params["encoder"]["prompt"]["prompt"]["prompt"])
+
+
+def check_train_step_on_8_devices_matches_one_device():
+  """The train step on a (data 4 x model 2) mesh and on a multi-slice (replica, data, model) mesh, against one
+  device: the same losses and the same prompt after three steps."""
+  single_losses, single_prompt = _train_three_steps(jax.devices()[:1], num_partitions=1)
+  for layout, mesh in (("sharded", {"num_partitions": 2}),
+                       ("multi_slice", {"ici_mesh_shape": (2, 2, 2), "dcn_mesh_shape": (1, 1, 1)})):
+    losses, prompt = _train_three_steps(jax.devices(), **mesh)
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-5, err_msg=layout)
+    np.testing.assert_allclose(prompt, single_prompt, rtol=1e-4, atol=1e-5, err_msg=layout)
 
 
 def _checks(prefix: str) -> dict[str, Callable[[], None]]:

@@ -15,9 +15,6 @@ from benchmarks import aot_memory, flops, jax_step, step_time, workers
 from benchmarks.shapes import StepShape, random_batch
 from prompt_tuning.models.config import T5Config, get_config
 
-# One xdist worker for the module: its module fixture compiles the step once.
-pytestmark = pytest.mark.xdist_group("test_benchmarks_smoke")
-
 # Matmul-dominated toy: element-wise work (norms, softmax, optimizer) stays a small share of XLA's count.
 TOY = T5Config(vocab_size=512, emb_dim=128, num_heads=2, head_dim=64, mlp_dim=256, num_encoder_layers=1,
                num_decoder_layers=2, dtype="float32")

@@ -141,7 +141,7 @@ def test_micro_few_shot_spec_and_its_report_of_mean_and_spread_over_subsets(tmp_
   from prompt_tuning.sweeps.spec import Spec
   path = str(SPECS / "micro_few_shot.json")
   assert sweeps_cli.main(["run", path, "--dry-run", "--output_dir", str(tmp_path)]) == 0
-  assert len(capsys.readouterr().out.splitlines()) == 1 + 3 * 3 * 3  # the pretraining, then every run
+  assert len(capsys.readouterr().out.splitlines()) == 1 + 4 * 3 * 3  # the pretraining, then every run
   spec = Spec.load(path, output_dir=str(tmp_path))
   # Three subsets of k = 16 and one of the full split, two evaluations each (the last is "final").
   finals, bests = {0: 60.0, 1: 70.0, 2: 80.0}, {0: 65.0, 1: 90.0, 2: 85.0}

@@ -13,8 +13,7 @@ import zipfile
 
 import pytest
 
-# One xdist worker for the module: its module fixtures build the wheel and the fresh venv once.
-pytestmark = pytest.mark.xdist_group("test_packaging")
+from run_once import once_per_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BARE_ENV = {"PATH": "/usr/bin:/bin"}  # no PYTHONPATH: nothing from the checkout or the test's environment
@@ -22,7 +21,11 @@ BARE_ENV = {"PATH": "/usr/bin:/bin"}  # no PYTHONPATH: nothing from the checkout
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> pathlib.Path:
-  """The wheel built from a copy of the checkout, so that the build leaves nothing in it."""
+  """The wheel built from a copy of the checkout, so that the build leaves nothing in it (once per session)."""
+  return pathlib.Path(once_per_run(tmp_path_factory, "wheel", lambda: str(_build_wheel(tmp_path_factory))))
+
+
+def _build_wheel(tmp_path_factory) -> pathlib.Path:
   tmp_path = tmp_path_factory.mktemp("wheel")
   src = tmp_path / "src"
   src.mkdir()
@@ -60,7 +63,11 @@ def test_wheel_ships_every_gin_file_where_the_cli_looks(wheel, tmp_path):
 
 @pytest.fixture(scope="module")
 def bare_venv(wheel, tmp_path_factory) -> pathlib.Path:
-  """A fresh virtual environment holding the wheel alone (--no-deps): its python."""
+  """A fresh virtual environment holding the wheel alone (--no-deps): its python (once per session)."""
+  return pathlib.Path(once_per_run(tmp_path_factory, "bare_venv", lambda: str(_bare_venv(wheel, tmp_path_factory))))
+
+
+def _bare_venv(wheel: pathlib.Path, tmp_path_factory) -> pathlib.Path:
   venv = tmp_path_factory.mktemp("bare") / "venv"
   subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True,
                  timeout=300)

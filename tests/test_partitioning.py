@@ -29,9 +29,6 @@ from prompt_tuning.models import get_config
 from prompt_tuning.models import t5 as t5_lib
 from prompt_tuning.runtime import partitioning
 
-# One xdist worker for the module: its module fixtures run the 8-device and two-process checks once.
-pytestmark = [pytest.mark.xdist_group("test_partitioning"), pytest.mark.slow]
-
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKS_SCRIPT = pathlib.Path(multidevice_checks.__file__)
 REPLICATED = [("relpos_buckets", None), ("abspos_buckets", None), ("length", None), ("layers", None),
@@ -170,15 +167,13 @@ def _last_json_line(stdout: str, stderr: str) -> dict[str, str]:
   return json.loads(lines[-1])
 
 
-@pytest.fixture(scope="module")
-def eight_device_results() -> dict[str, str]:
+def _eight_devices() -> dict[str, str]:
   proc = subprocess.run([sys.executable, str(CHECKS_SCRIPT)], capture_output=True, text=True, timeout=300,
                         env=_env(), cwd=REPO_ROOT, check=False)
   return _last_json_line(proc.stdout, proc.stderr)
 
 
-@pytest.fixture(scope="module")
-def two_process_results() -> list[dict[str, str]]:
+def _two_processes() -> list[dict[str, str]]:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
@@ -193,12 +188,21 @@ def two_process_results() -> list[dict[str, str]]:
         p.wait()
 
 
-@pytest.mark.parametrize("name", sorted(multidevice_checks.CHECKS))
-def test_eight_devices(eight_device_results, name):
-  assert eight_device_results[name] == "ok", eight_device_results[name]
+def _failures(results: dict[str, str]) -> str:
+  return "\n".join(f"{name}:\n{outcome}" for name, outcome in results.items() if outcome != "ok")
 
 
-@pytest.mark.parametrize("name", sorted(multidevice_checks.MULTIHOST_CHECKS))
-def test_two_processes(two_process_results, name):
-  for process_id, results in enumerate(two_process_results):
-    assert results[name] == "ok", f"process {process_id}:\n{results[name]}"
+@pytest.mark.slow
+def test_eight_devices():
+  """Every check of multidevice_checks.CHECKS in one 8-device process (one test: one process per session)."""
+  results = _eight_devices()
+  assert set(results) == set(multidevice_checks.CHECKS), sorted(results)
+  assert not _failures(results), _failures(results)
+
+
+@pytest.mark.slow
+def test_two_processes():
+  """Every check of multidevice_checks.MULTIHOST_CHECKS in each of two `jax.distributed` processes."""
+  for process_id, results in enumerate(_two_processes()):
+    assert set(results) == set(multidevice_checks.MULTIHOST_CHECKS), sorted(results)
+    assert not _failures(results), f"process {process_id}:\n{_failures(results)}"

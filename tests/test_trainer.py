@@ -7,8 +7,6 @@ import json
 import pathlib
 import re
 import signal
-import subprocess
-import sys
 from typing import Any
 from unittest import mock
 
@@ -19,7 +17,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cli_utils import BYTE_VOCAB_ROWS, cli_env, write_tiny_t5x_checkpoint
+from cli_utils import BYTE_VOCAB_ROWS, write_tiny_t5x_checkpoint
 from prompt_tuning.family import PromptFamily
 from prompt_tuning import prompts
 from prompt_tuning.models import EncoderDecoder, get_config
@@ -35,7 +33,6 @@ from prompt_tuning.runtime.state_init import build_run_params
 from prompt_tuning.runtime.trainer import (Evaluations, NonFiniteLossError, Trainer, TrainerConfig, init_train_state,
                                            make_train_step, partition_train_step)
 
-TESTS_DIR = pathlib.Path(__file__).resolve().parent
 SHAPES = {"encoder_input_tokens": (4, 6), "decoder_input_tokens": (4, 4)}
 PROMPT_RESTORE = dict(assignment_map=((r".*prompt.*", None),), fallback_to_scratch=True)
 
@@ -174,17 +171,6 @@ def test_trainer_saves_and_stops_on_sigterm(tmp_path):
   finally:
     signal.signal(signal.SIGTERM, handler)
   assert out["step"] == trainer.position == 3 and saved_steps(tmp_path) == [0, 3]
-
-
-@pytest.mark.slow
-def test_train_step_on_8_devices_matches_one_device():
-  proc = subprocess.run([sys.executable, str(TESTS_DIR / "train_step_multidevice.py")], env=cli_env(),
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
-  for layout in ("sharded", "multi_slice"):
-    np.testing.assert_allclose(out[f"{layout}_losses"], out["single_losses"], rtol=1e-5, err_msg=layout)
-    np.testing.assert_allclose(out[f"{layout}_prompt"], out["single_prompt"], rtol=1e-4, atol=1e-5, err_msg=layout)
 
 
 def test_predictions_with_a_prompt_match_step_by_step_argmax():
