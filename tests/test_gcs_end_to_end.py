@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from etils import epath
 
 import gcs_emulator
 import gcs_tasks
-from cli_utils import run_cli
+from cli_utils import cli_command, cli_env, run_cli
 
 pytestmark = pytest.mark.skipif(gcs_emulator.missing_requirements() is not None,
                                 reason=str(gcs_emulator.missing_requirements()))
@@ -76,17 +79,27 @@ def test_prompt_tuning_with_everything_on_gcs(gcs, inputs, tmp_path, monkeypatch
   run_cli("train", _train_flags(inputs, str(straight), last, "--gin.EVAL_PERIOD=4"), tmp_path)
   expected = np.load(straight / PROMPT.format(step=last))
 
-  # On gs://: stopped after its save at step 7 (as a preempted job is), then started again to the end.
+  # On gs://: killed (SIGKILL, in its own process) once its save at step 5 is in the bucket, then started again.
   spec_dir = f"gs://{BUCKET}/sweep"
   run_id = "gcs_test/tiny/prompt_tuning-len3-from_class_labels/seed0"
   model_dir = f"{spec_dir}/{run_id}"
   flags = _train_flags(inputs, model_dir, last, "--gin.EVAL_PERIOD=4")
-  run_cli("train", _train_flags(inputs, model_dir, 7, "--gin.EVAL_PERIOD=4"), tmp_path)
-  saved = sorted({int(m.group(1)) for n in gcs.objects(BUCKET, f"sweep/{run_id}/")
-                  if (m := re.match(rf"sweep/{run_id}/checkpoint_(\d+)/", n))})
-  assert saved == [5, 7], saved  # KEEP_CHECKPOINTS=2: checkpoint_3 deleted from the bucket
+  saved = lambda: sorted({int(m.group(1)) for n in gcs.objects(BUCKET, f"sweep/{run_id}/")
+                          if (m := re.match(rf"sweep/{run_id}/numpy_checkpoints/checkpoint_(\d+)/", n))})
+  proc = subprocess.Popen(cli_command("train", flags), cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while 5 not in saved() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  at_kill = saved()
+  assert 5 in at_kill and last not in at_kill, f"the run was not killed mid-way (saved steps {at_kill})"
   resumed = run_cli("train", flags, tmp_path)
-  assert f"Resuming from {model_dir}/checkpoint_7" in resumed.stderr, resumed.stderr[-3000:]
+  assert f"Resuming from {model_dir}/checkpoint_{at_kill[-1]}" in resumed.stderr, resumed.stderr[-3000:]
+  kept = sorted({int(m.group(1)) for n in gcs.objects(BUCKET, f"sweep/{run_id}/")
+                 if (m := re.match(rf"sweep/{run_id}/checkpoint_(\d+)/", n))})
+  assert kept == [7, last], kept  # KEEP_CHECKPOINTS=2: the older ones deleted from the bucket
   run = epath.Path(model_dir)
   np.testing.assert_array_equal(_load(f"{model_dir}/{PROMPT.format(step=last)}"), expected)
   # What the run leaves in MODEL_DIR, all in the bucket.
@@ -99,7 +112,10 @@ def test_prompt_tuning_with_everything_on_gcs(gcs, inputs, tmp_path, monkeypatch
   assert json.loads((run / "frozen_weights.json").read_text())["path"] == inputs["checkpoint"]
   metrics = [json.loads(l) for l in (run / "inference_eval" / "gcs_test_sentiment-metrics.jsonl").read_text()
              .splitlines()]
-  assert [m["step"] for m in metrics] == [7, last]
+  # EVAL_PERIOD=4 counts from the step a process starts at, as in T5X: the killed run evaluates at 7 if it got
+  # that far, the resumed one at its last step.
+  steps = [m["step"] for m in metrics]
+  assert steps[-1] == last and set(steps) <= {7, last}, (at_kill, metrics)
 
   # The run's own checkpoint evaluated as in T5X: the frozen weights come from the recorded gs:// checkpoint.
   eval_dir = f"gs://{BUCKET}/eval"
