@@ -129,6 +129,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bit_for_bit(tmp_path, fro
   np.testing.assert_array_equal(np.load(killed / PROMPT_FILE.format(step=last)), expected)
 
 
+def test_relative_steps_count_from_the_initial_checkpoint_whatever_train_steps_says(tmp_path, frozen_checkpoint):
+  """TRAIN_STEPS_RELATIVE=2 from the frozen checkpoint's step 3: the run ends at step 5; TRAIN_STEPS is not read
+  (scripts/compare_families.py binds it to 0)."""
+  run = tmp_path / "run"
+  run_cli("train", train_flags(run, frozen_checkpoint, 0, "--gin.TRAIN_STEPS_RELATIVE=2", "--gin.EVAL_PERIOD=0"),
+          tmp_path)
+  assert (run / PROMPT_FILE.format(step=5)).exists() and not (run / PROMPT_FILE.format(step=6)).exists()
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--gin.MODEL_DIR=%gin.REQUIRED"], "MODEL_DIR"),
     (["--gin.MIXTURE_OR_TASK_NAME='cli_test_tsak'"], "cli_test_task"),
