@@ -426,8 +426,14 @@ def check_hf_and_orbax_restore_shard_by_shard():
     run.save(3, traverse_util.unflatten_dict(values, sep="/"), {}, 0)
     run.wait()
     run.close()
+    before = zarr_store.bytes_read()  # TensorStore's own count: Orbax reads its arrays through it
     got = restore_sharded(model, partitioner, str(tmp / "orbax" / "checkpoint_3"))
+    read = zarr_store.bytes_read() - before
     assert_bit_identical(got, values, shardings)
+    # Each shard is held by 2 devices (data 2 x model 4); each stored byte is read at most once, not per device.
+    stored = sum(f.stat().st_size for f in (tmp / "orbax" / "checkpoint_3").rglob("*") if f.is_file())
+    raw = sum(v.nbytes for v in values.values())
+    assert raw <= read <= stored, (raw, read, stored)
 
 
 # ------------------------------------------------------------------------------- two processes x 4 devices
