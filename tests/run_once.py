@@ -13,7 +13,7 @@ def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, compute: C
   """`compute()`'s JSON result, computed by the first test process that asks and read by the others.
 
   A module-scoped fixture runs once per xdist worker that runs one of its tests, and the workers share the module's
-  tests; this keeps an expensive fixture (a subprocess on 8 simulated devices, say) to one run per session."""
+  tests; this keeps an expensive fixture (a built wheel and its venv, say) to one run per session."""
   root = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     root = root.parent  # the workers' temporary folders sit side by side in one folder of the session
