@@ -13,11 +13,13 @@ import logging
 import os
 import pathlib
 import runpy
+import signal
 import subprocess
 import sys
+import time
 import traceback
 import warnings
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +67,19 @@ def run_cli(module: str, flags: Sequence[str], cwd: pathlib.Path, timeout: int =
   if check and proc.returncode != 0:
     raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
   return proc
+
+
+def kill_cli_when(module: str, flags: Sequence[str], cwd: pathlib.Path, ready: Callable[[], bool],
+                  timeout: float = 300) -> None:
+  """`python -m prompt_tuning.<module> <flags>` in its own process, killed with SIGKILL as soon as `ready()` (or
+  when it ends or `timeout` passes)."""
+  proc = subprocess.Popen(cli_command(module, flags), cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not ready() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
 
 
 def tpu_dry_run(spec_path: str | pathlib.Path, output_dir: pathlib.Path, capsys) -> list[str]:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +11,7 @@ from etils import epath
 
 import gcs_emulator
 import gcs_tasks
-from cli_utils import cli_command, cli_env, run_cli
+from cli_utils import kill_cli_when, run_cli
 
 pytestmark = pytest.mark.skipif(gcs_emulator.missing_requirements() is not None,
                                 reason=str(gcs_emulator.missing_requirements()))
@@ -53,6 +50,12 @@ def _load(url: str) -> np.ndarray:
     return np.load(f)
 
 
+def _steps(gcs, folder: str) -> list[int]:
+  """The steps of the `checkpoint_<step>/` folders directly under `folder` in the bucket."""
+  return sorted({int(m.group(1)) for n in gcs.objects(BUCKET, folder)
+                 if (m := re.match(rf"{re.escape(folder)}checkpoint_(\d+)/", n))})
+
+
 LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}"  # eval takes them from the data, as training's
 
 
@@ -84,21 +87,13 @@ def test_prompt_tuning_with_everything_on_gcs(gcs, inputs, tmp_path, monkeypatch
   run_id = "gcs_test/tiny/prompt_tuning-len3-from_class_labels/seed0"
   model_dir = f"{spec_dir}/{run_id}"
   flags = _train_flags(inputs, model_dir, last, "--gin.EVAL_PERIOD=4")
-  saved = lambda: sorted({int(m.group(1)) for n in gcs.objects(BUCKET, f"sweep/{run_id}/")
-                          if (m := re.match(rf"sweep/{run_id}/numpy_checkpoints/checkpoint_(\d+)/", n))})
-  proc = subprocess.Popen(cli_command("train", flags), cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while 5 not in saved() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  saved = lambda: _steps(gcs, f"sweep/{run_id}/numpy_checkpoints/")
+  kill_cli_when("train", flags, tmp_path, ready=lambda: 5 in saved())
   at_kill = saved()
   assert 5 in at_kill and last not in at_kill, f"the run was not killed mid-way (saved steps {at_kill})"
   resumed = run_cli("train", flags, tmp_path)
   assert f"Resuming from {model_dir}/checkpoint_{at_kill[-1]}" in resumed.stderr, resumed.stderr[-3000:]
-  kept = sorted({int(m.group(1)) for n in gcs.objects(BUCKET, f"sweep/{run_id}/")
-                 if (m := re.match(rf"sweep/{run_id}/checkpoint_(\d+)/", n))})
+  kept = _steps(gcs, f"sweep/{run_id}/")
   assert kept == [7, last], kept  # KEEP_CHECKPOINTS=2: the older ones deleted from the bucket
   run = epath.Path(model_dir)
   np.testing.assert_array_equal(_load(f"{model_dir}/{PROMPT.format(step=last)}"), expected)

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
 
 from prompt_tuning.runtime import summaries
-from cli_utils import MODEL_FLAGS, TASK_FLAGS, cli_command, cli_env, run_cli, write_tiny_t5x_checkpoint
+from cli_utils import MODEL_FLAGS, TASK_FLAGS, kill_cli_when, run_cli, write_tiny_t5x_checkpoint
 
 PROMPT_FILE = "numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.prompt"
 
@@ -113,14 +110,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bit_for_bit(tmp_path, fro
 
   killed = tmp_path / "killed"
   flags = train_flags(killed, frozen_checkpoint, last, "--gin.EVAL_PERIOD=0")
-  proc = subprocess.Popen(cli_command("train", flags), cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  first_save = killed / PROMPT_FILE.format(step=5)
-  deadline = time.time() + 300
-  while not first_save.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_cli_when("train", flags, tmp_path, ready=(killed / PROMPT_FILE.format(step=5)).exists)
   saved = sorted(int(p.name.split("_")[1]) for p in (killed / "numpy_checkpoints").glob("checkpoint_*")
                  if "." not in p.name)
   assert saved and saved[-1] < last, f"the run was not interrupted mid-way (saved steps {saved}, {steps} steps)"
