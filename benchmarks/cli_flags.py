@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -39,15 +40,24 @@ def require_jax_gpu(timeout_s: float = 300.0) -> None:
   """For --device=gpu: fail at once, with the fix, when JAX has no GPU here.
 
   Without a CUDA plugin, JAX_PLATFORMS=cuda makes JAX raise a bare AssertionError inside every worker; this
-  asks a throw-away process instead (JAX's backend cannot be re-initialised in this one).
+  asks a throw-away process instead (JAX's backend cannot be re-initialised in this one), once per process.
   """
+  problem = _jax_gpu_problem(timeout_s)
+  if problem is not None:
+    raise RuntimeError(problem)
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_gpu_problem(timeout_s: float) -> str | None:
+  """Why JAX cannot use a GPU here (None when it can), asked of a throw-away process."""
   code = "import jax; print(len(jax.devices('gpu')))"
   env = dict(os.environ, JAX_PLATFORMS="cuda")
   try:
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout_s)
-  except subprocess.TimeoutExpired as e:
-    raise RuntimeError(f"--device=gpu: JAX did not start its CUDA backend within {timeout_s:.0f} s.") from e
+  except subprocess.TimeoutExpired:
+    return f"--device=gpu: JAX did not start its CUDA backend within {timeout_s:.0f} s."
   if proc.returncode != 0 or not proc.stdout.strip().isdigit() or int(proc.stdout.strip()) == 0:
     last = (proc.stderr.strip().splitlines() or ["no error text"])[-1]
-    raise RuntimeError(f"--device=gpu, but JAX finds no GPU here ({last}). Install the CUDA jaxlib for this jax: "
-                       f"{GPU_INSTALL_HINT}; or run with --device=cpu.")
+    return (f"--device=gpu, but JAX finds no GPU here ({last}). Install the CUDA jaxlib for this jax: "
+            f"{GPU_INSTALL_HINT}; or run with --device=cpu.")
+  return None

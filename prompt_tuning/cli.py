@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import sys
-import traceback
 from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import gin
@@ -68,7 +67,7 @@ def run_gin_main(argv: Sequence[str], fn: Callable[..., Any], **overrides: Any) 
       if FLAGS.seqio_additional_cache_dirs:
         seqio.add_global_cache_dirs(FLAGS.seqio_additional_cache_dirs)
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-    gin_utils.check_bindings_are_used(FLAGS.gin_bindings, FLAGS.gin_search_paths)
+    gin_utils.check_bindings_are_used(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     config_checks.check_config()
   initialize_distributed()
   with reported_errors():
@@ -95,17 +94,10 @@ def check_flags() -> None:
                     "(processes count from 0).")
 
 
-def _show_traceback() -> bool:
-  return os.environ.get(errors.TRACEBACK_ENV, "") not in ("", "0") or bool(FLAGS["verbose"].value)
-
-
 def exit_with(error: BaseException | str, code: int) -> NoReturn:
   """One `error: ...` line on stderr (after the traceback with --verbose / PT_TRACEBACK=1), then exit `code`."""
   message = str(error).split("\n  In call to configurable")[0].split("\n  In file ")[0]
-  if _show_traceback():
-    traceback.print_exc()
-  print(errors.one_line(message), file=sys.stderr, flush=True)
-  sys.exit(code)
+  errors.exit_with(message, code, errors.traceback_wanted() or bool(FLAGS["verbose"].value))
 
 
 # Mistakes of the machine's set-up rather than of the code: one line that says what to fix.

@@ -1,24 +1,15 @@
 """Gin plumbing shared by the CLIs: T5X's `--gin.NAME=VALUE` flags, search paths and clear config errors."""
 from __future__ import annotations
 
-import difflib
-import logging
 import os
-import pathlib
 import re
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import gin
 
+from prompt_tuning import gin_files
 from prompt_tuning.errors import UserError
-
-PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
-
-
-def default_search_paths() -> list[str]:
-  """The shipped `gin_configs/` (inside the wheel, or at the repo root in a source checkout) and the cwd."""
-  candidates = [PACKAGE_DIR / "gin_configs", PACKAGE_DIR.parent / "gin_configs"]
-  return ["."] + [str(p) for p in candidates if p.is_dir()]
+from prompt_tuning.gin_files import default_search_paths
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
@@ -34,25 +25,11 @@ class ConfigError(UserError):
   """A gin configuration that cannot run; the message names what to set."""
 
 
-# The reference repository's gin paths (its README and demo scripts) -> ours.
-_REFERENCE_PREFIXES = (("prompt_tuning/configs/models/decoding/", "decoding/"), ("prompt_tuning/configs/", ""),
-                       ("models/decoding/", "decoding/"))
-
-
-def resolve_reference_path(name: str) -> str:
-  """`prompt_tuning/configs/models/t5_1_1_base_prompt.gin` (google-research/prompt-tuning's layout) ->
-  `models/t5_1_1_base_prompt.gin`, so that the reference's commands run as written; other names are unchanged."""
-  for prefix, replacement in _REFERENCE_PREFIXES:
-    if name.startswith(prefix):
-      return replacement + name[len(prefix):]
-  return name
-
-
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
   """Parse gin files (in order) and bindings after adding the search paths (ours appended)."""
   for path in list(search_paths) + default_search_paths():
     gin.add_config_file_search_path(os.path.abspath(path) if not str(path).startswith("gs://") else path)
-  files = [name if os.path.exists(name) else resolve_reference_path(name) for name in files]
+  files = [gin_files.given_name(name) for name in files]
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
   except IOError as e:
@@ -93,55 +70,34 @@ def explain_missing(error: Exception) -> ConfigError | None:
 
 
 # ------------------------------------------------------------------------------------------------ unused macros
-_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_]\w*)\s*=", re.M)
-_MACRO_REFERENCE = re.compile(r"%([A-Za-z_]\w*)")
-_MAX_GIN_FILES = 2000  # per search path
-
-
-def _config_macros() -> tuple[set[str], set[str]]:
-  """(bound, referenced) macro names of the parsed gin config."""
-  config = gin.config._CONFIG  # pylint: disable=protected-access  # gin has no public walk of its bindings
-  bound = {scope for scope, selector in config if selector == "gin.macro"}
-  referenced = {"/".join(ref.scopes) for ref in gin.config.iterate_references(config)
-                if ref.configurable.wrapped is gin.config.macro}
-  return bound, referenced
-
-
-def macros_in_gin_files(search_paths: Iterable[str]) -> set[str]:
-  """Every macro name bound or referenced by a gin file under the (local) search paths: the names a user may
-  mean."""
-  names: set[str] = set()
-  for root in search_paths:
-    if "://" in str(root) or os.path.abspath(root) == os.getcwd() or not os.path.isdir(root):
-      continue  # the working folder may be anything (a home folder): its gin files in use are parsed already
-    for i, path in enumerate(pathlib.Path(root).rglob("*.gin")):
-      if i >= _MAX_GIN_FILES:
-        break
-      text = path.read_text(errors="replace")
-      names.update(_MACRO_BINDING.findall(text), _MACRO_REFERENCE.findall(text))
-  return names
-
-
-def check_bindings_are_used(bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
-  """A macro that a binding sets (`--gin.NAME=...`) but no loaded gin file or configurable reads is an error
-  naming the closest known macros (T5X ignores it, so a misspelled macro silently keeps its default). A macro
-  that the shipped or searched gin files know but this configuration does not read (a training setting given to
-  eval, a sweep's shared binding) only gets a warning."""
-  bound, referenced = _config_macros()
-  cli_macros = [m for binding in bindings for m in _MACRO_BINDING.findall(binding)]
-  unused = [name for name in dict.fromkeys(cli_macros) if name not in referenced]
-  if not unused:
+def check_bindings_are_used(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
+  """A macro that a binding sets (`--gin.NAME=...`) but the loaded gin files do not read is an error (T5X ignores
+  it, so the setting silently has no effect): one nobody knows names the closest known macros (a misspelling);
+  one that other gin files read (a training setting given to eval, `CLASS_LABELS` with a random initialiser)
+  names them and the fix. Which macros the files read is `gin_files.macros`, what a sweep passes by too."""
+  found = gin_files.macros(files, bindings, search_paths)
+  if found is None:
+    return  # a gin file that gin found elsewhere (a Python package's resource): nothing here can tell
+  given = dict.fromkeys(name for binding in bindings for name in sorted(gin_files.scan(binding)[0].bound))
+  unread = [name for name in given if name not in found.read]
+  if not unread:
     return
-  known = macros_in_gin_files(list(search_paths) + default_search_paths())
-  for name in unused:
-    if name in known:
-      logging.warning("--gin.%s is not read by the loaded gin files: it has no effect here.", name)
-      continue
-    candidates = sorted((referenced | bound | known) - set(unused))
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(close)}?" if close else "check its spelling against the gin files' macros."
-    raise ConfigError(f"--gin.{name}=... sets a macro that no loaded gin file or configurable uses; {hint} "
-                      "(T5X would ignore it and keep the default.)")
+  name, known = unread[0], gin_files.readers([*search_paths, *default_search_paths()])
+  if name in known:
+    raise _read_elsewhere(name, known[name])
+  hint = gin_files.spelling_hint(name, (found.read | found.bound | set(known)) - set(unread))
+  raise ConfigError(f"--gin.{name}=... sets a macro that no loaded gin file or configurable uses; {hint} "
+                    "(T5X would ignore it and keep the default.)")
+
+
+def _read_elsewhere(name: str, readers: Sequence[str]) -> ConfigError:
+  """The error for a known macro that the loaded gin files do not read, naming (up to 3 of) those that do."""
+  readers = sorted(readers, key=lambda path: not path.startswith(("models/", "runs/")))  # the model, run gins first
+  shown = readers[:3] + ([f"{len(readers) - 3} more"] if len(readers) > 3 else [])
+  fix = (f"it is read by {', '.join(shown)}: drop the binding, or add the --gin_file that reads it" if shown
+         else "no gin file reads it: drop the binding")
+  return ConfigError(f"--gin.{name}=... sets a macro that the gin files loaded here do not read; {fix}. (T5X would "
+                     "ignore it.)")
 
 
 def write_operative_config(model_dir: str) -> None:

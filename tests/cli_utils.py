@@ -3,7 +3,8 @@
 `run_cli` runs the module as `python -m` would (`runpy` as `__main__`, the same argv, absl flags and gin parsed
 afresh, the working directory and exit status of a real run) but inside the test process, so a call does not pay
 for starting Python, TensorFlow and JAX again. `PT_TEST_CLI_SUBPROCESS=1` (or `in_process=False`) runs each CLI in
-its own process instead, as a user's shell does.
+its own process instead, as a user's shell does. `PT_TEST_CLI_TIMES=FILE` appends each in-process run's module,
+seconds and test to FILE (where the suite's CLI time goes).
 """
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ def run_in_process(module: str, flags: Sequence[str], cwd: pathlib.Path) -> subp
   Each run executes the module afresh, so gin's interactive mode lets its configurables (T5X's
   `import __main__ as train_script`) replace those of the previous run, as a new process would."""
   import gin
+  start = time.perf_counter()
   argv = cli_command(module, flags)[2:]  # [module, *flags], as sys.argv of `python -m` but for argv[0]
   out, err = io.StringIO(), io.StringIO()
   code: int | str | None = 0
@@ -130,6 +132,9 @@ def run_in_process(module: str, flags: Sequence[str], cwd: pathlib.Path) -> subp
     finally:
       sys.argv = saved_argv
       gin.clear_config()
+  if os.environ.get("PT_TEST_CLI_TIMES"):
+    with open(os.environ["PT_TEST_CLI_TIMES"], "a") as f:
+      f.write(f"{module} {time.perf_counter() - start:.2f} {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}\n")
   if isinstance(code, str):  # sys.exit("error: ...") prints the message and exits with 1
     err.write(code + "\n")
     code = 1

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
+from typing import Iterator
 
 import pytest
 
@@ -30,6 +32,15 @@ def _require(path: pathlib.Path) -> pathlib.Path:
   if not path.exists():
     pytest.skip(f"reference artifact {path} is absent (it lives in ../shared/data beside the repo)")
   return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def library_temporary_files_in_the_session_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+  """Libraries' own temporary files go into pytest's session folder (which pytest prunes), not /tmp: TFDS leaves
+  an empty `/tmp/tmp*tfds` folder behind each time it looks for a dataset's info in its GCS bucket."""
+  saved, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("tempfile"))
+  yield
+  tempfile.tempdir = saved
 
 
 @pytest.fixture(scope="session")

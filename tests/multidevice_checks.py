@@ -14,17 +14,22 @@ if __name__ == "__main__":  # before jax creates its CPU backend
   os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count="
                                       + ("4" if len(sys.argv) > 1 else "8")]).strip()
 
+import contextlib
 import functools
+import itertools
 import json
+import math
 import pathlib
+import shutil
 import tempfile
 import traceback
-from typing import Callable
+from typing import Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorstore as ts
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -252,9 +257,10 @@ RESTORE_SHAPES = {"encoder_input_tokens": (2, 6), "decoder_input_tokens": (2, 4)
 
 
 def restore_model():
-  """A tiny T5 whose sharded dims divide by 8 (8 heads of 2, MLP 16, vocab 128), with a 3-token prompt."""
+  """A tiny T5 whose sharded dims divide by 8 (8 heads of 8, MLP 128, vocab 128), with a 3-token prompt; a shard
+  of a kernel is at least 2 KiB, above the 1 KiB up to which Orbax keeps a value inside its OCDBT B-tree."""
   from prompt_tuning.runtime.models import EncoderDecoderModel  # pylint: disable=import-outside-toplevel
-  cfg = get_config("tiny", dtype=jnp.float32, num_heads=8, head_dim=2, emb_dim=8, mlp_dim=16, vocab_size=128)
+  cfg = get_config("tiny", dtype=jnp.float32, num_heads=8, head_dim=8, emb_dim=64, mlp_dim=128, vocab_size=128)
   return EncoderDecoderModel(EncoderDecoder(cfg, PromptFamily(lambda: prompts.PromptedInputs(prompts.Prompt(3)))))
 
 
@@ -284,14 +290,12 @@ def chunk_bytes_of_local_shards(ckpt: pathlib.Path, values, shardings) -> tuple[
   local = total = 0
   for name, value in values.items():
     zdir = ckpt / ("target." + name.replace("/", "."))
-    chunk = shardings[name].shard_shape(value.shape)
-    wanted = {tuple(s.indices(n)[0] // c for s, n, c in zip(index, value.shape, chunk))
-              for index in shardings[name].addressable_devices_indices_map(value.shape).values()}
+    zarray = json.loads((zdir / ".zarray").read_text())
+    wanted = {".zarray"} | {key[1:] for key in local_chunk_keys("", zarray, value.shape, shardings[name])}
     for f in zdir.iterdir():
       size = f.stat().st_size
       total += size
-      if f.name == ".zarray" or tuple(int(i) for i in f.name.split(".")) in wanted:
-        local += size
+      local += size if f.name in wanted else 0
   return local, total
 
 
@@ -397,43 +401,116 @@ def check_t5x_restore_of_bfloat16_zstd_checkpoint():
     assert_bit_identical(got, previous_path(model, partitioner, ckpt, None), shardings)
 
 
-def check_hf_and_orbax_restore_shard_by_shard():
-  """Hugging Face safetensors (slices per shard) and our Orbax runs (Orbax's sharded restore) restore exactly."""
+def local_region_bytes(values, shardings) -> int:
+  """Bytes of the distinct regions this process's devices hold (a replicated parameter counted once)."""
+  total = 0
+  for name, value in values.items():
+    regions = {tuple(s.indices(n)[:2] for s, n in zip(index, value.shape))
+               for index in shardings[name].addressable_devices_indices_map(value.shape).values()}
+    total += sum(value.dtype.itemsize * math.prod(stop - start for start, stop in r) for r in regions)
+  return total
+
+
+def ocdbt_layout(state_dir: pathlib.Path) -> tuple[int, dict[str, bytes], dict[str, int]]:
+  """Of the OCDBT database in `state_dir`: the bytes of its manifest and B-tree (the files `manifest.ocdbt` and
+  `d/*` beside the per-process folders), the values kept inside the B-tree (Orbax's zarr metadata, values up to
+  1 KiB) and the stored length of every other value (in the per-process data files), by key."""
+  base = ts.KvStore.open(zarr_store.kvstore_spec(str(state_dir))).result()
+  root = ts.ocdbt.dump(base).result()["versions"][-1]
+  node = ts.ocdbt.dump(base, root["root"]["location"]).result()
+  assert root["root_height"] == 0 == node["height"], root  # one B-tree node
+  inline = {e["key"].decode(): e["inline_value"] for e in node["entries"] if "inline_value" in e}
+  indirect = {e["key"].decode(): int(e["indirect_value"].rsplit(":", 1)[1])
+              for e in node["entries"] if "indirect_value" in e}
+  metadata = sum(f.stat().st_size for f in [state_dir / "manifest.ocdbt", *(state_dir / "d").iterdir()])
+  assert metadata == (state_dir / "manifest.ocdbt").stat().st_size + root["root"]["statistics"]["num_tree_bytes"]
+  return metadata, inline, indirect
+
+
+def local_chunk_keys(name: str, zarray: dict, shape: tuple[int, ...], sharding) -> set[str]:
+  """The zarr chunk keys (`name/i.j`) the regions of this process's devices touch."""
+  chunks = zarray["chunks"] or [1]
+  keys = set()
+  for index in sharding.addressable_devices_indices_map(shape).values():
+    ranges = [range(s.indices(n)[0] // c, -(-s.indices(n)[1] // c)) for s, n, c in zip(index, shape, chunks)]
+    keys |= {f"{name}/" + ".".join(map(str, i)) for i in itertools.product(*ranges)} if ranges else {f"{name}/0"}
+  return keys
+
+
+def save_orbax_run(model_dir: pathlib.Path, values, shardings) -> pathlib.Path:
+  """Our run checkpoint (`RunCheckpointer`, step 3) of `values` as a model-tuning run holds them: global arrays
+  with their shardings, each process writing its shards. Returns the `checkpoint_3` dir."""
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
   from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer  # pylint: disable=import-outside-toplevel
-  model, partitioner, values, shardings = restore_setup(4)
-  with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:
-    tmp = pathlib.Path(scratch)
-    hf.save_hf_t5(traverse_util.unflatten_dict(values, sep="/"), model.module.config, tmp / "hf")
-    slices, real = [], hf._read_slice  # pylint: disable=protected-access
-    hf._read_slice = lambda path, name, index: slices.append((name, real(path, name, index).shape)) or real(
-        path, name, index)
-    try:
-      got = restore_sharded(model, partitioner, str(tmp / "hf"), keep_prompt=True)
-    finally:
-      hf._read_slice = real
-    assert_bit_identical(got, {k: v for k, v in values.items() if "prompt" not in k}, shardings)
-    assert_bit_identical(got, previous_path(model, partitioner, str(tmp / "hf")), shardings)
-    names = hf._name_map(model.module.config)  # pylint: disable=protected-access
-    for name, shape in slices:  # the two tables compared whole to tell a tied head apart aside
-      ours, transposed = names[name]
-      if name not in ("shared.weight", "lm_head.weight"):
-        want = shardings[ours].shard_shape(values[ours].shape)
-        assert shape == (want[::-1] if transposed else want), (name, shape, want)
-    assert ("encoder.block.0.layer.1.DenseReluDense.wi_0.weight", (4, 8)) in slices, slices  # [16, 8] in 4
+  placed = {k: jax.make_array_from_callback(v.shape, shardings[k], lambda index, v=v: v[index])
+            for k, v in values.items()}
+  run = RunCheckpointer(str(model_dir))
+  run.save(3, traverse_util.unflatten_dict(placed, sep="/"), {}, 0)
+  run.wait()
+  run.close()
+  return model_dir / "checkpoint_3"
 
-    run = RunCheckpointer(str(tmp / "orbax"))
-    run.save(3, traverse_util.unflatten_dict(values, sep="/"), {}, 0)
-    run.wait()
-    run.close()
-    before = zarr_store.bytes_read()  # TensorStore's own count: Orbax reads its arrays through it
-    got = restore_sharded(model, partitioner, str(tmp / "orbax" / "checkpoint_3"))
-    read = zarr_store.bytes_read() - before
-    assert_bit_identical(got, values, shardings)
-    # Each shard is held by 2 devices (data 2 x model 4); each stored byte is read at most once, not per device.
-    stored = sum(f.stat().st_size for f in (tmp / "orbax" / "checkpoint_3").rglob("*") if f.is_file())
-    raw = sum(v.nbytes for v in values.values())
-    assert raw <= read <= stored, (raw, read, stored)
+
+def assert_orbax_restore_reads_local_chunks(model_dir: pathlib.Path, num_partitions: int) -> None:
+  """Our Orbax run, saved and restored with the shardings of `restore_setup(num_partitions)`: the values as saved
+  and as Orbax's own restore gives them, bit for bit, and TensorStore's bytes read exactly the OCDBT manifest and
+  B-tree (once) plus the stored chunks this process's regions touch, at most its share of the arrays' bytes
+  (and, on several processes, less than all the chunks)."""
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+  from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer  # pylint: disable=import-outside-toplevel
+  model, partitioner, values, shardings = restore_setup(num_partitions)
+  ckpt = save_orbax_run(model_dir, values, shardings)
+  metadata, inline, indirect = ocdbt_layout(ckpt / "state")
+  local = set().union(*(local_chunk_keys("target." + k.replace("/", "."), json.loads(
+      inline["target." + k.replace("/", ".") + "/.zarray"]), v.shape, shardings[k]) for k, v in values.items()))
+  assert local <= set(inline) | set(indirect), sorted(local - set(inline) - set(indirect))[:4]
+  assert len(indirect) > len(values), indirect  # the kernels' chunks are stored outside the B-tree
+  before = zarr_store.bytes_read()
+  got = restore_sharded(model, partitioner, str(ckpt))
+  read = zarr_store.bytes_read() - before
+  assert_bit_identical(got, values, shardings)
+  abstract = traverse_util.unflatten_dict(
+      {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in values.items()}, sep="/")
+  run = RunCheckpointer(str(model_dir))
+  assert_bit_identical(got, flat(run.restore(abstract, {}, 3)[0]), shardings)  # Orbax's own sharded restore
+  run.close()
+  local_stored = sum(indirect.get(key, 0) for key in local)
+  share = local_region_bytes(values, shardings)
+  assert read == metadata + local_stored, (read, metadata, local_stored)
+  assert local_stored <= share, (local_stored, share)  # zstd chunks: at most the raw bytes of the shards
+  if jax.process_count() > 1:
+    assert read < metadata + sum(indirect.values()), (read, sum(indirect.values()))
+
+
+def check_orbax_restore_reads_each_chunk_once():
+  """8 devices (2 data replicas x 4-way model parallel): every stored chunk read once, not once per replica."""
+  with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:
+    assert_orbax_restore_reads_local_chunks(pathlib.Path(scratch) / "orbax", 4)
+
+
+def assert_hf_restore_reads_local_regions(hf_dir: pathlib.Path, num_partitions: int) -> None:
+  """Hugging Face safetensors restored with the shardings of `restore_setup(num_partitions)`: the values as saved
+  and as the previous path gives them, and the bytes `pread` returned exactly the header, the first row of each
+  of the two embedding tables (compared to tell a tied head apart) and the regions of this process's devices,
+  each once."""
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+  model, partitioner, values, shardings = restore_setup(num_partitions)
+  hf.save_hf_t5(traverse_util.unflatten_dict(values, sep="/"), model.module.config, hf_dir)
+  before = hf.bytes_read()
+  got = restore_sharded(model, partitioner, str(hf_dir), keep_prompt=True)
+  read = hf.bytes_read() - before
+  saved = {k: v for k, v in values.items() if "prompt" not in k}
+  assert_bit_identical(got, saved, shardings)
+  assert_bit_identical(got, previous_path(model, partitioner, str(hf_dir)), shardings)
+  header = 8 + int.from_bytes((hf_dir / hf.WEIGHTS_FILE).read_bytes()[:8], "little")
+  first_rows = 2 * values["token_embedder/embedding"][:1].nbytes  # shared.weight and lm_head.weight: they differ
+  assert read == header + first_rows + local_region_bytes(saved, shardings), (read, header, first_rows)
+
+
+def check_hf_restore_reads_each_region_once():
+  """8 devices (2 data replicas x 4-way model parallel): each distinct region read once."""
+  with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:
+    assert_hf_restore_reads_local_regions(pathlib.Path(scratch) / "hf", 4)
 
 
 # ------------------------------------------------------------------------------- two processes x 4 devices
@@ -504,6 +581,34 @@ def multihost_check_t5x_restore_reads_only_this_process_shards():
     assert read == local == sharded // 2 + replicated + metadata, (read, local, sharded, replicated, metadata)
     assert read < total - sharded // 3, (read, total)
     assert_bit_identical(got, previous_path(model, partitioner, str(ckpt)), shardings)
+
+
+@contextlib.contextmanager
+def shared_tempdir() -> Iterator[pathlib.Path]:
+  """A temporary dir every process sees: process 0 makes it, and removes it once all processes are done."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  made = tempfile.mkdtemp() if jax.process_index() == 0 else ""
+  path = bytes(multihost_utils.broadcast_one_to_all(np.frombuffer(made.encode().ljust(1024, b"\0"), np.uint8)))
+  try:
+    yield pathlib.Path(path.rstrip(b"\0").decode())
+  finally:
+    multihost_utils.sync_global_devices("shared_tempdir")
+    if made:
+      shutil.rmtree(made, ignore_errors=True)
+
+
+def multihost_check_orbax_restore_reads_only_this_process_chunks():
+  """Two processes write one Orbax run (each its shards, into a shared dir) and each restores it with the 'model'
+  axis across both: half of each sharded parameter's chunks, the replicated ones whole, and the OCDBT B-tree."""
+  with shared_tempdir() as shared:
+    assert_orbax_restore_reads_local_chunks(shared / "orbax", 8)
+
+
+def multihost_check_hf_restore_reads_only_this_process_regions():
+  """Each process writes its own copy of a Hugging Face checkpoint and restores it with the 'model' axis across
+  both processes: half of each sharded tensor's bytes, the replicated ones whole."""
+  with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:
+    assert_hf_restore_reads_local_regions(pathlib.Path(scratch) / "hf", 8)
 
 
 def _train_three_steps(devices, **mesh) -> tuple[list[float], np.ndarray]:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +16,8 @@ from etils import epath
 import gcs_emulator
 import gcs_tasks
 from cli_utils import kill_cli_when, run_cli
+from prompt_tuning import errors
+from prompt_tuning.runtime.model_dir_claim import CLAIM_FILE, Holder
 
 pytestmark = pytest.mark.skipif(gcs_emulator.missing_requirements() is not None,
                                 reason=str(gcs_emulator.missing_requirements()))
@@ -153,3 +159,18 @@ def test_prompt_tuning_with_everything_on_gcs(gcs, inputs, tmp_path, monkeypatch
   assert "wrote 1 result(s)" in collected.stdout, collected.stdout
   table = epath.Path(f"{spec_dir}/results.csv").read_text().splitlines()
   assert len(table) == 2 and run_id in table[1], table
+
+  # One trainer per MODEL_DIR on gs:// too: a claim held by a live process refuses a second trainer at once.
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    now = time.time()
+    epath.Path(f"{model_dir}/{CLAIM_FILE}").write_bytes(Holder(socket.gethostname(), holder.pid, None, now, now)
+                                                        .encode())
+    refused = run_cli("train", _train_flags(inputs, model_dir, last + 2), tmp_path, check=False)
+  finally:
+    holder.kill()
+    holder.wait()
+  line = refused.stderr.strip().splitlines()[-1]
+  assert refused.returncode == errors.EXIT_USER_ERROR and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+  assert line.startswith(f"error: MODEL_DIR='{model_dir}' is in use") and f"pid {holder.pid} on host" in line, line
+  assert _steps(gcs, f"sweep/{run_id}/") == [7, last]  # nothing trained, nothing deleted

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gin
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import gin_files, gin_utils
 from prompt_tuning.models import config as t5_config
 
 
@@ -16,7 +16,7 @@ from prompt_tuning.models import config as t5_config
     ("runs/prompt_finetune.gin", "runs/prompt_finetune.gin"),
 ])
 def test_reference_paths_map_to_ours(name, want):
-  assert gin_utils.resolve_reference_path(name) == want
+  assert gin_files.resolve_reference_path(name) == want
 
 
 @pytest.mark.parametrize("size, layers, emb_dim", [("small", 8, 512), ("xxl", 24, 4096)])
@@ -59,3 +59,34 @@ def test_t5x_scheduler_binding_name_reaches_our_scheduler():
     assert float(gin.query_parameter("%LR_FN").scoped_configurable_fn()(10)) == pytest.approx(0.05)
   finally:
     gin.clear_config(clear_constants=True)
+
+
+def test_macros_follow_includes_and_skip_comments_strings_and_block_parameters(tmp_path):
+  (tmp_path / "inner.gin").write_text("x.y = %INNER\n")
+  (tmp_path / "outer.gin").write_text("include 'inner.gin'\n# z = %COMMENTED\nA = '%IN_STRING'\nB = [%A,\n  %SPLIT]\n"
+                                      "block.f:\n  c = %IN_BLOCK\n  D = 1\n")
+  found = gin_files.macros(["outer.gin"], ["E = %F"], [str(tmp_path)])
+  assert found.read == {"INNER", "A", "SPLIT", "IN_BLOCK", "F"} and found.bound == {"A", "B", "E"}
+  assert gin_files.macros(["outer.gin", "missing.gin"], [], [str(tmp_path)]) is None  # nothing here can tell
+
+
+@pytest.mark.parametrize("files", [
+    ["models/t5_1_1_demo_prompt.gin", "prompts/from_class_labels.gin"],
+    ["models/t5_1_1_demo_prompt.gin", "prompts/random_uniform.gin", "families/prefix.gin"],
+    ["models/t5_1_1_demo.gin", "families/ia3.gin"],
+    ["prompt_tuning/configs/models/mt5_small_prompt.gin", "decoding/beam_search.gin"],
+])
+def test_macros_read_are_the_references_of_gins_own_parse(files):
+  """The static scan (what the CLIs' check and a sweep go by) sees the macro references gin's parse holds."""
+  gin.clear_config(clear_constants=True)
+  try:
+    gin_utils.parse_gin(files, [], [])
+  except gin_utils.ConfigError:
+    pass  # a required macro left unset: the config is parsed all the same
+  try:
+    config = gin.config._CONFIG  # pylint: disable=protected-access  # gin has no public walk of its bindings
+    referenced = {"/".join(ref.scopes) for ref in gin.config.iterate_references(config)
+                  if ref.configurable.wrapped is gin.config.macro}
+  finally:
+    gin.clear_config(clear_constants=True)
+  assert gin_files.macros(files).read - {"gin.REQUIRED"} == referenced

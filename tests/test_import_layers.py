@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "prompt_tuning"
 CORE = ("prompt_tuning.models", "prompt_tuning.runtime", "prompt_tuning.family", "prompt_tuning.prompts",
-        "prompt_tuning.masks", "prompt_tuning.errors", "prompt_tuning.gin_utils")
+        "prompt_tuning.masks", "prompt_tuning.errors", "prompt_tuning.gin_files", "prompt_tuning.gin_utils")
 UPPER = ("prompt_tuning.serving", "prompt_tuning.families", "prompt_tuning.baselines", "prompt_tuning.sweeps",
          "prompt_tuning.scripts", "prompt_tuning.export", "prompt_tuning.train", "prompt_tuning.eval",
          "prompt_tuning.infer")

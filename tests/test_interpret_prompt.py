@@ -3,11 +3,13 @@ embeddings: nearest tokens by cosine, class-label marks and the share of rows wi
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from cli_utils import run_cli
+from prompt_tuning import errors
 from prompt_tuning.data import demo, demo_corpus
 from prompt_tuning.runtime.checkpoints import save_t5x_checkpoint
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
@@ -67,6 +69,15 @@ def test_cli_on_an_orbax_checkpoint_and_its_numpy_export(tmp_path):
   assert lines[3].startswith("row   0: ▁positive* (1.000)") and f"▁{WORDS[0]} (" in lines[5]
 
 
+def assert_user_error(capsys, run, pattern: str) -> None:
+  """`run()` exits with the user-error code and one line on stderr matching `pattern`."""
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as stop:
+    run()
+  line = capsys.readouterr().err.strip()
+  assert stop.value.code == errors.EXIT_USER_ERROR and "\n" not in line and re.search(pattern, line), line
+
+
 def test_t5x_checkpoint_npy_prompt_and_clear_errors(tmp_path, capsys):
   table, prompt, ids = table_and_prompt()
   ckpt = save_t5x_checkpoint(str(tmp_path / "t5x"), 5, {"token_embedder": {"embedding": table}})
@@ -77,15 +88,16 @@ def test_t5x_checkpoint_npy_prompt_and_clear_errors(tmp_path, capsys):
   assert [row[0].id for row in report.rows] == [ids["positive"], ids["negative"]] and report.share_with_label == 1.0
   assert "row   1: ▁negative* (1.000)" in capsys.readouterr().out
   np.save(tmp_path / "wide.npy", np.zeros((3, 65), np.float32))
-  with pytest.raises(SystemExit, match=r"prompt \(3, 65\) and the embedding table \(256, 64\) do not match.*"
-                                       "pass the checkpoint the prompt was trained on"):
-    interpret_prompt.main([*args[:1], f"--prompt_path={tmp_path / 'wide.npy'}", *args[2:]])
-  with pytest.raises(SystemExit, match="--k=300 must be between 1 and the vocabulary size"):
-    interpret_prompt.main([*args[:3], "--k=300"])
-  with pytest.raises(SystemExit, match=r"Class label 'nope' tokenizes to \[2\], with no token of its own"):
-    interpret_prompt.main([*args[:4], "--class_labels=positive,nope"])
-  with pytest.raises(SystemExit, match="--vocab='nope.model' is neither t5, mt5, demo nor"):
-    interpret_prompt.main([*args[:2], "--vocab=nope.model"])
+  wide = [*args[:1], f"--prompt_path={tmp_path / 'wide.npy'}", *args[2:]]
+  assert_user_error(capsys, lambda: interpret_prompt.main(wide),
+                    r"prompt \(3, 65\) and the embedding table \(256, 64\) do not match.*"
+                    "pass the checkpoint the prompt was trained on")
+  assert_user_error(capsys, lambda: interpret_prompt.main([*args[:3], "--k=300"]),
+                    "--k=300 must be between 1 and the vocabulary size")
+  assert_user_error(capsys, lambda: interpret_prompt.main([*args[:4], "--class_labels=positive,nope"]),
+                    r"Class label 'nope' tokenizes to \[2\], with no token of its own")
+  assert_user_error(capsys, lambda: interpret_prompt.main([*args[:2], "--vocab=nope.model"]),
+                    "--vocab='nope.model' is neither t5, mt5, demo nor")
 
 
 def test_real_t5_vocabulary_and_tiny_t5x_checkpoint(tiny_t5x_checkpoint, t5_vocab_path, shared_data, tmp_path):

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from prompt_tuning import prompts
+from prompt_tuning import errors, prompts
 from prompt_tuning.export import peft as peft_export
 from prompt_tuning.runtime.checkpoints import hf
 from prompt_tuning.scripts import export_peft
@@ -77,16 +77,18 @@ def test_cli_writes_an_adapter_peft_reads(base_model, tmp_path):
 def test_cli_reports_a_width_mismatch(base_model, tmp_path, capsys):
   _, path, _, config = base_model
   np.save(tmp_path / "prompt.npy", np.zeros((PROMPT_LENGTH, config.emb_dim + 1), np.float32))
-  code = export_peft.main(["--prompt_file", str(tmp_path / "prompt.npy"), "--output_dir", str(tmp_path / "adapter"),
-                           "--base_model", str(path)])
-  assert code == 2 and "d_model=24" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as stop:
+    export_peft.main(["--prompt_file", str(tmp_path / "prompt.npy"), "--output_dir", str(tmp_path / "adapter"),
+                      "--base_model", str(path)])
+  assert stop.value.code == errors.EXIT_USER_ERROR and "d_model=24" in capsys.readouterr().err
   assert not (tmp_path / "adapter" / peft_export.ADAPTER_WEIGHTS_FILE).exists()
 
 
 def test_cli_reports_a_missing_prompt_file(tmp_path, capsys):
-  code = export_peft.main(["--prompt_file", str(tmp_path / "absent.npy"), "--output_dir", str(tmp_path),
-                           "--base_model", "t5-base"])
-  assert code == 2 and "absent.npy" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as stop:
+    export_peft.main(["--prompt_file", str(tmp_path / "absent.npy"), "--output_dir", str(tmp_path),
+                      "--base_model", "t5-base"])
+  assert stop.value.code == errors.EXIT_USER_ERROR and "absent.npy" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("prompt,kwargs,message", [

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -11,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from etils import epath
 
 from cli_utils import run_cli, write_tiny_t5x_checkpoint
 from prompt_tuning.errors import UserError
@@ -232,7 +234,7 @@ def fake_gcs(tmp_path_factory):
     fake.stop()
 
 
-def test_claim_set_aside_and_clean_up_on_gcs(fake_gcs, tmp_path, live_pid):
+def test_claim_set_aside_and_clean_up_on_gcs(fake_gcs, tmp_path, live_pid, caplog):
   run = fake_gcs.create_bucket("resume-safety") + "/run"
   with model_dir_claim.claimed(run, heartbeat_s=0) as claim:
     assert "run/trainer.claim" in fake_gcs.objects("resume-safety") and claim.heartbeat()
@@ -242,6 +244,13 @@ def test_claim_set_aside_and_clean_up_on_gcs(fake_gcs, tmp_path, live_pid):
   fake_gcs.upload(holder, f"{run}/{CLAIM_FILE}")
   with pytest.raises(ModelDirClaimedError, match=f"pid {live_pid}"):
     ModelDirClaim(run, heartbeat_s=0).acquire()
+  gone = dead_pid()  # a stale claim (its holder is gone) is taken over with a warning, on gs:// too
+  holder.write_bytes(Holder(socket.gethostname(), gone, None, time.time(), time.time()).encode())
+  fake_gcs.upload(holder, f"{run}/{CLAIM_FILE}")
+  with caplog.at_level(logging.WARNING), model_dir_claim.claimed(run, heartbeat_s=0):
+    assert Holder.decode(epath.Path(f"{run}/{CLAIM_FILE}").read_bytes()).pid == os.getpid()
+  assert f"Took over the stale trainer claim on {run}" in caplog.text and f"pid {gone}" in caplog.text, caplog.text
+  assert "run/trainer.claim" not in fake_gcs.objects("resume-safety")
 
   ckpt = RunCheckpointer(run, keep=None)
   target = {"prompt": np.arange(6, dtype=np.float32).reshape(3, 2)}

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from prompt_tuning import errors
 from prompt_tuning.scripts import summarize_run
 
 
@@ -17,5 +20,7 @@ def test_before_after_and_best(tmp_path, capsys):
 
 
 def test_missing_results_is_a_clear_error(tmp_path, capsys):
-  assert summarize_run.main([str(tmp_path)]) == 2
+  with pytest.raises(SystemExit) as stop:
+    summarize_run.main([str(tmp_path)])
+  assert stop.value.code == errors.EXIT_USER_ERROR
   assert "No evaluation results under" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
+import re
 import shlex
 import sys
 
@@ -104,8 +105,8 @@ def test_custom_train_method_runs_its_own_gin_files():
       "--gin_file=families/prefix.gin", "--gin_file=runs/prompt_finetune.gin"]
   values = flag_values(prefix.flags)
   assert values["MODEL_DIR"] == "'/out/sent/a/prefix/seed0'" and values["RANDOM_SEED"] == values["SHUFFLE_SEED"] == "0"
-  assert values["INITIAL_CHECKPOINT_PATH"] == "'/ckpt/a/checkpoint_5'" and values["CLASS_LABELS"] == (
-      "['negative', 'positive']")
+  assert values["INITIAL_CHECKPOINT_PATH"] == "'/ckpt/a/checkpoint_5'"
+  assert "CLASS_LABELS" not in values  # the task's binding: prefix tuning has no class-label initialiser to read it
   assert values["PROMPT_LENGTH"] == "5" and values["LEARNING_RATE"] == "0.01"  # the method's bindings win
   assert ia3.flags[0] == "--gin_file=models/t5_1_1.gin" and ia3.flags[3:5] == (
       "--gin_file=families/ia3.gin", "--gin_file=runs/ia3_finetune.gin")
@@ -114,6 +115,23 @@ def test_custom_train_method_runs_its_own_gin_files():
   assert [f"--gin_file={f}" for f in (*files, run_gin)] == [f for f in prefix.flags if f.startswith("--gin_file=")]
   assert [f"--gin.{k}={gin_value(v)}" for k, v in bindings.items()] == [
       f for f in prefix.flags if f.startswith("--gin.")]
+
+
+def test_each_command_gets_the_shared_bindings_its_gin_files_read():
+  """The spec's, sizes' and tasks' bindings go to each command whose gin files read them (a CLI refuses a macro
+  its gin files do not read): CLASS_LABELS with a class-label initialiser alone, training settings not to eval."""
+  spec = Spec(RAW)
+  labels = flag_values(spec.command(Run("sent", "b", "prompt_tuning", 0, 4, "from_class_labels")).flags)
+  uniform = flag_values(spec.command(Run("sent", "b", "prompt_tuning", 0, 4, "random_uniform")).flags)
+  mt = flag_values(spec.command(Run("sent", "a", "model_tuning", 0)).flags)
+  pd = flag_values(spec.command(Run("sent", "a", "prompt_design", 0)).flags)
+  assert labels["CLASS_LABELS"] == "['negative', 'positive']"
+  assert not {"CLASS_LABELS"} & (set(uniform) | set(mt) | set(pd))
+  assert mt["LEARNING_RATE"] == "0.1" and pd["BATCH_SIZE"] == "8" and "LEARNING_RATE" not in pd
+  raw = copy.deepcopy(RAW)  # a gin file that is not on this machine: nothing can tell, every binding goes
+  raw["sizes"]["a"]["gin_files"] = ["elsewhere/micro_s.gin"]
+  assert flag_values(Spec(raw).command(Run("sent", "a", "model_tuning", 0)).flags)["CLASS_LABELS"] == (
+      "['negative', 'positive']")
 
 
 def test_pretraining_runs_first_for_sizes_without_a_checkpoint():
@@ -142,11 +160,21 @@ def test_output_dir_placeholder_and_override():
     (lambda r: r["tasks"]["sent"].pop("metric"), "Task 'sent' needs 'metric'"),
     (lambda r: r.update(size={}), "Unknown spec keys ['size']"),
     (lambda r: r.pop("output_dir"), "output_dir"),
+    (lambda r: r["methods"]["model_tuning"]["bindings"].update(PROMPT_LENGTH=5),
+     "Method 'model_tuning' binds PROMPT_LENGTH, which its gin files (models/t5_1_1.gin, sweeps/sizes/micro_s.gin, "
+     "sweeps/demo_vocab.gin, runs/finetune.gin) do not read (the CLI would refuse it): drop it from its 'bindings'."),
+    (lambda r: r["methods"]["prompt_design"]["bindings"].update(TRAIN_STEPS=5), "Method 'prompt_design' binds "
+     "TRAIN_STEPS, which its gin files (models/t5_1_1.gin, sweeps/sizes/micro_s.gin, sweeps/demo_vocab.gin, "
+     "runs/eval.gin, baselines/prompt_design.gin) do not read"),
+    (lambda r: r["pretrain"]["bindings"].update(CLASS_LABELS=["a"]), "The 'pretrain' section binds CLASS_LABELS"),
+    (lambda r: r["bindings"].update(BATCH_SIZ=4), "The spec's 'bindings' binds BATCH_SIZ, which no gin file reads; "
+     "did you mean BATCH_SIZE?"),
+    (lambda r: r["tasks"]["sent"]["bindings"].update(CLASS_LABEL=["a"]), "Task 'sent' binds CLASS_LABEL, which"),
 ])
 def test_spec_errors_name_the_key(change, message):
   raw = copy.deepcopy(RAW)
   change(raw)
-  with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+  with pytest.raises(SpecError, match=re.escape(message)):
     Spec(raw)
 
 

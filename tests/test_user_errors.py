@@ -140,6 +140,12 @@ CASES = [
     ("macro_misspelled", "train", ["--gin.PROMT_LENGTH=7"],
      "--gin.PROMT_LENGTH=... sets a macro that no loaded gin file or configurable uses; did you mean PROMPT_LENGTH"),
     ("macro_misspelled_bindings", "train", ["--gin_bindings=BATCH_SIZ = 4"], "did you mean BATCH_SIZE"),
+    # A macro other gin files read but these do not: CLASS_LABELS with a random initialiser, training to eval.
+    ("macro_known_unread", "train", [LABELS], "--gin.CLASS_LABELS=... sets a macro that the gin files loaded here "
+     "do not read; it is read by prompts/from_class_labels.gin: drop the binding, or add the --gin_file that reads "
+     "it."),
+    ("macro_known_unread_eval", "eval", ["--gin.TRAIN_STEPS=5"],
+     "--gin.TRAIN_STEPS=... sets a macro that the gin files loaded here do not read; it is read by runs/"),
     ("value_unquoted", "train", ["--gin.MODEL_DIR=/tmp/run"],
      "Gin cannot parse 'MODEL_DIR = /tmp/run' (Unable to parse value.): values are Python literals (strings need"),
     ("parameter_unknown", "train", ["--gin.prompts.Prompt.lenght=3"], "lenght"),
@@ -253,15 +259,6 @@ def test_verbose_and_env_show_the_traceback(tmp_path, files, monkeypatch):
     assert proc.stderr.strip().splitlines()[-1] == quiet.stderr.strip().splitlines()[-1]
 
 
-def test_known_but_unused_macro_warns_and_runs_on(tmp_path, files):
-  """A macro the shipped gin files know but this configuration does not read (a sweep's shared CLASS_LABELS with a
-  random initialiser) is a warning; the run goes on to its next check."""
-  flags = train_flags(tmp_path / "run", files["ckpt"], LABELS, "--gin.BATCH_SIZE=0")
-  proc = run_cli("train", flags, tmp_path, check=False)
-  assert "--gin.CLASS_LABELS is not read by the loaded gin files" in proc.stderr, proc.stderr[-2000:]
-  assert proc.stderr.strip().splitlines()[-1].startswith("error: BATCH_SIZE=0")
-
-
 def test_full_disk_is_one_line_naming_the_fix(capsys):
   """A full disk or a read-only mount met mid-run (a save) is reported like a user error, not as a crash."""
   from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
@@ -325,3 +322,34 @@ def test_preempted_run_saves_and_exits_75(tmp_path, files):
                     if "." not in p.name)
   assert len(exported) == 2 and exported[0] == 3 and 3 < exported[1] < 100000, exported  # start, preemption
   assert kept == [f"checkpoint_{exported[1]}"], kept
+
+
+SCRIPT_MISTAKES = [  # (script, arguments, the start of its one line)
+    ("extract_variable", ["--checkpoint_dir=/nonexistent/run", "--variable_path=target/x", "--output_path=x.npy"],
+     "error: No checkpoint at '/nonexistent/run'"),
+    ("find_module", ["no_such_module_xyz"], "error: No module named 'no_such_module_xyz'"),
+    ("summarize_run", ["/nonexistent/run"], "error: No evaluation results under /nonexistent/run"),
+    ("export_peft", ["--prompt_file=/nonexistent/p.npy", "--output_dir=out", "--base_model=t5"],
+     "error: Prompt/embedding file '/nonexistent/p.npy' does not exist"),
+    ("subsample_vocab", ["--checkpoint_dir=/nonexistent/run", "--output_path=x.npy"],
+     "error: No checkpoint at '/nonexistent/run'"),
+    ("recreate_checkpoint", ["--model_dir=/nonexistent/run", "--step=3"],
+     "error: No checkpoint_<step> in '/nonexistent/run'"),
+    ("interpret_prompt", ["--checkpoint=/nonexistent/run", "--prompt_path=/nonexistent/p.npy"],
+     "error: No checkpoint at '/nonexistent/run'"),
+    ("recycle_prompt", ["--source_model=/nonexistent/a", "--target_model=/nonexistent/b",
+                        "--prompt_path=/nonexistent/p.npy", "--output_path=x.npy"],
+     "error: No checkpoint at '/nonexistent/a'"),
+]
+
+
+@pytest.mark.parametrize("script,args,start", SCRIPT_MISTAKES, ids=[case[0] for case in SCRIPT_MISTAKES])
+def test_scripts_report_a_user_error_as_one_line_with_exit_code_2(tmp_path, script, args, start):
+  """The scripts share the CLIs' exit codes: a bad argument is 2 with one line, never 1 (a crash)."""
+  proc = run_cli(f"scripts.{script}", args, tmp_path, check=False)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == errors.EXIT_USER_ERROR and "Traceback" not in proc.stderr, (proc.returncode,
+                                                                                        proc.stderr[-2000:])
+  named = "no_such_module_xyz" if script == "find_module" else "/nonexistent/"  # the bad value
+  assert lines[-1].startswith(start) and named in lines[-1], lines[-1]
+  assert not list(tmp_path.iterdir()), "a file was written before the error"

@@ -77,7 +77,8 @@ class Family:
   model_gin: str = PROMPT_MODEL_GIN
   run_gin: str = "runs/prompt_finetune.gin"
   task: str = TASK
-  prompt_length: int | None = PROMPT_LENGTH  # None: the family's gin sets PROMPT_LENGTH (wayward: the text's)
+  # None: no PROMPT_LENGTH binding, as its gin files read none (no prompt) or set it (wayward: the text's length).
+  prompt_length: int | None = PROMPT_LENGTH
 
   @property
   def method(self) -> str:
@@ -91,7 +92,7 @@ def _multitask() -> dict[str, int]:
 
 FAMILIES = (
     Family("model tuning", "Raffel et al. 2020", model_gin="models/t5_1_1_demo.gin", run_gin="runs/finetune.gin",
-           learning_rate=1e-3),
+           learning_rate=1e-3, prompt_length=None),
     Family("prompt tuning", "Lester et al. 2021"),
     Family("IDPG: pooled embeddings", "Wu et al. 2022", ("families/instance_pooled.gin",), learning_rate=0.05),
     Family("IDPG: pooled embeddings, PHM n=4", "Wu et al. 2022", ("families/instance_pooled.gin",),
@@ -111,7 +112,7 @@ FAMILIES = (
     Family("wayward prompts (gamma 0.01)", "Khashabi et al. 2022", ("families/wayward.gin",),
            {"PROMPT_TEXT": WAYWARD_TEXT}, prompt_length=None),
     Family("IA³", "Liu et al. 2022", ("families/ia3.gin",), model_gin="models/t5_1_1_demo.gin",
-           run_gin="runs/ia3_finetune.gin", learning_rate=0.3),
+           run_gin="runs/ia3_finetune.gin", learning_rate=0.3, prompt_length=None),
 )
 
 

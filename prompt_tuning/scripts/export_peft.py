@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from prompt_tuning import prompts
+from prompt_tuning import errors, prompts
 from prompt_tuning.export import peft
 
 
@@ -33,13 +33,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parse(argv)
-  try:
+  with errors.user_errors(FileNotFoundError, ValueError):
     prompt = prompts.np_load(args.prompt_file)()
     out = peft.export_peft_prompt(prompt, args.output_dir, args.base_model, task_type=args.task_type,
                                   num_transformer_submodules=args.num_transformer_submodules)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
   print(f"Wrote a PEFT prompt-tuning adapter ({prompt.shape[0]} tokens x {prompt.shape[1]}) to {out}")
   return 0
 

@@ -10,12 +10,11 @@ float32, the default).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 import numpy as np
 
-from prompt_tuning import prompts
+from prompt_tuning import errors, prompts
 from prompt_tuning.runtime.checkpoints.restore import load_checkpoint_variable
 
 RESTORE_DTYPES = ("float32", "bfloat16")
@@ -42,10 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--output_path", required=True, help="where to write the .npy")
   parser.add_argument("--restore_dtype", default="float32", choices=RESTORE_DTYPES)
   args = parser.parse_args(argv)
-  try:
+  with errors.user_errors(KeyError, ValueError, FileNotFoundError):
     value = extract_variable(args.checkpoint_dir, args.variable_path, args.output_path, args.restore_dtype)
-  except (KeyError, ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
   print(f"{args.variable_path} {value.shape} {value.dtype} -> {args.output_path}")
 
 

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Sequence
 
+from prompt_tuning import errors
+
 
 def module_dir(name: str) -> str:
   """The absolute directory of module `name` (a package's own folder)."""
@@ -25,10 +27,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = list(sys.argv[1:] if argv is None else argv)
   if len(args) != 1:
     sys.exit("usage: python -m prompt_tuning.scripts.find_module MODULE  (e.g. prompt_tuning)")
-  try:
+  with errors.user_errors(ImportError, ValueError):
     print(module_dir(args[0]))
-  except (ImportError, ValueError) as e:
-    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from prompt_tuning import prompts
+from prompt_tuning import errors, prompts
 from prompt_tuning.errors import UserError
 from prompt_tuning.scripts.recycle_prompt import EMBEDDINGS_PATH, load_table
 
@@ -157,13 +156,11 @@ def main(argv: Sequence[str] | None = None) -> Report:
   parser.add_argument("--embeddings_path", default=EMBEDDINGS_PATH)
   parser.add_argument("--output_json", default=None, help="also write the neighbours as JSON")
   args = parser.parse_args(argv)
-  try:
+  with errors.user_errors(KeyError, ValueError, FileNotFoundError):
     table = load_table(args.checkpoint, args.embeddings_path)
     prompt = np.asarray(prompts.np_load(args.prompt_path)(), np.float32)
     report = interpret(prompt, table, load_vocabulary(args.vocab, args.extra_ids), _labels(args.class_labels),
                        args.k)
-  except (KeyError, ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
   print(f"prompt {args.prompt_path} {prompt.shape}; embeddings of {args.checkpoint} {table.shape}")
   print(format_report(report))
   if args.output_json:

@@ -16,13 +16,13 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 from typing import Sequence
 
 import numpy as np
 from etils import epath
 from flax import traverse_util
 
+from prompt_tuning import errors
 from prompt_tuning.runtime.checkpoints import formats
 from prompt_tuning.runtime.checkpoints.orbax_io import RunCheckpointer
 from prompt_tuning.runtime.checkpoints.restore import FROZEN_SOURCE_FILE
@@ -74,10 +74,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--step", type=int, required=True, help="a step with a numpy_checkpoints/ export")
   parser.add_argument("--output_dir", default=None, help="where to save checkpoint_<step> (default: MODEL_DIR)")
   args = parser.parse_args(argv)
-  try:
+  with errors.user_errors(FileNotFoundError, FileExistsError, ValueError):
     path = recreate_checkpoint(args.model_dir, args.step, args.output_dir)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
-    sys.exit(f"error: {e}")
   print(f"wrote {path}")
 
 

@@ -11,12 +11,11 @@ See `prompt_tuning.serving.recycling` for the recyclers.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 import numpy as np
 
-from prompt_tuning import prompts
+from prompt_tuning import errors, prompts
 from prompt_tuning.runtime.checkpoints.restore import load_checkpoint_variable
 from prompt_tuning.serving import recycling
 
@@ -49,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> np.ndarray:
   parser.add_argument("--learning_rate", type=float, default=3e-4, help="v2v-nn (Adam)")
   parser.add_argument("--epochs", type=int, default=25, help="v2v-nn")
   args = parser.parse_args(argv)
-  try:
+  with errors.user_errors(KeyError, ValueError, FileNotFoundError):
     source, target = load_table(args.source_model, args.embeddings_path), load_table(args.target_model,
                                                                                      args.embeddings_path)
     ids = recycling.support_ids(min(len(source), len(target)), args.num_words, args.word_offset, args.filtered_word)
@@ -57,8 +56,6 @@ def main(argv: Sequence[str] | None = None) -> np.ndarray:
     recycled = recycling.recycle_prompt(prompt, source, target, ids, args.recycler, args.hidden_scale,
                                         batch_size=args.batch_size, epochs=args.epochs,
                                         learning_rate=args.learning_rate)
-  except (KeyError, ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
   prompts.np_save(args.output_path, recycled)
   print(f"{args.recycler}: prompt {prompt.shape} from {args.source_model} -> {recycled.shape} for "
         f"{args.target_model}, fitted on {len(ids)} words -> {args.output_path}")

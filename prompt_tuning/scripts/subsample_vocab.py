@@ -12,13 +12,12 @@ rows are not repeated when the population is large enough (the reference samples
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 import jax
 import numpy as np
 
-from prompt_tuning import prompts
+from prompt_tuning import errors, prompts
 from prompt_tuning.runtime.checkpoints.restore import load_checkpoint_variable
 
 
@@ -45,11 +44,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--seed", type=int, default=42)
   parser.add_argument("--output_path", required=True)
   args = parser.parse_args(argv)
-  try:
+  with errors.user_errors(KeyError, ValueError, FileNotFoundError):
     prompt = subsample_vocab(args.checkpoint_dir, args.output_path, args.prompt_length, args.population_size,
                              args.seed, args.embeddings_path)
-  except (KeyError, ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
   print(f"prompt {prompt.shape} -> {args.output_path}")
 
 

@@ -12,6 +12,8 @@ import pathlib
 import sys
 from typing import Sequence
 
+from prompt_tuning import errors
+
 
 def read_metrics(model_dir: str) -> dict[str, list[dict]]:
   """{task: [{'step': ..., metric: value}, ...]} sorted by step."""
@@ -32,11 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("model_dir")
   parser.add_argument("--metric", default=None, help="only this metric (default: every numeric metric)")
   args = parser.parse_args(argv)
-  try:
+  with errors.user_errors(FileNotFoundError):
     results = read_metrics(args.model_dir)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
   for task, rows in results.items():
     names = sorted({k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float))})
     for name in names if args.metric is None else [args.metric]:

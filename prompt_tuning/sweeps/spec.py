@@ -7,7 +7,9 @@ Methods: `prompt_tuning` (a soft prompt on the frozen model), `model_tuning` (ev
 `prompt_ensemble` (the prompts of a grid's seeds evaluated together, after their training); a method of another
 name is a custom train run with its own `model_gin`, `gin_files` and `run_gin` (e.g. a prompt family of
 gin_configs/families/). The format is documented in docs/scaling.md; `{output_dir}` in any string is replaced
-by the output folder.
+by the output folder. Each command gets the spec's, size's and task's bindings that its gin files read (the CLIs
+refuse a macro their gin files do not read; `gin_files.macros` tells both); a macro that a method's own
+`bindings` set and its gin files do not read is a SpecError, as is a shared one that no command reads.
 
 Checkpoint variants (the paper's Figure 3c/d): a size may name other checkpoints (`checkpoints`), an `adapt`
 section continues each size's checkpoint on another task and names the steps it keeps, and a grid's
@@ -21,8 +23,9 @@ import json
 import math
 import pathlib
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from prompt_tuning import gin_files
 from prompt_tuning.errors import UserError
 
 METHODS = ("prompt_tuning", "model_tuning", "prompt_design")  # one run per task, the default methods
@@ -148,6 +151,7 @@ class Spec:
     self.pretrain: dict | None = raw.get("pretrain")
     self.adapt: dict | None = raw.get(ADAPT)
     self.grids: list[dict] = list(raw.get("grids") or [{"name": "scaling"}])
+    self._macros: dict[tuple[str, ...], gin_files.Macros | None] = {}
     self._validate()
 
   @classmethod
@@ -201,6 +205,27 @@ class Spec:
       if run.method == ENSEMBLE and not set(self.members(run)) <= runs:
         raise SpecError(f"The prompt ensemble {run.run_id} needs the prompt tuning runs of its seeds "
                         f"{list(run.members)}: add 'prompt_tuning' to the methods of its grid.")
+    self.commands()  # each method's and section's own bindings are read by its commands' gin files (`_read_by`)
+    self._validate_shared_bindings()
+
+  def _validate_shared_bindings(self) -> None:
+    """A macro of the spec's, a size's or a task's bindings that no command's gin files read and no gin file knows
+    (a misspelling) is an error: `_read_by` would leave it out of every command. One that other gin files read
+    (CLASS_LABELS in a spec whose grids have no class-label initialiser) is left out."""
+    found = list(self._macros.values())
+    if None in found:
+      return  # a gin file that is not on this machine: the CLIs check what they get
+    read = frozenset().union(*(m.read for m in found))
+    shared = [("The spec's 'bindings'", self.raw.get("bindings", {})),
+              *((f"Size {name!r}", cfg.get("bindings", {})) for name, cfg in self.sizes.items()),
+              *((f"Task {name!r}", task.get("bindings", {})) for name, task in self.tasks.items())]
+    unread = [(where, k) for where, bindings in shared for k in bindings if gin_files.is_macro(k) and k not in read]
+    if not unread:
+      return
+    known = read | set(gin_files.readers([*self._search_paths(), *gin_files.default_search_paths()]))
+    for where, key in unread:
+      if key not in known:
+        raise SpecError(f"{where} binds {key}, which no gin file reads; {gin_files.spelling_hint(key, known)}")
 
   def _validate_task(self, name: str, task: Mapping[str, Any]) -> None:
     where = f"Task {name!r}"
@@ -312,18 +337,36 @@ class Spec:
       merged.update(part)
     return merged
 
-  def _bindings(self, *extra: Mapping[str, Any]) -> list[str]:
-    return [f"--gin.{k}={gin_value(v)}" for k, v in self._merged(*extra).items()]
+  def _read_by(self, files: Sequence[str], bindings: Mapping[str, Any], own: Mapping[str, Any], where: str
+               ) -> dict[str, Any]:
+    """The bindings a command's gin files read (the train / eval CLI refuses a macro they do not read): the
+    spec's, a size's or a task's macros that they do not read are left out, as every command gets those; one of
+    `own` (the bindings that `where`, a method or section, sets for its commands alone) is a SpecError."""
+    if tuple(files) not in self._macros:
+      self._macros[tuple(files)] = gin_files.macros(files, (), self._search_paths())
+    found = self._macros[tuple(files)]
+    if found is None:  # a gin file that is not on this machine: every binding goes, the CLI checks them
+      return dict(bindings)
+    unread = [k for k in own if gin_files.is_macro(k) and k not in found.read]
+    if unread:
+      raise SpecError(f"{where} binds {unread[0]}, which its gin files ({', '.join(files)}) do not read (the CLI "
+                      "would refuse it): drop it from its 'bindings'.")
+    return {k: v for k, v in bindings.items() if not gin_files.is_macro(k) or k in found.read}
+
+  def _flags(self, files: Sequence[str], bindings: Mapping[str, Any]) -> tuple[str, ...]:
+    """A command's flags: the search paths, the gin files and the bindings."""
+    return (*self._search_path_flags(), *[f"--gin_file={f}" for f in files],
+            *[f"--gin.{k}={gin_value(v)}" for k, v in bindings.items()])
 
   def _model_files(self, size: str, model_gin: str) -> tuple[str, ...]:
     return (model_gin, *self.sizes[size].get("gin_files", []), *self.raw.get("gin_files", []))
 
-  def _search_path_flags(self) -> list[str]:
-    paths = self.raw.get("gin_search_paths") or []
-    return [f"--gin_search_paths={','.join(paths)}"] if paths else []
+  def _search_paths(self) -> tuple[str, ...]:
+    return tuple(self.raw.get("gin_search_paths") or ())
 
-  def _base_flags(self, size: str, model_gin: str) -> list[str]:
-    return self._search_path_flags() + [f"--gin_file={f}" for f in self._model_files(size, model_gin)]
+  def _search_path_flags(self) -> list[str]:
+    paths = self._search_paths()
+    return [f"--gin_search_paths={','.join(paths)}"] if paths else []
 
   def pretrain_commands(self) -> list[Command]:
     """Model tuning from scratch of each size without a `checkpoint` on the pretraining task."""
@@ -334,14 +377,14 @@ class Spec:
       if cfg.get("checkpoint"):
         continue
       run_id = f"{PRETRAIN}/{size}"
-      flags = [*self._base_flags(size, "models/t5_1_1.gin"), "--gin_file=runs/finetune.gin",
-               *self._bindings({"MODEL_DIR": self.run_dir(run_id), "INITIAL_CHECKPOINT_PATH": None,
-                                "MIXTURE_OR_TASK_NAME": self.pretrain["task"],
-                                "MIXTURE_OR_TASK_MODULE": self.pretrain.get("module"),
-                                "TRAIN_STEPS": int(self.pretrain["steps"])},
-                               self.sizes[size].get("bindings", {}), self.pretrain.get("bindings", {}),
-                               cfg.get("pretrain_bindings", {}))]
-      out.append(Command(run_id, size, "train", tuple(flags), self.run_dir(run_id), PRETRAIN_PHASE))
+      own = {**self.pretrain.get("bindings", {}), **cfg.get("pretrain_bindings", {})}
+      bindings = self._merged({"MODEL_DIR": self.run_dir(run_id), "INITIAL_CHECKPOINT_PATH": None,
+                               "MIXTURE_OR_TASK_NAME": self.pretrain["task"],
+                               "MIXTURE_OR_TASK_MODULE": self.pretrain.get("module"),
+                               "TRAIN_STEPS": int(self.pretrain["steps"])}, cfg.get("bindings", {}), own)
+      files = (*self._model_files(size, "models/t5_1_1.gin"), "runs/finetune.gin")
+      flags = self._flags(files, self._read_by(files, bindings, own, f"The {PRETRAIN!r} section"))
+      out.append(Command(run_id, size, "train", flags, self.run_dir(run_id), PRETRAIN_PHASE))
     return out
 
   def command(self, run: Run) -> Command:
@@ -358,27 +401,25 @@ class Spec:
                                  "ENSEMBLE_PROMPTS": [self.run_dir(m.run_id) for m in self.members(run)],
                                  "PROMPT_LENGTH": run.prompt_length}, READS_RUNS_PHASE)
     files, run_gin, bindings = self.train_config(run)
-    flags = [*self._search_path_flags(), *[f"--gin_file={f}" for f in (*files, run_gin)],
-             *[f"--gin.{k}={gin_value(v)}" for k, v in bindings.items()]]
-    return Command(run.run_id, run.size, "train", tuple(flags), run_dir)
+    return Command(run.run_id, run.size, "train", self._flags((*files, run_gin), bindings), run_dir)
 
-  def _eval_command(self, run: Run, model_gin: str, gin_files: list[str], fixed: Mapping[str, Any],
+  def _eval_command(self, run: Run, model_gin: str, run_files: list[str], fixed: Mapping[str, Any],
                     phase: int = RUN_PHASE) -> Command:
     """The eval CLI on the task's validation split (or its `split`) with the run's pretrained checkpoint;
     an ensemble reads its members' latest checkpoints, so it runs after them (`READS_RUNS_PHASE`)."""
     task, size = self.tasks[run.task], self.sizes[run.size]
-    run_dir = self.run_dir(run.run_id)
-    flags = [*self._base_flags(run.size, model_gin), "--gin_file=runs/eval.gin",
-             *[f"--gin_file={f}" for f in gin_files],
-             *self._bindings({"CHECKPOINT_PATH": self.checkpoint(run.size, run.checkpoint),
-                              "EVAL_OUTPUT_DIR": f"{run_dir}/inference_eval", **fixed,
-                              "utils.DatasetConfig.split": task.get("split", "validation")},
-                             size.get("bindings", {}), task.get("bindings", {}),
-                             self.methods.get(run.method, {}).get("bindings", {}))]
-    return Command(run.run_id, run.size, "eval", tuple(flags), run_dir, phase)
+    run_dir, own = self.run_dir(run.run_id), self.methods.get(run.method, {}).get("bindings", {})
+    bindings = self._merged({"CHECKPOINT_PATH": self.checkpoint(run.size, run.checkpoint),
+                             "EVAL_OUTPUT_DIR": f"{run_dir}/inference_eval", **fixed,
+                             "utils.DatasetConfig.split": task.get("split", "validation")},
+                            size.get("bindings", {}), task.get("bindings", {}), own)
+    files = (*self._model_files(run.size, model_gin), "runs/eval.gin", *run_files)
+    flags = self._flags(files, self._read_by(files, bindings, own, f"Method {run.method!r}"))
+    return Command(run.run_id, run.size, "eval", flags, run_dir, phase)
 
   def train_config(self, run: Run) -> tuple[tuple[str, ...], str, dict[str, Any]]:
-    """A training run's (gin files of the model, run gin, bindings); the bindings win over both."""
+    """A training run's (gin files of the model, run gin, bindings): those the gin files read (`_read_by`), which
+    win over the files'."""
     size, method = self.sizes[run.size], self.methods.get(run.method, {})
     if run.method == MULTI_TASK:  # the mixture's own bindings (e.g. TASK_FEATURE_LENGTHS) are the method's
       task = {"name": method["mixture"], "module": method.get("module")}
@@ -398,7 +439,9 @@ class Spec:
       files = (*self._model_files(run.size, method.get("model_gin", "models/t5_1_1.gin")),
                *method.get("gin_files", []))
       run_gin = method["run_gin"]
-    bindings = self._merged(fixed, size.get("bindings", {}), task.get("bindings", {}), method.get("bindings", {}))
+    own = method.get("bindings", {})
+    merged = self._merged(fixed, size.get("bindings", {}), task.get("bindings", {}), own)
+    bindings = self._read_by((*files, run_gin), merged, own, f"Method {run.method!r}")
     if run.checkpoint is not None and isinstance(bindings.get("TRAIN_STEPS"), int):
       bindings["TRAIN_STEPS"] += self._step_shift(run.size, run.checkpoint)
     return files, run_gin, bindings
@@ -450,10 +493,11 @@ class Spec:
                "MIXTURE_OR_TASK_NAME": self.adapt["task"], "MIXTURE_OR_TASK_MODULE": self.adapt.get("module"),
                "TRAIN_STEPS": checkpoint_step(start) + steps, "SAVE_PERIOD": math.gcd(steps, *keep),
                "KEEP_CHECKPOINTS": None}
-      flags = [*self._base_flags(size, "models/t5_1_1.gin"),
-               f"--gin_file={self.adapt.get('run_gin', 'runs/lm_adapt.gin')}",
-               *self._bindings(cfg.get("bindings", {}), self.adapt.get("bindings", {}), fixed)]
-      out.append(Command(run_id, size, "train", tuple(flags), self.run_dir(run_id), ADAPT_PHASE))
+      files = (*self._model_files(size, "models/t5_1_1.gin"), self.adapt.get("run_gin", "runs/lm_adapt.gin"))
+      own = self.adapt.get("bindings", {})
+      bindings = self._merged(cfg.get("bindings", {}), own, fixed)
+      flags = self._flags(files, self._read_by(files, bindings, own, f"The {ADAPT!r} section"))
+      out.append(Command(run_id, size, "train", flags, self.run_dir(run_id), ADAPT_PHASE))
     return out
 
   def _validate_checkpoints(self) -> None:

@@ -12,8 +12,11 @@ combination becomes `logits_dense/kernel`, with the scale folded in when there i
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import math
 import os
+import threading
 from typing import Any, Mapping, Sequence
 
 from etils import epath
@@ -169,26 +172,99 @@ def _read_file(path: epath.Path) -> dict[str, np.ndarray]:
   return _safetensors().load_file(os.fspath(path))
 
 
-def _read_slice(path: str, name: str, index: tuple[slice, ...]) -> np.ndarray:
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  with safe_open(path, framework="numpy") as f:
-    return f.get_slice(name)[index] if index else f.get_tensor(name)
+class _ByteCount:
+  """Bytes read by the lazy safetensors reader in this process (thread-safe)."""
+
+  def __init__(self):
+    self._lock, self.total = threading.Lock(), 0
+
+  def add(self, n: int) -> None:
+    with self._lock:
+      self.total += n
+
+
+_BYTES_READ = _ByteCount()
+
+
+def bytes_read() -> int:
+  """Bytes this process has read from local safetensors files through `read_safetensors(lazy=True)`: headers
+  and tensor regions, as `pread` returned them."""
+  return _BYTES_READ.total
+
+
+def _pread(path: str, ranges: Sequence[tuple[int, int]]) -> bytearray:
+  """The bytes at the (offset, length) `ranges` of a local file, one after another: one `pread` each, counted."""
+  out = bytearray(sum(n for _, n in ranges))
+  view, pos = memoryview(out), 0
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    for offset, n in ranges:
+      done = 0
+      while done < n:
+        got = os.preadv(fd, [view[pos + done:pos + n]], offset + done)
+        if not got:
+          raise ValueError(f"{path!r} ends before byte {offset + n}; the safetensors file is truncated.")
+        done += got
+      pos += n
+  finally:
+    os.close(fd)
+  _BYTES_READ.add(len(out))
+  return out
+
+
+def _runs(shape: tuple[int, ...], itemsize: int, index: tuple[slice, ...]) -> list[tuple[int, int]]:
+  """(byte offset, length) of the contiguous pieces of the region `index` (unit steps) of a C-order array: one
+  for a range of rows, one per row for a range of columns (per index of the leading dims in general)."""
+  bounds = [s.indices(n) for s, n in zip(index, shape)]
+  if any(step != 1 for _, _, step in bounds):
+    raise ValueError(f"Safetensors regions are read with unit steps, not {list(index)}.")
+  if any(stop <= start for start, stop, _ in bounds):
+    return []
+  strides = [itemsize * math.prod(shape[i + 1:]) for i in range(len(shape))]
+  inner = len(shape) - 1  # dims after `inner` are whole: they join each piece
+  while inner > 0 and bounds[inner][:2] == (0, shape[inner]):
+    inner -= 1
+  if inner < 0:  # a scalar
+    return [(0, itemsize)]
+  length = (bounds[inner][1] - bounds[inner][0]) * strides[inner]
+  return [(sum(i * stride for i, stride in zip(outer, strides)) + bounds[inner][0] * strides[inner], length)
+          for outer in itertools.product(*(range(start, stop) for start, stop, _ in bounds[:inner]))]
+
+
+def _read_region(path: str, start: int, shape: tuple[int, ...], dtype: np.dtype,
+                 index: tuple[slice, ...]) -> np.ndarray:
+  """The region `index` of the tensor whose bytes begin at `start`: only its bytes are read."""
+  data = _pread(path, [(start + offset, n) for offset, n in _runs(shape, dtype.itemsize, index)])
+  region = tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
+  return np.frombuffer(data, dtype.newbyteorder("<")).reshape(region)
 
 
 def _stored_file(path: epath.Path) -> dict[str, StoredArray]:
-  """The tensors of a local safetensors file, left in it: each read takes just its slice (`safe_open`)."""
-  _safetensors()  # the clear ImportError when the hf extra is missing
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  """The tensors of a local safetensors file, left in it: each read takes just the bytes of its region.
+
+  The file is 8 bytes of little-endian header length, the JSON header (each tensor's dtype, shape and
+  `data_offsets` in the byte buffer after it), then the tensors' bytes; the header is read once, here.
+  """
+  path = os.fspath(path)
+  size = os.path.getsize(path)
+  length = int.from_bytes(_pread(path, [(0, 8)]), "little") if size >= 8 else size
+  if not 0 < length <= size - 8:
+    raise ValueError(f"{path!r} is not a safetensors file (header length {length}, file size {size}).")
+  header = json.loads(bytes(_pread(path, [(8, length)])))
   stored = {}
-  with safe_open(os.fspath(path), framework="numpy") as f:
-    for name in f.keys():
-      head = f.get_slice(name)
-      dtype = _SAFETENSORS_DTYPES.get(head.get_dtype())
-      if dtype is None:
-        raise ValueError(f"{os.fspath(path)!r}: tensor {name} has dtype {head.get_dtype()}, which numpy cannot "
-                         f"read; supported: {sorted(_SAFETENSORS_DTYPES)}.")
-      stored[name] = StoredArray(tuple(head.get_shape()), np.dtype(dtype),
-                                 functools.partial(_read_slice, os.fspath(path), name), name)
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+    if dtype is None:
+      raise ValueError(f"{path!r}: tensor {name} has dtype {info['dtype']}, which numpy cannot read; supported: "
+                       f"{sorted(_SAFETENSORS_DTYPES)}.")
+    dtype, shape, (begin, end) = np.dtype(dtype), tuple(info["shape"]), info["data_offsets"]
+    if end - begin != math.prod(shape) * dtype.itemsize or 8 + length + end > size:
+      raise ValueError(f"{path!r}: tensor {name} {shape} {info['dtype']} has data_offsets {[begin, end]}, which do "
+                       "not fit its size or the file; the safetensors file is damaged.")
+    stored[name] = StoredArray(shape, dtype, functools.partial(_read_region, path, 8 + length + begin, shape, dtype),
+                               name)
   return stored
 
 

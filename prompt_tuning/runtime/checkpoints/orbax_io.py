@@ -14,7 +14,6 @@ Orbax's `commit_success.txt`) and unfinished exports `numpy_checkpoints/checkpoi
 from __future__ import annotations
 
 import functools
-
 import io
 import logging
 import re
@@ -29,6 +28,7 @@ from flax import traverse_util
 
 from prompt_tuning.errors import UserError
 from prompt_tuning.family import PROMPT_REGEX
+from prompt_tuning.runtime.checkpoints import zarr_store
 from prompt_tuning.runtime.checkpoints.shard_reads import StoredArray
 
 STATE, DATASET = "state", "dataset"
@@ -64,26 +64,23 @@ def load_orbax_params(location: epath.PathLike, dtype: str | None = None,
                       lazy: bool = False) -> tuple[dict, int | None]:
   """`target` params and the step of one of our Orbax checkpoints (a `checkpoint_<step>` dir).
 
-  With `lazy`, the params are `StoredArray`s placed by Orbax's own sharded restore (each process reads its
-  shards); only the step is read now.
+  With `lazy`, the params are `StoredArray`s: Orbax's zarr arrays read region by region through TensorStore, as
+  T5X native arrays are; only the array metadata and the step are read now.
   """
   location = _absolute(location)
   state_dir = location / STATE if (location / STATE).exists() else location
   if lazy:
-    tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
-    if "target" not in tree:
-      raise ValueError(f"Orbax checkpoint {str(location)!r} holds no 'target' params (keys: {sorted(tree)}).")
-    leaves = jax.tree_util.tree_flatten_with_path(tree["target"])[0]
-    restorer = _OrbaxRestore(state_dir, {("target", *(k.key for k in path)): (tuple(meta.shape), np.dtype(meta.dtype))
-                                         for path, meta in leaves})
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, meta: _stored(restorer, ("target", *(k.key for k in path))), tree["target"])
+    arrays = _saved_arrays(state_dir, ("target", "state.step"))
+    target = {keys[1:]: value for keys, value in arrays.items() if keys[0] == "target"}
+    if not target:
+      raise ValueError(f"Orbax checkpoint {str(location)!r} holds no 'target' params (arrays: "
+                       f"{sorted('/'.join(keys) for keys in arrays)}).")
+    params = traverse_util.unflatten_dict(target)
     if dtype is not None:
       params = jax.tree_util.tree_map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x,
                                       params)
-    step = _restore_leaf(state_dir, ("state", "step"), ocp.RestoreArgs(restore_type=np.ndarray)) if (
-        "step" in tree.get("state", {})) else None
-    return params, None if step is None else int(np.asarray(step))
+    step = arrays.get(("state", "step"))
+    return params, None if step is None else int(step.read())
   restored = _restore_as_numpy(state_dir)
   if "target" not in restored:
     raise ValueError(f"Orbax checkpoint {str(location)!r} holds no 'target' params (keys: {sorted(restored)}).")
@@ -102,30 +99,16 @@ def _restore_leaf(state_dir: epath.Path, keys: Sequence[str], restore_args: ocp.
   return functools.reduce(lambda tree, key: tree[key], keys, restored)
 
 
-class _OrbaxRestore:
-  """Orbax's sharded restore of some leaves of one saved pytree, in one call: each process reads its shards."""
-
-  def __init__(self, state_dir: epath.Path, metadata: dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]):
-    self.state_dir, self.metadata = state_dir, metadata
-
-  def restore(self, requests: dict[tuple[str, ...], jax.sharding.Sharding]) -> dict[tuple[str, ...], jax.Array]:
-    item, args = {}, {}
-    for keys, sharding in requests.items():
-      shape, dtype = self.metadata[keys]
-      for tree, leaf in ((item, jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)),
-                         (args, ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype))):
-        functools.reduce(lambda node, key: node.setdefault(key, {}), keys[:-1], tree)[keys[-1]] = leaf
-    restored = ocp.PyTreeCheckpointer().restore(self.state_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=args, partial_restore=True))
-    return {keys: functools.reduce(lambda tree, key: tree[key], keys, restored) for keys in requests}
-
-
-def _stored(restorer: _OrbaxRestore, keys: tuple[str, ...]) -> StoredArray:
-  """A saved array left in the checkpoint; placing it is Orbax's sharded restore (read whole: partial restore)."""
-  shape, dtype = restorer.metadata[keys]
-  read = lambda index: np.asarray(_restore_leaf(restorer.state_dir, keys,
-                                                ocp.RestoreArgs(restore_type=np.ndarray)))[index]
-  return StoredArray(shape, dtype, read, "/".join(keys), restorer, keys)
+def _saved_arrays(state_dir: epath.Path, names: Sequence[str]) -> dict[tuple[str, ...], StoredArray]:
+  """The arrays of a saved pytree under the '.'-joined key paths `names` (a subtree or a leaf), by key path, left
+  in storage. Orbax stores each array as a zarr array under its '.'-joined key path: keys of the checkpoint's
+  OCDBT database (its default), whose manifest and B-tree this reads once, or folders (`use_ocdbt=False`)."""
+  root = str(state_dir)
+  kvstore = (zarr_store.ocdbt_kvstore_spec(root) if ocp.type_handlers.is_ocdbt_checkpoint(state_dir)
+             else zarr_store.kvstore_spec(root))
+  stores = {key: store for name in names for key, store in zarr_store.open_arrays(kvstore, name).items()
+            if key == name or key.startswith(name + ".")}
+  return {tuple(key.split(".")): zarr_store.stored_array(store, key.replace(".", "/")) for key, store in stores.items()}
 
 
 def load_orbax_variable(location: epath.PathLike, variable_path: str) -> np.ndarray:
@@ -151,11 +134,16 @@ def load_orbax_variable(location: epath.PathLike, variable_path: str) -> np.ndar
 
 
 def export_numpy(model_dir: epath.PathLike, step: int, params: Any, regexes: Sequence[str]) -> list[epath.Path]:
-  """Write matching parameters as `numpy_checkpoints/checkpoint_<step>/<dotted.name>` (+ `.npy`), atomically."""
-  flat = traverse_util.flatten_dict(_to_numpy(params), sep="/")
+  """Write matching parameters as `numpy_checkpoints/checkpoint_<step>/<dotted.name>` (+ `.npy`), atomically.
+
+  Process 0 writes them; only the matching parameters are copied to the host (the others may be sharded across
+  processes).
+  """
+  flat = traverse_util.flatten_dict(params, sep="/")
   chosen = {k: v for k, v in flat.items() if any(re.fullmatch(r, k) for r in regexes)}
   if not chosen or jax.process_index() != 0:
     return []
+  chosen = _to_numpy(chosen)
   final = epath.Path(model_dir) / "numpy_checkpoints" / f"checkpoint_{step}"
   tmp = final.parent / f"{final.name}.tmp-{int(time.time())}"
   tmp.mkdir(parents=True, exist_ok=True)

@@ -226,12 +226,14 @@ def _place_stored(params: Params, abstract: Params, shardings: Params) -> Params
     return params
   flat_shardings = traverse_util.flatten_dict(shardings, sep="/")
   flat_abstract = traverse_util.flatten_dict(abstract, sep="/")
-  before, start = zarr_store.bytes_read(), time.perf_counter()
+  from prompt_tuning.runtime.checkpoints import hf  # pylint: disable=import-outside-toplevel
+  read = lambda: zarr_store.bytes_read() + hf.bytes_read()
+  before, start = read(), time.perf_counter()
   flat.update(shard_reads.place(stored, {k: flat_shardings[k] for k in stored},
                                 {k: flat_abstract[k].dtype for k in stored}))
-  logging.info("Restored %d checkpoint arrays shard by shard in %.1f s; process %d read %.1f MiB through "
-               "TensorStore.", len(stored), time.perf_counter() - start, jax.process_index(),
-               (zarr_store.bytes_read() - before) / 2**20)
+  logging.info("Restored %d checkpoint arrays shard by shard in %.1f s; process %d read %.1f MiB from storage "
+               "(TensorStore and safetensors reads).", len(stored), time.perf_counter() - start,
+               jax.process_index(), (read() - before) / 2**20)
   return traverse_util.unflatten_dict(flat, sep="/")
 
 

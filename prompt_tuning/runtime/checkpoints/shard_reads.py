@@ -23,17 +23,11 @@ IO_THREADS = 16
 
 @dataclasses.dataclass(frozen=True)
 class StoredArray:
-  """An array still in storage: `read(index)` returns the region `index` (a tuple of slices, one per dim).
-
-  A format with its own sharded restore (Orbax) sets `restorer` instead: `place` then hands it all its arrays at
-  once, `restorer.restore({restore_key: sharding}) -> {restore_key: jax.Array}` (stored dtype; cast afterwards).
-  """
+  """An array still in storage: `read(index)` returns the region `index` (a tuple of slices, one per dim)."""
   shape: tuple[int, ...]
   dtype: np.dtype
   read_region: Callable[[Index], np.ndarray] = dataclasses.field(repr=False)
   name: str = ""
-  restorer: Any = dataclasses.field(default=None, repr=False)
-  restore_key: Any = None
 
   @property
   def ndim(self) -> int:
@@ -61,12 +55,12 @@ class StoredArray:
 
   def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> "StoredArray":
     """The same array with the elementwise `fn` applied to each region read (dtype unchanged)."""
-    return dataclasses.replace(self, read_region=lambda index: fn(self.read(index)), restorer=None)
+    return dataclasses.replace(self, read_region=lambda index: fn(self.read(index)))
 
   @property
   def T(self) -> "StoredArray":  # pylint: disable=invalid-name
     """The transpose (a region of it is the transposed region of this array)."""
-    return dataclasses.replace(self, shape=self.shape[::-1], restorer=None,
+    return dataclasses.replace(self, shape=self.shape[::-1],
                                read_region=lambda index: np.ascontiguousarray(self.read(tuple(index)[::-1]).T))
 
   def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -82,17 +76,23 @@ def materialize(tree: Any) -> Any:
 
 
 def array_equal(a: Any, b: Any, block_bytes: int = 64 * 2**20) -> bool:
-  """`np.array_equal` that reads `StoredArray`s in blocks of rows (stopping at the first difference)."""
+  """`np.array_equal` that reads `StoredArray`s in blocks of rows, stopping at the first difference: one row, then
+  blocks doubling up to `block_bytes` (arrays that differ early cost a few rows)."""
   shape_a, shape_b = tuple(np.shape(a)), tuple(np.shape(b))
   if shape_a != shape_b:
     return False
   if not shape_a or not isinstance(a, StoredArray) and not isinstance(b, StoredArray):
     return bool(np.array_equal(np.asarray(a), np.asarray(b)))
   row_bytes = max(1, int(np.prod(shape_a[1:], dtype=np.int64)) * 4)
-  rows = max(1, block_bytes // row_bytes)
-  take = lambda x, start: (x.read((slice(start, min(start + rows, shape_a[0])),) + tuple(slice(0, n) for n in
-                           shape_a[1:])) if isinstance(x, StoredArray) else np.asarray(x)[start:start + rows])
-  return all(np.array_equal(take(a, start), take(b, start)) for start in range(0, shape_a[0], rows))
+  take = lambda x, start, stop: (x.read((slice(start, stop),) + tuple(slice(0, n) for n in shape_a[1:]))
+                                 if isinstance(x, StoredArray) else np.asarray(x)[start:stop])
+  start, rows = 0, 1
+  while start < shape_a[0]:
+    stop = min(start + rows, shape_a[0])
+    if not np.array_equal(take(a, start, stop), take(b, start, stop)):
+      return False
+    start, rows = stop, min(2 * rows, max(1, block_bytes // row_bytes))
+  return True
 
 
 def _nbytes(index: Index, shape: tuple[int, ...], dtype: np.dtype) -> int:
@@ -142,21 +142,10 @@ def place(arrays: Mapping[str, StoredArray], shardings: Mapping[str, jax.shardin
     finally:
       budget.release(size)
 
-  placed, groups = {}, {}
-  for name in sorted(arrays):  # in the same order on every process: a format's restore may synchronise them
-    if arrays[name].restorer is not None:
-      groups.setdefault(id(arrays[name].restorer), []).append(name)
-  for names in groups.values():
-    restorer = arrays[names[0]].restorer
-    restored = restorer.restore({arrays[n].restore_key: shardings[n] for n in names})
-    for n in names:  # stored dtype -> this array's dtype -> the wanted one, as numpy casts a whole array
-      value = restored[arrays[n].restore_key].astype(arrays[n].dtype)
-      placed[n] = value.astype(dtypes.get(n, arrays[n].dtype))
+  placed = {}
   jobs: dict[str, list[tuple[list[Any], concurrent.futures.Future]]] = {}
   with concurrent.futures.ThreadPoolExecutor(IO_THREADS) as pool:
     for name, source in arrays.items():
-      if name in placed:
-        continue
       by_region: dict[Any, tuple[Index, list[Any]]] = {}
       for device, index in shardings[name].addressable_devices_indices_map(source.shape).items():
         index = tuple(slice(*s.indices(n)) for s, n in zip(index, source.shape))

@@ -123,15 +123,13 @@ def _open_leaf(path: tuple[str, ...], leaf: Any, checkpoint_dir: epath.Path) -> 
     expected_shape = leaf["metadata"].get("shape")
   else:
     location = str(checkpoint_dir / leaf[len(PLACEHOLDER_PREFIX):])
-  store = zarr_store.open_array(location)
-  dtype = store.dtype.numpy_dtype.newbyteorder("=")
-  shape = tuple(int(n) for n in store.shape)
-  if dtype == np.uint16:
+  stored = zarr_store.stored_array(zarr_store.open_array(location), name)
+  if stored.dtype == np.uint16:
     raise ValueError(_UINT16_ADVICE.format(name=name))
-  if expected_shape is not None and tuple(expected_shape) != shape:
-    raise ValueError(f"{name}: the zarr array at {location} has shape {shape}, but the checkpoint's spec "
+  if expected_shape is not None and tuple(expected_shape) != stored.shape:
+    raise ValueError(f"{name}: the zarr array at {location} has shape {stored.shape}, but the checkpoint's spec "
                      f"says {tuple(expected_shape)}; the checkpoint is inconsistent.")
-  return StoredArray(shape, dtype, lambda index: zarr_store.read_region(store, index), name)
+  return stored
 
 
 def _read_leaf(path: tuple[str, ...], leaf: Any, checkpoint_dir: epath.Path, lazy: bool) -> np.ndarray | StoredArray:

@@ -2,8 +2,10 @@
 
 T5X writes each array with TensorStore's zarr driver (gzip or zstd chunks, numpy dtype strings such as `<f4` or
 the extension name `bfloat16`); reading them with the same library gives chunk-by-chunk, concurrent reads of
-just the region asked for, local or `gs://`. Every store shares one context: no chunk cache (each region is read
-once and handed on), bounded file and copy concurrency.
+just the region asked for, local or `gs://`. Orbax writes the same zarr arrays, by default as keys of one OCDBT
+database per checkpoint (`ocdbt_kvstore_spec`). Every store shares one context: no chunk cache (each region is
+read once and handed on), a cache for OCDBT's manifest and B-tree nodes (each read once per process), bounded
+file and copy concurrency.
 """
 from __future__ import annotations
 
@@ -11,15 +13,19 @@ import functools
 import math
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
 import tensorstore as ts
 
+from prompt_tuning.runtime.checkpoints.shard_reads import StoredArray
+
 TARGET_CHUNK_BYTES = 64 * 2**20  # Default chunk size of the writer, as T5X's numpy save path.
 WRITE_COMPRESSORS = ("gzip", "zstd", None)
 IO_CONCURRENCY = 16
+OCDBT_NODE_CACHE_BYTES = 64 * 2**20
+ZARR_METADATA_KEYS = {".zarray": "zarr", "zarr.json": "zarr3"}  # an array's metadata key -> its driver
 _BYTES_READ = re.compile(r"/tensorstore/kvstore/[^/]+/bytes_read$")
 _GCS = re.compile(r"gs://([^/]+)/?(.*)$")
 
@@ -43,6 +49,7 @@ def is_ml_dtype(dtype: np.dtype) -> bool:
 def context() -> ts.Context:
   """The TensorStore context of every checkpoint read and write in this process."""
   return ts.Context({"cache_pool": {"total_bytes_limit": 0},
+                     "cache_pool#ocdbt": {"total_bytes_limit": OCDBT_NODE_CACHE_BYTES},
                      "file_io_concurrency": {"limit": IO_CONCURRENCY},
                      "data_copy_concurrency": {"limit": os.cpu_count() or 1}})
 
@@ -58,6 +65,11 @@ def kvstore_spec(location: str) -> dict[str, Any]:
   return {"driver": "file", "path": os.path.abspath(location) + "/"}
 
 
+def ocdbt_kvstore_spec(location: str) -> dict[str, Any]:
+  """The OCDBT database in dir `location` (Orbax's default checkpoint format) as a key-value store."""
+  return {"driver": "ocdbt", "base": kvstore_spec(location), "cache_pool": "cache_pool#ocdbt"}
+
+
 def open_array(location: str) -> ts.TensorStore:
   """The existing zarr v2 array in dir `location` (only its `.zarray` is read)."""
   try:
@@ -68,6 +80,26 @@ def open_array(location: str) -> ts.TensorStore:
       raise FileNotFoundError(f"No zarr array at {location}: its .zarray is missing (the checkpoint is "
                               "incomplete).") from e
     raise
+
+
+def open_arrays(kvstore: Mapping[str, Any], prefix: str) -> dict[str, ts.TensorStore]:
+  """Every zarr array (v2 or v3) in `kvstore` whose key starts with `prefix`, opened concurrently: {its key: the
+  open array}. Only the keys and the arrays' metadata are read."""
+  base = ts.KvStore.open(dict(kvstore), context=context()).result()
+  found = {}
+  for key in base.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).result():
+    name, _, leaf = key.decode().rpartition("/")
+    if leaf in ZARR_METADATA_KEYS:
+      found[name] = ZARR_METADATA_KEYS[leaf]
+  opening = {name: ts.open({"driver": driver, "kvstore": {**kvstore, "path": kvstore.get("path", "") + name + "/"}},
+                           open=True, read=True, context=context()) for name, driver in found.items()}
+  return {name: future.result() for name, future in opening.items()}
+
+
+def stored_array(store: ts.TensorStore, name: str) -> StoredArray:
+  """An open array left in storage: each read takes just the chunks of its region."""
+  return StoredArray(tuple(int(n) for n in store.shape), store.dtype.numpy_dtype.newbyteorder("="),
+                     lambda index: read_region(store, index), name)
 
 
 def read_region(store: ts.TensorStore, index: tuple[slice, ...] = ()) -> np.ndarray:
