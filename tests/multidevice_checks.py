@@ -647,7 +647,9 @@ def check_train_step_on_8_devices_matches_one_device():
                        ("multi_slice", {"ici_mesh_shape": (2, 2, 2), "dcn_mesh_shape": (1, 1, 1)})):
     losses, prompt = _train_three_steps(jax.devices(), **mesh)
     np.testing.assert_allclose(losses, single_losses, rtol=1e-5, err_msg=layout)
-    np.testing.assert_allclose(prompt, single_prompt, rtol=1e-4, atol=1e-5, err_msg=layout)
+    # Each Adafactor step at LR 0.3 moves an entry by about 0.3; the sharded reductions' float32 order differs
+    # from one device's, which three steps amplify to ~1e-5 (seen 1.3e-5 on AMD EPYC): a wrong layout is far off.
+    np.testing.assert_allclose(prompt, single_prompt, rtol=1e-4, atol=1e-4, err_msg=layout)
 
 
 def _checks(prefix: str) -> dict[str, Callable[[], None]]:
