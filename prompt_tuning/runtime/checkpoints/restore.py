@@ -16,7 +16,7 @@ from flax import traverse_util
 
 from prompt_tuning.errors import UserError
 from prompt_tuning.runtime.checkpoints import formats
-from prompt_tuning.runtime.checkpoints import shard_reads, zarr_store
+from prompt_tuning.runtime.checkpoints import hf, hf_llama, shard_reads, zarr_store
 from prompt_tuning.runtime.checkpoints.shard_reads import StoredArray
 from prompt_tuning.runtime.checkpoints.t5x_native import load_t5x_checkpoint, load_variable
 
@@ -57,23 +57,19 @@ def load_checkpoint_variable(path: str, variable_path: str = "token_embedder/emb
   if fmt == formats.HF:
     if _is_llama(location):  # the whole (small to medium) checkpoint is read
       return _variable_at(_load_hf(location), variable_path.removeprefix("target/"), location)
-    from prompt_tuning.runtime.checkpoints.hf import load_hf_variable
-    return load_hf_variable(str(location), variable_path.removeprefix("target/"))
+    return hf.load_hf_variable(str(location), variable_path.removeprefix("target/"))
   raise formats.UnknownCheckpointFormatError(epath.Path(path))
 
 
 def _is_llama(location: epath.Path) -> bool:
-  from prompt_tuning.runtime.checkpoints import hf, hf_llama
   return hf.read_config(location).get("model_type") in hf_llama.SUPPORTED_MODEL_TYPES
 
 
 def _load_hf(location: epath.Path, lazy: bool = False) -> Params:
   """A Hugging Face folder's parameters: a Llama-family decoder-only model or a T5 (by `model_type`)."""
   if _is_llama(location):
-    from prompt_tuning.runtime.checkpoints.hf_llama import load_hf_llama
-    return load_hf_llama(str(location), lazy=lazy)[0]
-  from prompt_tuning.runtime.checkpoints.hf import load_hf_t5
-  return load_hf_t5(str(location), lazy=lazy)[0]
+    return hf_llama.load_hf_llama(str(location), lazy=lazy)[0]
+  return hf.load_hf_t5(str(location), lazy=lazy)[0]
 
 
 def _variable_at(params: Params, variable_path: str, location: epath.Path) -> np.ndarray:
@@ -226,7 +222,6 @@ def _place_stored(params: Params, abstract: Params, shardings: Params) -> Params
     return params
   flat_shardings = traverse_util.flatten_dict(shardings, sep="/")
   flat_abstract = traverse_util.flatten_dict(abstract, sep="/")
-  from prompt_tuning.runtime.checkpoints import hf  # pylint: disable=import-outside-toplevel
   read = lambda: zarr_store.bytes_read() + hf.bytes_read()
   before, start = read(), time.perf_counter()
   flat.update(shard_reads.place(stored, {k: flat_shardings[k] for k in stored},
