@@ -105,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--prompt_length", type=int, default=EvalShape.prompt_length)
   parser.add_argument("--decode_length", type=int, default=EvalShape.decode_length)
   parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--unfused", action="store_true", help="our attention without jax.nn.dot_product_attention")
+  parser.add_argument("--unfused", action="store_true",
+                      help="our einsum attention in T5X's layout (FUSED_ATTENTION=False)")
   parser.add_argument("--no_peer", action="store_true", help="ours only (no PyTorch)")
   parser.add_argument("--json", default=None, help="also write the full results here")
   args = parser.parse_args(argv)

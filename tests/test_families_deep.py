@@ -17,6 +17,7 @@ from prompt_tuning.models.scan_utils import stack_layers
 from prompt_tuning.models.t5 import apply_layer_prompt
 
 from test_families_utils import BATCH, assert_trains_only_family, config, init, logits
+from test_t5_model import _decode_step_by_step
 
 P = 3
 LAYER_REGEXES = [".*/prompt/.*", ".*/layer_prompts/.*"]  # families/layer_prompts.gin
@@ -134,22 +135,17 @@ def test_padding_stays_masked(make):
   np.testing.assert_allclose(logits(module, params, longer)[real], logits(module, params)[real], atol=1e-5)
 
 
-def test_prefix_decoding_with_the_kv_cache_matches_full_sequence_logits():
+@pytest.mark.parametrize("stored_kv", [False, True])
+def test_prefix_decoding_with_the_kv_cache_matches_full_sequence_logits(stored_kv):
+  """`stored_kv`: cross-attention's keys and values (the prefix included) computed once, as predict_batch does."""
   module = prefix_model(6)
   params = init(module)
   enc, dec_in = BATCH["encoder_input_tokens"], BATCH["decoder_input_tokens"]
   full = logits(module, params)
-  max_len = dec_in.shape[1]
-  _, variables = module.apply({"params": params}, enc, jnp.ones_like(dec_in), jnp.ones_like(dec_in), decode=True,
-                              max_decode_length=max_len, mutable=["cache"])
-  cache = variables["cache"]
-  encoded = module.apply({"params": params}, enc, method=module.encode)
-  for i in range(max_len):
-    step, mutated = module.apply({"params": params, "cache": cache}, encoded, enc, dec_in[:, i:i + 1], None,
-                                 decode=True, max_decode_length=max_len, method=module.decode, mutable=["cache"])
-    cache = mutated["cache"]
+  stepped = np.asarray(_decode_step_by_step(module, params, enc, dec_in, stored_kv))
+  for i in range(dec_in.shape[1]):
     real = np.asarray(BATCH["decoder_target_tokens"][:, i] > 0)  # fully masked rows differ by design
-    np.testing.assert_allclose(np.asarray(step[:, 0])[real], full[real, i], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(stepped[real, i], full[real, i], atol=1e-5, rtol=1e-5)
   # The decoder's prefixes matter: without them the logits differ.
   no_decoder_prefix = prefix_model(6, attentions=("attention",))
   assert not np.allclose(logits(no_decoder_prefix, params), full, atol=1e-4)

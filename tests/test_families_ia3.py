@@ -69,12 +69,14 @@ def test_scalings_act_as_rescaled_key_value_and_output_kernels():
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
   assert np.abs(out - plain_model.apply({"params": plain}, ENC, DEC_IN, TGT)).max() > 1e-3
 
-  # The KV cache holds scaled keys and values: step-by-step decoding reproduces the full pass; so does scan.
+  # The KV cache and the cross-attention keys/values stored for a decode hold scaled keys and values: step-by-step
+  # decoding reproduces the full pass; so does scan.
   tgt = jnp.array([[3, 4, 5, 6, 1], [6, 7, 8, 9, 1]], jnp.int32)
   dec_in = jnp.pad(tgt, ((0, 0), (1, 0)))[:, :-1]
   p = traverse_util.unflatten_dict(scaled, sep="/")
-  np.testing.assert_allclose(_decode_step_by_step(model, p, ENC, dec_in), model.apply({"params": p}, ENC, dec_in, tgt),
-                             rtol=2e-5, atol=2e-5)
+  for stored_kv in (False, True):
+    np.testing.assert_allclose(_decode_step_by_step(model, p, ENC, dec_in, stored_kv),
+                               model.apply({"params": p}, ENC, dec_in, tgt), rtol=2e-5, atol=2e-5)
   scanned = EncoderDecoder(tiny(scan_layers=True, remat_policy="minimal"), IA3)
   np.testing.assert_allclose(scanned.apply({"params": stack_layers(p)}, ENC, DEC_IN, TGT), out, rtol=1e-5, atol=1e-5)
 

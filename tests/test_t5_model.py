@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -14,8 +15,10 @@ from prompt_tuning import prompts
 from prompt_tuning.family import PromptFamily
 from prompt_tuning.models import EncoderDecoder, T5Config, get_config
 from prompt_tuning.models import t5 as t5_lib
-from prompt_tuning.models.layers import relative_position_buckets
+from prompt_tuning.models import layers
+from prompt_tuning.models.layers import ENCODED_KV, relative_position_buckets
 from prompt_tuning.models.scan_utils import stack_layers, unstack_layers
+from prompt_tuning.runtime.models import EncoderDecoderModel
 
 ENC = jnp.array([[5, 6, 7, 8, 1, 0, 0], [9, 10, 1, 0, 0, 0, 0]], jnp.int32)
 TGT = jnp.array([[3, 4, 5, 1, 0], [6, 7, 8, 9, 1]], jnp.int32)
@@ -133,29 +136,64 @@ def test_dropout_only_with_rng():
   assert not np.allclose(a, c)
 
 
-def _decode_step_by_step(model, params, enc, dec_in):
+def _decode_step_by_step(model, params, enc, dec_in, stored_kv: bool = False):
+  """Logits of feeding `dec_in` one token at a time through the KV cache; `stored_kv`: with cross-attention's
+  keys and values computed once (`EncoderDecoderModel.encoded_kv`), as `predict_batch` decodes."""
   max_len = dec_in.shape[1]
   cache = model.apply({"params": params}, enc, jnp.ones_like(dec_in), jnp.ones_like(dec_in), decode=True,
                       max_decode_length=max_len, mutable=["cache"])[1]["cache"]
   encoded = model.apply({"params": params}, enc, method=model.encode)
+  kv = {ENCODED_KV: EncoderDecoderModel(model).encoded_kv(params, encoded, enc)} if stored_kv else {}
   steps = []
   for i in range(max_len):
-    logits, mutated = model.apply({"params": params, "cache": cache}, encoded, enc, dec_in[:, i:i + 1], None,
+    logits, mutated = model.apply({"params": params, "cache": cache, **kv}, encoded, enc, dec_in[:, i:i + 1], None,
                                   decode=True, max_decode_length=max_len, method=model.decode, mutable=["cache"])
     cache = mutated["cache"]
     steps.append(logits[:, 0])
   return jnp.stack(steps, axis=1)
 
 
-@pytest.mark.parametrize("with_prompt", [False, True])
-def test_incremental_decoding_reproduces_full_sequence_logits(with_prompt):
+@pytest.mark.parametrize("with_prompt,stored_kv,scan", [(False, False, False), (True, False, False),
+                                                        (True, True, False), (True, True, True)])
+def test_incremental_decoding_reproduces_full_sequence_logits(with_prompt, stored_kv, scan):
   factory = (lambda: prompts.PromptedInputs(prompts.Prompt(3))) if with_prompt else None
-  model, params = init_params(tiny(), factory)
+  model, params = init_params(tiny(scan_layers=scan), factory)
   tgt = jnp.array([[3, 4, 5, 6, 1], [6, 7, 8, 9, 1]], jnp.int32)  # no padding: every position is compared
   dec_in = jnp.pad(tgt, ((0, 0), (1, 0)))[:, :-1]
   full = model.apply({"params": params}, ENC, dec_in, tgt)
-  stepped = _decode_step_by_step(model, params, ENC, dec_in)
+  stepped = _decode_step_by_step(model, params, ENC, dec_in, stored_kv)
   np.testing.assert_allclose(stepped, full, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_cross_attention_keys_values_are_computed_once_per_decode(scan):
+  """`encoded_kv`: every decoder layer's cross-attention keys and values, head-major, each example's repeated for
+  its beams; decoding then reads them and never runs the cross-attention key/value projections."""
+  model, params = init_params(tiny(scan_layers=scan), lambda: prompts.PromptedInputs(prompts.Prompt(3)))
+  assert set(model.init(jax.random.PRNGKey(0), ENC, DEC_IN, TGT)) == {"params"}  # init stores none of them
+  wrapper = EncoderDecoderModel(model)
+  encoded = model.apply({"params": params}, ENC, method=model.encode)  # [2, 3 + 7, 4]
+  kv = wrapper.encoded_kv(params, encoded, ENC, num_decodes=3)
+  flat = traverse_util.flatten_dict(kv, sep="/")
+  cfg = tiny()
+  layer_names = ["layers"] if scan else [f"layers_{i}" for i in range(cfg.num_decoder_layers)]
+  assert set(flat) == {f"decoder/{l}/encoder_decoder_attention/{n}" for l in layer_names for n in ("keys", "values")}
+  leading = (cfg.num_decoder_layers,) if scan else ()
+  assert all(a.shape == leading + (6, cfg.num_heads, 10, cfg.head_dim) for a in flat.values())
+  keys = flat[f"decoder/{layer_names[0]}/encoder_decoder_attention/keys"]
+  keys = keys[0] if scan else keys
+  np.testing.assert_array_equal(keys[0], keys[2])  # beams of one example are adjacent copies
+  assert not np.array_equal(keys[0], keys[3])
+  # Without the cross-attention key/value kernels the decoder still decodes, from the stored keys and values.
+  pruned = {k: v for k, v in traverse_util.flatten_dict(params, sep="/").items()
+            if not re.search(r"encoder_decoder_attention/(key|value)/", k)}
+  pruned = traverse_util.unflatten_dict(pruned, sep="/")
+  once = {ENCODED_KV: wrapper.encoded_kv(params, encoded, ENC)}
+  cache = model.apply({"params": params}, ENC, DEC_IN, DEC_IN, decode=True, max_decode_length=5,
+                      mutable=["cache"])[1]["cache"]
+  step = lambda p, extra: model.apply({"params": p, "cache": cache, **extra}, encoded, ENC, DEC_IN[:, :1], None,
+                                      decode=True, max_decode_length=5, method=model.decode, mutable=["cache"])[0]
+  np.testing.assert_allclose(step(pruned, once), step(params, {}), rtol=1e-5, atol=1e-6)
 
 
 def _scan_test_loss(model: EncoderDecoder, params) -> jax.Array:
@@ -176,8 +214,19 @@ def _unrolled_reference():
                                               (False, "none", False)])
 def test_scan_and_remat_match_unrolled(scan, remat, fused):
   """Against the shipped default (unrolled, fused attention); `fused=False` is the einsum attention path."""
+  _assert_matches_unrolled_reference(EncoderDecoder(tiny(scan_layers=scan, remat_policy=remat,
+                                                          fused_attention=fused)), scan)
+
+
+def test_dot_product_attention_as_on_gpu_matches_the_cpu_default(monkeypatch):
+  """Fused attention is head-major einsums on CPU and jax.nn.dot_product_attention elsewhere: the same model."""
+  _unrolled_reference()  # computed the CPU way, before the switch
+  monkeypatch.setattr(layers, "HEAD_MAJOR_PLATFORMS", frozenset())
+  _assert_matches_unrolled_reference(EncoderDecoder(tiny()), scan=False)
+
+
+def _assert_matches_unrolled_reference(model: EncoderDecoder, scan: bool) -> None:
   params, ref_logits, g_ref = _unrolled_reference()
-  model = EncoderDecoder(tiny(scan_layers=scan, remat_policy=remat, fused_attention=fused))
   p = stack_layers(params) if scan else params
   logits = jax.jit(model.apply)({"params": p}, ENC, DEC_IN, TGT)
   np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)

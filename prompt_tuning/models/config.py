@@ -30,8 +30,10 @@ class T5Config:
   logits_via_embedding: bool = False  # T5 1.0 ties the output head; T5 1.1 does not.
   scan_layers: bool = False
   remat_policy: str = "none"
-  # jax.nn.dot_product_attention with the relative-position bias (XLA's fused softmax(QK^T + bias)V on CPU and TPU,
-  # cuDNN's on GPU); the einsum path runs where attention dropout is on. `make bench`: 18% less CPU per step.
+  # The attention as the platform runs it fastest: on CPU, einsums over head-major operands (layers.
+  # HEAD_MAJOR_PLATFORMS); elsewhere jax.nn.dot_product_attention with the relative-position bias (XLA's fused
+  # softmax(QK^T + bias)V on TPU, cuDNN's on GPU), the einsum path where attention dropout is on. False: the
+  # einsum attention in T5X's [batch, length, heads, head_dim] layout everywhere. Same numerics up to rounding.
   fused_attention: bool = True
 
   def __post_init__(self):

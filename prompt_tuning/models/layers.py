@@ -16,6 +16,13 @@ from prompt_tuning.family import SITES
 Array = jax.Array
 Initializer = Callable[..., Array]
 NEG_INF = -1e10  # additive attention bias for masked positions, as Flaxformer.
+# The variable collection that holds cross-attention's keys and values during a decode: they depend only on the
+# encoder's output, so the decoding loop reads them instead of projecting (and transposing) them at every step.
+ENCODED_KV = "encoded_kv"
+# Where `fused` attention runs as head-major einsums ([batch, heads, length, head_dim] operands) rather than
+# jax.nn.dot_product_attention: XLA CPU runs those products faster (docs/benchmarks.md); GPU and TPU keep
+# dot_product_attention, which may use a fused kernel (cuDNN on GPU).
+HEAD_MAJOR_PLATFORMS = frozenset({"cpu"})
 
 default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
@@ -229,15 +236,19 @@ def prepend_prefix(prefix_kv: tuple[Array, Array], k: Array, v: Array, mask: Arr
   Prefix positions are visible to every query and carry no relative-position bias (bias 0).
   """
   pk, pv = prefix_kv
-  p = pk.shape[0]
   expand = lambda x, like: jnp.broadcast_to(x.astype(like.dtype)[None], (like.shape[0],) + x.shape)
   k = jnp.concatenate([expand(pk, k), k], axis=1)
   v = jnp.concatenate([expand(pv, v), v], axis=1)
+  return (k, v, *pad_prefix_positions(pk.shape[0], mask, bias))
+
+
+def pad_prefix_positions(p: int, mask: Array | None, bias: Array | None) -> tuple[Array | None, Array | None]:
+  """The attention mask and bias with `p` prefix positions in front: visible, with bias 0."""
   if mask is not None:
     mask = jnp.pad(mask, ((0, 0),) * (mask.ndim - 1) + ((p, 0),), constant_values=True)
   if bias is not None:
     bias = jnp.pad(bias, ((0, 0),) * (bias.ndim - 1) + ((p, 0),))
-  return k, v, mask, bias
+  return mask, bias
 
 
 class MultiHeadAttention(nn.Module):
@@ -249,6 +260,10 @@ class MultiHeadAttention(nn.Module):
   Decoder-only models add: `num_kv_heads` (grouped-query attention: key/value kernels and the cache have that many
   heads), `rope` (rotary embeddings of queries and keys at `positions`), `logits_scale` (multiplies q·k), and a
   cache that is `prefill`ed with a whole sequence and then written at each row's own position.
+  `static_kv` (cross-attention): the keys and values depend only on `inputs_kv`, which a decode keeps. When the
+  `ENCODED_KV` collection is mutable (outside `init`) they are written to it (after the sites and the prefix, head-major:
+  [batch, heads, length, head_dim]); when it holds them they are read from it and the key/value projections do not
+  run. Either way the attention is the same, up to float32 rounding.
   """
 
   num_heads: int
@@ -265,9 +280,12 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None, bias: Array | None = None,
                *, deterministic: bool = True, decode: bool = False,
                prefix_kv: tuple[Array, Array] | None = None, prefill: bool = False,
-               positions: Array | None = None) -> Array:
+               positions: Array | None = None, static_kv: bool = False) -> Array:
     """`positions` [B, q]: the queries' absolute positions (rotary embeddings; with `decode`, where each row
     writes its key and value in the cache)."""
+    if static_kv and (decode or prefill or self.rope is not None):
+      raise ValueError("static_kv (keys and values kept over a decode) is for cross-attention: no KV cache "
+                       "(decode, prefill) and no rotary embeddings.")
     kv_heads = self.num_kv_heads or self.num_heads
     hk = self.num_heads * self.head_dim
     base_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
@@ -276,24 +294,33 @@ class MultiHeadAttention(nn.Module):
     proj = lambda heads, **kw: Projection(heads * self.head_dim, ("embed", "joined_kv"), dtype=self.dtype, **kw)
     split = lambda x: x.reshape(x.shape[:-1] + (-1, self.head_dim))
     q = split(proj(self.num_heads, kernel_init=query_init, name="query")(inputs_q))
-    k = split(proj(kv_heads, kernel_init=base_init, name="key")(inputs_kv))
-    v = split(proj(kv_heads, kernel_init=base_init, name="value")(inputs_kv))
     q = constrain(q, ("batch", "length", "heads", "kv"))
-    k = constrain(k, ("batch", "length", "heads", "kv"))
-    v = constrain(v, ("batch", "length", "heads", "kv"))
-    k = apply_site(self.sites, "keys", k)
-    v = apply_site(self.sites, "values", v)
-    if self.rope is not None:
-      if positions is None:
-        raise ValueError("Rotary attention needs the queries' positions; pass positions=[B, length].")
-      q, k = self.rope(q, positions), self.rope(k, positions)
-
-    if decode or prefill:
-      k, v, mask, bias = self._update_cache(k, v, mask, bias, prefill, positions if decode else None)
-    if kv_heads != self.num_heads:
-      k, v = (jnp.repeat(x, self.num_heads // kv_heads, axis=2) for x in (k, v))
-    if prefix_kv is not None:
-      k, v, mask, bias = prepend_prefix(prefix_kv, k, v, mask, bias)
+    stored = static_kv and self.has_variable(ENCODED_KV, "keys")
+    if stored:  # head-major, the prefix included
+      k, v = self.get_variable(ENCODED_KV, "keys"), self.get_variable(ENCODED_KV, "values")
+      if prefix_kv is not None:
+        mask, bias = pad_prefix_positions(prefix_kv[0].shape[0], mask, bias)
+    else:
+      k = split(proj(kv_heads, kernel_init=base_init, name="key")(inputs_kv))
+      v = split(proj(kv_heads, kernel_init=base_init, name="value")(inputs_kv))
+      k = constrain(k, ("batch", "length", "heads", "kv"))
+      v = constrain(v, ("batch", "length", "heads", "kv"))
+      k = apply_site(self.sites, "keys", k)
+      v = apply_site(self.sites, "values", v)
+      if self.rope is not None:
+        if positions is None:
+          raise ValueError("Rotary attention needs the queries' positions; pass positions=[B, length].")
+        q, k = self.rope(q, positions), self.rope(k, positions)
+      if decode or prefill:
+        k, v, mask, bias = self._update_cache(k, v, mask, bias, prefill, positions if decode else None)
+      if kv_heads != self.num_heads:
+        k, v = (jnp.repeat(x, self.num_heads // kv_heads, axis=2) for x in (k, v))
+      if prefix_kv is not None:
+        k, v, mask, bias = prepend_prefix(prefix_kv, k, v, mask, bias)
+      if static_kv and self.is_mutable_collection(ENCODED_KV) and not self.is_initializing():
+        head_major = lambda x: constrain(x.transpose(0, 2, 1, 3), ("batch", "heads", "length", "kv"))
+        self.put_variable(ENCODED_KV, "keys", head_major(k))
+        self.put_variable(ENCODED_KV, "values", head_major(v))
 
     attn_bias = None
     if mask is not None:
@@ -301,10 +328,16 @@ class MultiHeadAttention(nn.Module):
     if bias is not None:
       attn_bias = bias.astype(self.dtype) if attn_bias is None else attn_bias + bias.astype(self.dtype)
 
-    if self.fused and (deterministic or self.dropout_rate == 0.0):
+    head_major = stored or (self.fused and jax.default_backend() in HEAD_MAJOR_PLATFORMS)
+    if self.fused and not head_major and (deterministic or self.dropout_rate == 0.0):
       out = jax.nn.dot_product_attention(q, k, v, bias=attn_bias, scale=self.logits_scale)
     else:
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+      spec = "bhqd,bhkd->bhqk" if head_major else "bqhd,bkhd->bhqk"
+      if head_major:
+        q = q.transpose(0, 2, 1, 3)
+        if not stored:
+          k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+      logits = jnp.einsum(spec, q, k)
       if self.logits_scale != 1.0:
         logits = logits * jnp.asarray(self.logits_scale, logits.dtype)
       if attn_bias is not None:
@@ -315,7 +348,10 @@ class MultiHeadAttention(nn.Module):
         drop_rng = self.make_rng("dropout")
         keep_mask = jax.random.bernoulli(drop_rng, keep, weights.shape[:-2] + (1, weights.shape[-1]))
         weights = weights * (keep_mask / keep).astype(self.dtype)
-      out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+      if head_major:
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3)
+      else:
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     out = out.reshape(out.shape[:-2] + (hk,))
     return Projection(inputs_q.shape[-1], ("joined_kv", "embed"), kernel_init=base_init, dtype=self.dtype,
                       name="out")(out)

@@ -97,7 +97,7 @@ class DecoderLayer(nn.Module):
     y = y + drop(h)
     h = L.RMSNorm(cfg.dtype, name="pre_cross_attention_layer_norm")(y) * logit_mask
     h = attn("encoder_decoder_attention")(h, encoded, cross_mask, None, deterministic=deterministic,
-                                          prefix_kv=hooks.get("encoder_decoder_attention"))
+                                          prefix_kv=hooks.get("encoder_decoder_attention"), static_kv=True)
     y = y + drop(h)
     h = L.RMSNorm(cfg.dtype, name="pre_mlp_layer_norm")(y) * logit_mask
     h = L.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, sites,
@@ -123,7 +123,7 @@ def run_layers(module: nn.Module, layer_cls: type, num_layers: int, x: Array, *a
       x = cls(cfg, module.family, name=f"layers_{i}")(x, *args, *extra)
     return x
   extra, extra_axes = ((per_layer,), (0,)) if per_layer else ((), ())
-  scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
+  scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0, L.ENCODED_KV: 0}, split_rngs={"params": True, "dropout": True},
                     in_axes=(nn.broadcast,) * len(args) + extra_axes, length=num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
   x, _ = scanned(cfg, module.family, name="layers")(x, *args, *extra)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from prompt_tuning.family import ForwardOutputs, PromptFamily, family_of
 from prompt_tuning.models.decoder_only import DecoderOnly
+from prompt_tuning.models.layers import ENCODED_KV
 from prompt_tuning.models.t5 import EncoderDecoder
 from prompt_tuning.runtime import decoding, losses
 
@@ -204,6 +205,18 @@ class EncoderDecoderModel(BaseModel):
                                      prompt_inputs=inputs_for_prompt, mutable=["cache"])
     return variables["cache"]
 
+  def encoded_kv(self, params: Params, encoded: Array, encoder_input_tokens: Array, num_decodes: int = 1) -> Any:
+    """Every decoder layer's cross-attention keys and values (the `ENCODED_KV` collection), computed once for a
+    decode rather than at each step, with `num_decodes` adjacent copies of each example's. Pass them to
+    `module.decode` as the `ENCODED_KV` variables."""
+    dec = jnp.zeros((encoded.shape[0], 1), jnp.int32)
+    _, variables = self.module.apply({"params": params}, encoded, encoder_input_tokens, dec, None,
+                                     method=self.module.decode, mutable=[ENCODED_KV])
+    batch_axis = 1 if self.module.config.scan_layers else 0  # scanned layers stack their variables on axis 0
+    expand = lambda x: jnp.moveaxis(decoding.flat_batch_beam_expand(jnp.moveaxis(x, batch_axis, 0), num_decodes),
+                                    0, batch_axis)
+    return jax.tree_util.tree_map(expand, variables[ENCODED_KV])
+
   def _predict(self, params: Params, batch: Batch, rng: Array | None, decoder_params: Mapping[str, Any] | None,
                return_all_decodes: bool, num_decodes: int | None) -> tuple[Array, dict[str, Array]]:
     enc_tokens = batch["encoder_input_tokens"]
@@ -212,14 +225,15 @@ class EncoderDecoderModel(BaseModel):
     n = params_dec["num_decodes"]
     encoded = self.module.apply({"params": params}, enc_tokens, prompt_inputs=self.prompt_inputs(batch),
                                 method=self.module.encode)
+    encoded_kv = self.encoded_kv(params, encoded, enc_tokens, n)
     encoded = decoding.flat_batch_beam_expand(encoded, n)
     enc_tokens_n = decoding.flat_batch_beam_expand(enc_tokens, n)
     cache = self._init_cache(params, enc_tokens.shape[0], enc_tokens.shape[1], dec_len, self.prompt_inputs(batch))
 
     def tokens_to_logits(state: decoding.DecodingState):
       logits, mutated = self.module.apply(
-          {"params": params, "cache": state.cache}, encoded, enc_tokens_n, state.cur_token, None, decode=True,
-          max_decode_length=dec_len, method=self.module.decode, mutable=["cache"])
+          {"params": params, "cache": state.cache, ENCODED_KV: encoded_kv}, encoded, enc_tokens_n, state.cur_token,
+          None, decode=True, max_decode_length=dec_len, method=self.module.decode, mutable=["cache"])
       return logits[:, 0, :], mutated["cache"]
 
     decodes, scores = self.decode_fn(inputs=jnp.zeros_like(batch["decoder_input_tokens"]), cache=cache,
