@@ -6,7 +6,8 @@ r"""Step time, tokens/s, FLOP/s, memory and compile time of prompt and model tun
   python -m benchmarks.step_time --model=llama --runs=ours:prompt,peft:prompt   # a Llama-shaped decoder-only model
 
 Each run lives in its own worker process (separate memory high-water marks). After every worker has compiled
-and warmed up, the runs are timed ALTERNATELY, round by round (the order rotates), together with a matmul-peak
+and warmed up, the runs are timed ALTERNATELY, round by round (the order rotates; each run takes one untimed step
+right before its timed one, as a training loop runs steps back to back), together with a matmul-peak
 measurement, so that load from other users of the machine hits all of them alike. Ratios and utilisation are
 taken per round and then the median is reported. Run specs are `framework:mode[:option...]`:
   framework  ours (this project, JAX) | peft (HF PEFT prompt tuning, PyTorch) | hf (HF fine-tuning, PyTorch)
@@ -245,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--steps_per_round", type=int, default=None,
                       help=f"steps timed together per run and round; default 1 on CPU, {GPU_STEPS_PER_ROUND} on GPU "
                            "(a Small step there takes milliseconds)")
+  parser.add_argument("--warmup_steps_per_round", type=int, default=1,
+                      help="untimed steps each run takes right before its timed steps, every round: on these shared "
+                           "VMs a process that idled for seconds runs its next step up to 2x slower (docs/benchmarks.md)"
+                           "; a training loop never idles")
   parser.add_argument("--no_peak", action="store_true", help="skip the per-round matmul-peak measurement")
   parser.add_argument("--no_hugepages", action="store_true",
                       help=f"do not set GLIBC_TUNABLES={HUGEPAGES_TUNABLE} for the workers (see docs/benchmarks.md)")
@@ -253,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parser.parse_args(argv)
   args.dtype = args.dtype or ("bfloat16" if args.device == "gpu" else "float32")
   args.steps_per_round = args.steps_per_round or (GPU_STEPS_PER_ROUND if args.device == "gpu" else 1)
+  if args.warmup_steps_per_round < 0:
+    parser.error(f"--warmup_steps_per_round={args.warmup_steps_per_round} must be >= 0 (0: time each run's first "
+                 "step after the others ran).")
 
   if args.device == "gpu":
     cli_flags.require_jax_gpu()
@@ -289,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           print(f"  {e}", file=sys.stderr, flush=True)
       for label in order:
         try:
-          reply = workers[label].call(cmd="run", steps=args.steps_per_round)
+          reply = workers[label].call(cmd="run", steps=args.steps_per_round, warmup=args.warmup_steps_per_round)
         except WorkerDied as e:  # keep timing the others; this run is reported without its missing rounds
           print(f"  {e}", file=sys.stderr, flush=True)
           active.remove(label)
@@ -309,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   summary.update(command=" ".join(["python -m benchmarks.step_time"] + given),
                  date=datetime.datetime.now().isoformat(timespec="seconds"), machine=_machine(),
                  xla_flags=os.environ.get("XLA_FLAGS", ""), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
-                 shape=specs[0]["shape"] if specs else None)
+                 shape=specs[0]["shape"] if specs else None, warmup_steps_per_round=args.warmup_steps_per_round)
   print(format_table(summary))
   print(f"matmul peak (median over rounds): {summary['matmul_peak_tflops_per_s']} TFLOP/s "
         f"{summary['matmul_peak_by_framework_tflops_per_s']}; load average per round: "

@@ -2,8 +2,8 @@
 
 One process per run keeps memory high-water marks apart and lets the parent time the runs alternately. The
 worker imports its framework only after the parent has set the environment (JAX_PLATFORMS, XLA_FLAGS).
-Messages are dicts over a `multiprocessing` pipe: {"cmd": "run", "steps": n} -> {"result": seconds (or matmul
-FLOP/s), "cpu_s": process CPU seconds, "minor_faults": page faults};
+Messages are dicts over a `multiprocessing` pipe: {"cmd": "run", "steps": n[, "warmup": w]} (w untimed steps first)
+-> {"result": seconds (or matmul FLOP/s), "cpu_s": process CPU seconds, "minor_faults": page faults};
 {"cmd": "stats"} -> memory figures; {"cmd": "outputs"} -> {"outputs": the last result (evaluation jobs)};
 {"cmd": "stop"}.
 """
@@ -190,6 +190,8 @@ def serve(conn: Any, spec: dict[str, Any]) -> None:
     except EOFError:  # the parent is gone
       return
     if msg["cmd"] == "run":
+      for _ in range(msg.get("warmup", 0)):  # untimed, right before the timed steps
+        worker.run(1)
       before = resource.getrusage(resource.RUSAGE_SELF)
       result = worker.run(msg["steps"])
       after = resource.getrusage(resource.RUSAGE_SELF)

@@ -99,6 +99,36 @@ def test_worker_protocol_runs_and_reports_memory():
   thread.join(timeout=10)
 
 
+class _CountingStep:
+  """A stand-in train step that records how many steps each call runs."""
+
+  def __init__(self, spec):
+    self.info, self.calls = {}, spec["calls"]
+
+  def run(self, n: int) -> float:
+    self.calls.append(n)
+    return float(n)
+
+
+def test_warmup_steps_run_untimed_right_before_the_timed_ones(monkeypatch, capsys):
+  calls: list[int] = []
+  monkeypatch.setitem(workers.BUILDERS, "counting", _CountingStep)
+  monkeypatch.setitem(workers.IMPORTS, "counting", ())
+  parent, child = multiprocessing.Pipe()
+  thread = threading.Thread(target=workers.serve, args=(child, {"framework": "counting", "calls": calls}),
+                            daemon=True)
+  thread.start()
+  assert parent.recv()["ok"]
+  parent.send({"cmd": "run", "steps": 2, "warmup": 3})
+  assert parent.recv()["result"] == 2.0  # only the timed call's
+  assert calls == [1, 1, 1, 1, 2]  # the setup step, 3 warm-up steps, then the 2 timed ones
+  parent.send({"cmd": "stop"})
+  thread.join(timeout=10)
+  with pytest.raises(SystemExit):
+    step_time.main(["--warmup_steps_per_round=-1", "--runs=ours:prompt", "--rounds=1"])
+  assert "--warmup_steps_per_round=-1 must be >= 0" in capsys.readouterr().err
+
+
 def test_a_worker_that_dies_is_reported_not_waited_on_forever():
   """A worker killed mid-benchmark (OOM killer, a crash inside XLA) must not hang the parent."""
   spec = {"label": "peak", "framework": "peak", "device": "cpu", "dtype": "float32", "sizes": (64,)}
