@@ -247,9 +247,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       help=f"steps timed together per run and round; default 1 on CPU, {GPU_STEPS_PER_ROUND} on GPU "
                            "(a Small step there takes milliseconds)")
   parser.add_argument("--warmup_steps_per_round", type=int, default=1,
-                      help="untimed steps each run takes right before its timed steps, every round: on these shared "
-                           "VMs a process that idled for seconds runs its next step up to 2x slower (docs/benchmarks.md)"
-                           "; a training loop never idles")
+                      help="untimed steps each run takes right before its timed steps, every round: on these "
+                           "shared VMs a process that idled for seconds runs its next step up to 2x slower "
+                           "(docs/benchmarks.md); a training loop never idles")
   parser.add_argument("--no_peak", action="store_true", help="skip the per-round matmul-peak measurement")
   parser.add_argument("--no_hugepages", action="store_true",
                       help=f"do not set GLIBC_TUNABLES={HUGEPAGES_TUNABLE} for the workers (see docs/benchmarks.md)")

@@ -261,9 +261,9 @@ class MultiHeadAttention(nn.Module):
   heads), `rope` (rotary embeddings of queries and keys at `positions`), `logits_scale` (multiplies q·k), and a
   cache that is `prefill`ed with a whole sequence and then written at each row's own position.
   `static_kv` (cross-attention): the keys and values depend only on `inputs_kv`, which a decode keeps. When the
-  `ENCODED_KV` collection is mutable (outside `init`) they are written to it (after the sites and the prefix, head-major:
-  [batch, heads, length, head_dim]); when it holds them they are read from it and the key/value projections do not
-  run. Either way the attention is the same, up to float32 rounding.
+  `ENCODED_KV` collection is mutable (outside `init`) they are written to it, after the sites and the prefix,
+  head-major ([batch, heads, length, head_dim]); when it holds them they are read from it and the key/value
+  projections do not run. Either way the attention is the same, up to float32 rounding.
   """
 
   num_heads: int
@@ -318,9 +318,9 @@ class MultiHeadAttention(nn.Module):
       if prefix_kv is not None:
         k, v, mask, bias = prepend_prefix(prefix_kv, k, v, mask, bias)
       if static_kv and self.is_mutable_collection(ENCODED_KV) and not self.is_initializing():
-        head_major = lambda x: constrain(x.transpose(0, 2, 1, 3), ("batch", "heads", "length", "kv"))
-        self.put_variable(ENCODED_KV, "keys", head_major(k))
-        self.put_variable(ENCODED_KV, "values", head_major(v))
+        to_head_major = lambda x: constrain(x.transpose(0, 2, 1, 3), ("batch", "heads", "length", "kv"))
+        self.put_variable(ENCODED_KV, "keys", to_head_major(k))
+        self.put_variable(ENCODED_KV, "values", to_head_major(v))
 
     attn_bias = None
     if mask is not None:

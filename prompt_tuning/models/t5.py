@@ -123,9 +123,9 @@ def run_layers(module: nn.Module, layer_cls: type, num_layers: int, x: Array, *a
       x = cls(cfg, module.family, name=f"layers_{i}")(x, *args, *extra)
     return x
   extra, extra_axes = ((per_layer,), (0,)) if per_layer else ((), ())
-  scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0, L.ENCODED_KV: 0}, split_rngs={"params": True, "dropout": True},
-                    in_axes=(nn.broadcast,) * len(args) + extra_axes, length=num_layers,
-                    metadata_params={nn.PARTITION_NAME: "layers"})
+  scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0, L.ENCODED_KV: 0},
+                    split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args) + extra_axes,
+                    length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
   x, _ = scanned(cfg, module.family, name="layers")(x, *args, *extra)
   return x
 
