@@ -21,6 +21,20 @@ def add_shape_flags(parser: argparse.ArgumentParser, batch: int = 8, input_lengt
   parser.add_argument("--prompt_length", type=int, default=prompt_length)
 
 
+def add_warmup_flag(parser: argparse.ArgumentParser) -> None:
+  """--warmup_steps_per_round: untimed runs right before each timed one (checked by `check_warmup_flag`)."""
+  parser.add_argument("--warmup_steps_per_round", type=int, default=1,
+                      help="untimed steps each run takes right before its timed steps, every round: on these "
+                           "shared VMs a process that idled for seconds runs its next step up to 2x slower "
+                           "(docs/benchmarks.md); a training loop never idles")
+
+
+def check_warmup_flag(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  if args.warmup_steps_per_round < 0:
+    parser.error(f"--warmup_steps_per_round={args.warmup_steps_per_round} must be >= 0 (0: time each run's first "
+                 "step after the others ran).")
+
+
 def shape_from_flags(args: argparse.Namespace) -> StepShape:
   return StepShape(args.batch, args.input_length, args.target_length, args.prompt_length)
 

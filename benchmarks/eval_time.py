@@ -8,7 +8,7 @@ as our evaluation's `score_batch` and the PyTorch peer do); `rank_shared` is our
 (`EncoderDecoderModel.score_candidates`); `greedy` and `beam4` decode 16 tokens for 32 examples, ours against
 `transformers` `generate` with the PEFT prompt. Both frameworks load the same random weights and prompt (written
 once by this process), each job runs in its own worker process, and the jobs are timed ALTERNATELY, round by round,
-as `benchmarks.step_time` times train steps. The outputs are compared: scores within float32 tolerance and the
+each right after one untimed run of its own, as `benchmarks.step_time` times train steps. The outputs are compared: scores within float32 tolerance and the
 same ranking; decodes token for token.
 """
 from __future__ import annotations
@@ -108,12 +108,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--unfused", action="store_true",
                       help="our einsum attention in T5X's layout (FUSED_ATTENTION=False)")
   parser.add_argument("--no_peer", action="store_true", help="ours only (no PyTorch)")
+  cli_flags.add_warmup_flag(parser)
   parser.add_argument("--json", default=None, help="also write the full results here")
   args = parser.parse_args(argv)
   jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
   unknown = [j for j in jobs if j not in JOBS]
   if unknown:
     parser.error(f"--jobs: {unknown} unknown; choose from {JOBS}")
+  cli_flags.check_warmup_flag(parser, args)
   shape = EvalShape(examples=args.examples, input_length=args.input_length, prompt_length=args.prompt_length,
                     decode_length=args.decode_length)
   os.environ["JAX_PLATFORMS"] = "cpu"
@@ -135,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       labels = list(workers)
       for r in range(args.rounds):
         order = labels[r % len(labels):] + labels[:r % len(labels)]
-        rounds.append({label: workers[label].call(cmd="run", steps=1)["result"] for label in order})
+        rounds.append({label: workers[label].call(cmd="run", steps=1, warmup=args.warmup_steps_per_round)["result"]
+                       for label in order})
         print(f"round {r + 1}/{args.rounds} load {os.getloadavg()[0]:.1f}: " +
               ", ".join(f"{k} {v:.3f}s" for k, v in rounds[-1].items()), file=sys.stderr, flush=True)
       outputs = {label: np.asarray(w.call(cmd="outputs")["outputs"]) for label, w in workers.items()}
@@ -146,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   summary.update(command=" ".join(["python -m benchmarks.eval_time", *(argv if argv is not None else sys.argv[1:])]),
                  date=datetime.datetime.now().isoformat(timespec="seconds"), machine=_machine(),
                  shape=dataclasses.asdict(shape), size=args.size, fused_attention=not args.unfused,
+                 warmup_steps_per_round=args.warmup_steps_per_round,
                  load_average_1min=os.getloadavg()[0])
   print(format_table(summary))
   cli_flags.write_json(summary, args.json)

@@ -246,10 +246,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--steps_per_round", type=int, default=None,
                       help=f"steps timed together per run and round; default 1 on CPU, {GPU_STEPS_PER_ROUND} on GPU "
                            "(a Small step there takes milliseconds)")
-  parser.add_argument("--warmup_steps_per_round", type=int, default=1,
-                      help="untimed steps each run takes right before its timed steps, every round: on these "
-                           "shared VMs a process that idled for seconds runs its next step up to 2x slower "
-                           "(docs/benchmarks.md); a training loop never idles")
+  cli_flags.add_warmup_flag(parser)
   parser.add_argument("--no_peak", action="store_true", help="skip the per-round matmul-peak measurement")
   parser.add_argument("--no_hugepages", action="store_true",
                       help=f"do not set GLIBC_TUNABLES={HUGEPAGES_TUNABLE} for the workers (see docs/benchmarks.md)")
@@ -258,9 +255,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parser.parse_args(argv)
   args.dtype = args.dtype or ("bfloat16" if args.device == "gpu" else "float32")
   args.steps_per_round = args.steps_per_round or (GPU_STEPS_PER_ROUND if args.device == "gpu" else 1)
-  if args.warmup_steps_per_round < 0:
-    parser.error(f"--warmup_steps_per_round={args.warmup_steps_per_round} must be >= 0 (0: time each run's first "
-                 "step after the others ran).")
+  cli_flags.check_warmup_flag(parser, args)
 
   if args.device == "gpu":
     cli_flags.require_jax_gpu()

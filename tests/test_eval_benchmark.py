@@ -61,8 +61,9 @@ def test_cli_times_a_job_against_its_peer_and_reports_agreement(tmp_path, capsys
   out = tmp_path / "eval.json"
   eval_time.main(["--size=tiny", "--examples=4", "--input_length=8", "--prompt_length=3", "--jobs=rank_shared",
                   "--rounds=2", f"--json={out}"])
-  runs = json.loads(out.read_text())["runs"]
-  assert set(runs) == {"ours:rank_shared", "peer:rank"}
+  result = json.loads(out.read_text())
+  runs = result["runs"]
+  assert set(runs) == {"ours:rank_shared", "peer:rank"} and result["warmup_steps_per_round"] == 1
   ours = runs["ours:rank_shared"]
   assert ours["agree"] and ours["same_best_label"] == 1.0 and ours["ratio_to_peer"] > 0 and len(ours["s"]) == 2, ours
   assert "| rank_shared |" in capsys.readouterr().out
