@@ -8,8 +8,8 @@ as our evaluation's `score_batch` and the PyTorch peer do); `rank_shared` is our
 (`EncoderDecoderModel.score_candidates`); `greedy` and `beam4` decode 16 tokens for 32 examples, ours against
 `transformers` `generate` with the PEFT prompt. Both frameworks load the same random weights and prompt (written
 once by this process), each job runs in its own worker process, and the jobs are timed ALTERNATELY, round by round,
-each right after one untimed run of its own, as `benchmarks.step_time` times train steps. The outputs are compared: scores within float32 tolerance and the
-same ranking; decodes token for token.
+each right after one untimed run of its own, as `benchmarks.step_time` times train steps. The outputs are
+compared: scores within float32 tolerance and the same ranking; decodes token for token.
 """
 from __future__ import annotations
 
