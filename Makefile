@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Every target's Python processes cache bytecode in the venv, whatever the environment says: without .pyc files
+# each process compiles TensorFlow and JAX from source again (~12 CPU-s).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: venv test demo clean bench profile
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 import tempfile
 from typing import Iterator
 
@@ -11,6 +12,11 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Python caches compiled bytecode (__pycache__) for every test process and CLI subprocess, even where the
+# environment says not to (PYTHONDONTWRITEBYTECODE=1 on these machines, and `make` installs without byte-compiling):
+# otherwise each process compiles TensorFlow, JAX and the rest from source again, ~12 CPU-s per process.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 # JAX's persistent compilation cache, shared by the test workers and the CLI runs they start: the same tiny
 # programs compile once per clone instead of once per test. A fresh clone starts with it empty.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".pytest_cache" / "jax_compilation_cache"))
