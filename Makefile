@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-# Three workers on two cores: tests wait on their subprocesses and on the GCS emulator, and a third worker fills
-# those gaps (the suite on this 2-core machine: 433 s with two, 404 s with three).
-PYTEST_WORKERS ?= 3
+# pytest-xdist workers: two for two cores (a third helped a warm clone, 433 -> 404 s, but cost a fresh one more:
+# three workers compile and byte-compile the same things at once).
+PYTEST_WORKERS ?= 2
 # Every target's Python processes cache bytecode in the venv, whatever the environment says: without .pyc files
 # each process compiles TensorFlow and JAX from source again (~12 CPU-s).
 unexport PYTHONDONTWRITEBYTECODE

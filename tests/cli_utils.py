@@ -71,14 +71,14 @@ def run_cli(module: str, flags: Sequence[str], cwd: pathlib.Path, timeout: int =
 
 
 def kill_cli_when(module: str, flags: Sequence[str], cwd: pathlib.Path, ready: Callable[[], bool],
-                  timeout: float = 300) -> None:
+                  timeout: float = 300, poll_seconds: float = 0.01) -> None:
   """`python -m prompt_tuning.<module> <flags>` in its own process, killed with SIGKILL as soon as `ready()` (or
-  when it ends or `timeout` passes)."""
+  when it ends or `timeout` passes); `ready` is asked every `poll_seconds`."""
   proc = subprocess.Popen(cli_command(module, flags), cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + timeout
   while not ready() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.01)
+    time.sleep(poll_seconds)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
 

@@ -94,7 +94,8 @@ def test_prompt_tuning_with_everything_on_gcs(gcs, inputs, tmp_path, monkeypatch
   model_dir = f"{spec_dir}/{run_id}"
   flags = _train_flags(inputs, model_dir, last, "--gin.EVAL_PERIOD=4")
   saved = lambda: _steps(gcs, f"sweep/{run_id}/numpy_checkpoints/")
-  kill_cli_when("train", flags, tmp_path, ready=lambda: 5 in saved())
+  # Each look lists the bucket: every 0.1 s, not every 0.01 s (2,000 listings competed with the run's start-up).
+  kill_cli_when("train", flags, tmp_path, ready=lambda: 5 in saved(), poll_seconds=0.1)
   at_kill = saved()
   assert 5 in at_kill and last not in at_kill, f"the run was not killed mid-way (saved steps {at_kill})"
   resumed = run_cli("train", flags, tmp_path)
