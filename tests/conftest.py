@@ -74,4 +74,3 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
   """Start the slowest tests first, so the workers do not end with one long test running alone."""
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
