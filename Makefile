@@ -4,8 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-# pytest-xdist workers: two for two cores (a third helped a warm clone, 433 -> 404 s, but cost a fresh one more:
-# three workers compile and byte-compile the same things at once).
+# pytest-xdist workers: two for two cores (on a 2-core machine a third helped a warm checkout, 433 -> 404 s of
+# pytest, but slowed a fresh clone, 449 -> 503 s).
 PYTEST_WORKERS ?= 2
 # Every target's Python processes cache bytecode in the venv, whatever the environment says: without .pyc files
 # each process compiles TensorFlow and JAX from source again (~12 CPU-s).
